@@ -1,0 +1,496 @@
+"""Clients: the test side of a driver, rebuilt from a session's report.
+
+The tree of clients mirrors the driver tree. Each node's class comes from the report's
+``jumpstarter.dev/client`` label, imported only when ``JMP_DRIVERS_ALLOW`` allows it.
+Calls are synchronous and go straight to a gRPC channel; failures come back as the
+exceptions of :mod:`jumpstarter_drivers.core.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+from uuid import UUID
+
+from .codec import decode, encode_into, restore
+from .compat import toolkit_name_for
+from .driver import GENERIC_CLIENT
+from .errors import (
+    ClientNotAllowed,
+    ConfigurationError,
+    DriverError,
+    DriverInvalidArgument,
+    DriverMethodNotImplemented,
+    DriverTimeout,
+    ExporterNotReady,
+    ExporterUnreachable,
+    Unauthenticated,
+)
+from .status import ExporterStatus
+from .streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME
+
+logger = logging.getLogger(__name__)
+driver_log = logging.getLogger("exporter:driver")
+
+CLIENT_LABEL = "jumpstarter.dev/client"
+NAME_LABEL = "jumpstarter.dev/name"
+TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
+ERROR_TYPE_KEY = "x-jmp-error-type"
+
+_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """Which client classes may be imported: glob patterns over class paths, or everything.
+
+    >>> AllowList.parse("jumpstarter_drivers.*").allows("jumpstarter_drivers.power.client.PowerClient")
+    True
+    >>> AllowList.parse("UNSAFE").unsafe
+    True
+    """
+
+    patterns: tuple[str, ...] = ()
+    unsafe: bool = False
+
+    @classmethod
+    def parse(cls, value: str | None, source: str = "JMP_DRIVERS_ALLOW") -> AllowList:
+        """Parse the comma-separated form; ``None`` (unset) allows the bundled drivers only."""
+        if value is None:
+            return cls(("jumpstarter_drivers.*",))
+        entries = [entry.strip() for entry in value.split(",")]
+        if not value.strip() or any(not e for e in entries):
+            raise ConfigurationError(
+                f"{source}={value!r} has an empty entry; give comma-separated glob patterns of client "
+                "class paths, e.g. 'jumpstarter_drivers.*', or UNSAFE to allow every class"
+            )
+        bad = [e for e in entries if e != "UNSAFE" and not _PATTERN.match(e)]
+        if bad:
+            raise ConfigurationError(
+                f"{source}: {bad[0]!r} is not a glob over a class path (letters, digits, '_', '.', '*', '?', "
+                "'[...]'); e.g. 'jumpstarter_drivers.*' or UNSAFE"
+            )
+        return cls(tuple(e for e in entries if e != "UNSAFE"), "UNSAFE" in entries)
+
+    def allows(self, *paths: str) -> bool:
+        return self.unsafe or any(fnmatchcase(p, pat) for p in paths for pat in self.patterns)
+
+    def __str__(self) -> str:
+        return ",".join(self.patterns + (("UNSAFE",) if self.unsafe else ()))
+
+
+def translate(exc: Any, where: str = "") -> Exception:
+    """The toolkit exception for a ``grpc.RpcError`` (the driver's message kept intact)."""
+    import grpc
+
+    code = exc.code()
+    details = exc.details() or ""
+    trailing = dict(exc.trailing_metadata() or ())
+    from_driver = ERROR_TYPE_KEY in trailing
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return DriverInvalidArgument(details)
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+        return DriverMethodNotImplemented(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return ExporterNotReady(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and from_driver:
+        return DriverTimeout(details)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(
+            f"{where}: the exporter refused our credentials: {details}; check JMP_GRPC_PASSPHRASE and the TLS settings"
+        )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not from_driver:
+        return ExporterUnreachable(f"{where}: the exporter went away or stopped answering ({code.name}: {details})")
+    if code == grpc.StatusCode.CANCELLED and not from_driver:
+        return ExporterUnreachable(f"{where}: the call was cancelled ({details})")
+    return DriverError(details or code.name)
+
+
+@dataclass
+class Connection:
+    """A gRPC channel to one session and the stubs on it; shared by a whole client tree."""
+
+    channel: Any
+    address: str
+    metadata: tuple[tuple[str, str], ...] = ()
+    _closed: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        from google.protobuf import empty_pb2
+        from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2_grpc
+
+        self.pb = jumpstarter_pb2
+        self.empty = empty_pb2.Empty
+        self.exporter = jumpstarter_pb2_grpc.ExporterServiceStub(self.channel)
+        self.router = router_pb2_grpc.RouterServiceStub(self.channel)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.channel.close()
+
+
+class DriverClient:
+    """The generic client: calls, streaming calls, byte streams and logs of one driver.
+
+    Children are reachable by attribute (``client.power``) and through ``children``.
+    """
+
+    def __init__(
+        self,
+        *,
+        uuid: UUID,
+        labels: dict[str, str],
+        connection: Connection,
+        children: dict[str, DriverClient],
+        description: str | None = None,
+        methods_description: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.uuid = uuid
+        self.labels = labels
+        self.connection = connection
+        self.children = children
+        self.description = description
+        self.methods_description = methods_description or {}
+        self.name = name
+        self._uuid = str(uuid)
+
+    def __getattr__(self, name: str) -> DriverClient:
+        children = self.__dict__.get("children", {})
+        if name in children:
+            return children[name]
+        raise AttributeError(
+            f"{type(self).__name__} {self.__dict__.get('name') or 'root'!r} has no attribute or child {name!r}"
+            + (f"; children: {', '.join(children)}" if children else "")
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name or 'root'} {self._uuid}>"
+
+    def __enter__(self) -> DriverClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection behind this client tree."""
+        self.connection.close()
+
+    # calls -----------------------------------------------------------------------------------
+
+    def _where(self, method: str) -> str:
+        return f"{self.name or 'root'}.{method}() on {self.connection.address}"
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Call an exported unary method; the result is plain decoded JSON (see :meth:`call_as`)."""
+        import grpc
+
+        request = self.connection.pb.DriverCallRequest(uuid=self._uuid, method=method)
+        for arg in args:
+            encode_into(request.args.add(), arg)
+        try:
+            response = self.connection.exporter.DriverCall(request, metadata=self.connection.metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc, self._where(method)) from None
+        return decode(response.result)
+
+    def call_as(self, result_type: Any, method: str, *args: Any) -> Any:
+        """Call ``method`` and restore its result to ``result_type`` (``int``, a dataclass, ...)."""
+        return restore(self.call(method, *args), result_type)
+
+    def streamingcall(self, method: str, *args: Any) -> Iterator[Any]:
+        """Call an exported generator method; yields each item as it arrives."""
+        import grpc
+
+        request = self.connection.pb.StreamingDriverCallRequest(uuid=self._uuid, method=method)
+        for arg in args:
+            encode_into(request.args.add(), arg)
+        responses = self.connection.exporter.StreamingDriverCall(request, metadata=self.connection.metadata)
+        try:
+            for response in responses:
+                yield decode(response.result)
+        except grpc.RpcError as exc:
+            raise translate(exc, self._where(method)) from None
+        finally:
+            responses.cancel()
+
+    @contextlib.contextmanager
+    def stream(self, method: str = "connect") -> Iterator[ByteStream]:
+        """Open the driver's exported byte stream ``method`` (a console, say)."""
+        request = {"kind": "driver", "uuid": self._uuid, "method": method}
+        with ByteStream.open(self.connection, request, self._where(method)) as stream:
+            yield stream
+
+    @contextlib.contextmanager
+    def resource(self, content_encoding: str | None = None) -> Iterator[tuple[dict[str, Any], ByteStream]]:
+        """Open a resource stream; yields ``(handle, stream)``: pass the handle to a driver call."""
+        request = {"kind": "resource", "uuid": self._uuid, "x_jmp_content_encoding": content_encoding}
+        with ByteStream.open(self.connection, request, self._where("resource")) as stream:
+            handle = json.loads(stream.initial_metadata["resource"])
+            yield handle, stream
+
+    @contextlib.contextmanager
+    def log_stream(self) -> Iterator[None]:
+        """Re-emit the exporter's driver logs on the logger ``exporter:driver`` while inside.
+
+        Returns once the exporter has the subscription, so nothing logged afterwards is missed.
+        """
+        import grpc
+
+        call = self.connection.exporter.LogStream(self.connection.empty(), metadata=self.connection.metadata)
+        subscribed = threading.Event()
+
+        def pump() -> None:
+            try:
+                call.initial_metadata()
+                subscribed.set()
+                for record in call:
+                    level = logging.getLevelName(record.severity)
+                    driver_log.log(
+                        level if isinstance(level, int) else logging.INFO,
+                        record.message,
+                        extra={"driver_uuid": record.uuid},
+                    )
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:
+                    logger.warning("log stream from %s ended: %s", self.connection.address, exc.details())
+            finally:
+                subscribed.set()
+
+        thread = threading.Thread(target=pump, name="jumpstarter-log-stream", daemon=True)
+        thread.start()
+        subscribed.wait(2.0)
+        try:
+            yield
+        finally:
+            call.cancel()
+            thread.join(5)
+
+    # session-level calls ---------------------------------------------------------------------
+
+    def get_status(self) -> ExporterStatus:
+        """The session's status (``GetStatus``)."""
+        import grpc
+
+        try:
+            response = self.connection.exporter.GetStatus(
+                self.connection.pb.GetStatusRequest(), metadata=self.connection.metadata, timeout=10
+            )
+        except grpc.RpcError as exc:
+            raise translate(exc, self._where("GetStatus")) from None
+        return ExporterStatus(response.status)
+
+    def end_session(self) -> bool:
+        """Tell the exporter this client is done (``EndSession``)."""
+        import grpc
+
+        try:
+            response = self.connection.exporter.EndSession(
+                self.connection.pb.EndSessionRequest(), metadata=self.connection.metadata, timeout=10
+            )
+        except grpc.RpcError as exc:
+            raise translate(exc, self._where("EndSession")) from None
+        return response.success
+
+    def walk(self) -> Iterator[DriverClient]:
+        """This client and every descendant, parents first."""
+        yield self
+        for child in self.children.values():
+            yield from child.walk()
+
+
+class UnavailableClient(DriverClient):
+    """Stands for a node whose client class may not or cannot be imported; using it raises."""
+
+    def __init__(self, *, reason: Exception, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.reason
+
+    call = streamingcall = stream = resource = call_as = _refuse
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.__dict__.get("children", {}):
+            return self.children[name]
+        raise self.__dict__["reason"]
+
+
+class ByteStream:
+    """The client end of a ``RouterService.Stream``: a blocking byte stream with timeouts."""
+
+    def __init__(self, connection: Connection, request: dict[str, Any], where: str) -> None:
+        self.where = where
+        self._outbox: queue.Queue = queue.Queue(maxsize=16)
+        self._inbox: queue.Queue = queue.Queue(maxsize=64)
+        self._pb = importlib.import_module("jumpstarter_protocol.jumpstarter.v1.router_pb2")
+        metadata = connection.metadata + (("request", json.dumps(request)),)
+        self._call = connection.router.Stream(iter(self._outbox.get, None), metadata=metadata)
+        self._eof_sent = False
+        self._eof_received = False
+        self._error: Exception | None = None
+        self._buffer = b""
+        self.initial_metadata: dict[str, str] = {}
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, connection: Connection, request: dict[str, Any], where: str) -> Iterator[ByteStream]:
+        import grpc
+
+        stream = cls(connection, request, where)
+        try:
+            try:
+                stream.initial_metadata = dict(stream._call.initial_metadata())
+            except grpc.RpcError as exc:
+                raise translate(exc, where) from None
+            if stream._call.code() is not None and stream._call.code() != grpc.StatusCode.OK:
+                raise translate(stream._call, where)
+            reader = threading.Thread(target=stream._read, name="jumpstarter-stream-reader", daemon=True)
+            reader.start()
+            try:
+                yield stream
+            finally:
+                stream.close()
+                reader.join(5)
+        finally:
+            stream._call.cancel()
+
+    def _read(self) -> None:
+        import grpc
+
+        try:
+            for frame in self._call:
+                if frame.frame_type == FRAME_DATA and frame.payload:
+                    self._inbox.put(frame.payload)
+                elif frame.frame_type in (FRAME_GOAWAY, FRAME_RST_STREAM):
+                    break
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self._error = translate(exc, self.where)
+        finally:
+            self._inbox.put(None)
+
+    def send(self, data: bytes) -> None:
+        """Send bytes (split into frames of at most 1 MiB)."""
+        if self._eof_sent:
+            raise ValueError(f"{self.where}: cannot send after send_eof()")
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_FRAME):
+            self._outbox.put(self._pb.StreamRequest(payload=bytes(view[start : start + MAX_FRAME])))
+
+    def send_eof(self) -> None:
+        """Tell the driver no more bytes will come from this side."""
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._outbox.put(self._pb.StreamRequest(frame_type=FRAME_GOAWAY))
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """The next bytes; ``b""`` once the driver ended the stream; ``TimeoutError`` past ``timeout``."""
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            return data
+        if self._eof_received:
+            return b""
+        try:
+            data = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{self.where}: no data within {timeout} s") from None
+        if data is None:
+            self._eof_received = True
+            if self._error is not None:
+                raise self._error
+            return b""
+        return data
+
+    def read_exactly(self, size: int, timeout: float | None = None) -> bytes:
+        """Exactly ``size`` bytes (``EOFError`` if the stream ends first)."""
+        chunks, have = [], 0
+        while have < size:
+            data = self.receive(timeout)
+            if not data:
+                raise EOFError(f"{self.where}: stream ended after {have} of {size} bytes")
+            chunks.append(data)
+            have += len(data)
+        joined = b"".join(chunks)
+        self._buffer = joined[size:]
+        return joined[:size]
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.receive():
+            yield data
+
+    def close(self) -> None:
+        """Half-close, then stop the call."""
+        try:
+            self.send_eof()
+        finally:
+            self._outbox.put(None)
+
+
+# building the tree -------------------------------------------------------------------------
+
+
+def client_class(labels: dict[str, str], allow: AllowList) -> type[DriverClient] | Exception:
+    """The client class a report's labels name, or the error that stands in for it."""
+    theirs = labels.get(CLIENT_LABEL, GENERIC_CLIENT)
+    ours = labels.get(TOOLKIT_CLIENT_LABEL) or toolkit_name_for(theirs)
+    if ours == GENERIC_CLIENT:
+        return DriverClient
+    if not allow.allows(ours, theirs):
+        return ClientNotAllowed(
+            f"client class {ours} is not allowed by JMP_DRIVERS_ALLOW={str(allow)!r}; set JMP_DRIVERS_ALLOW "
+            f"(or --jumpstarter-drivers-allow) to a pattern matching it, e.g. '{ours.split('.')[0]}.*', or UNSAFE"
+        )
+    module_name, _, class_name = ours.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        return ClientNotAllowed(f"client class {ours} cannot be imported ({exc}); install the package that provides it")
+    if not (isinstance(cls, type) and issubclass(cls, DriverClient)):
+        return ClientNotAllowed(f"{ours} is not a jumpstarter_drivers client class (DriverClient subclass)")
+    return cls
+
+
+def build_tree(connection: Connection, report: Any, allow: AllowList) -> DriverClient:
+    """Rebuild the client tree from a ``GetReportResponse``; returns the root."""
+    reports = list(report.reports)
+    children_of: dict[str, list[Any]] = {r.uuid: [] for r in reports}
+    roots = []
+    for r in reports:
+        if r.parent_uuid and r.parent_uuid in children_of:
+            children_of[r.parent_uuid].append(r)
+        else:
+            roots.append(r)
+    if not roots:
+        raise DriverError(f"the exporter at {connection.address} reported no drivers")
+
+    def build(r: Any) -> DriverClient:
+        labels = dict(r.labels)
+        children = {c.labels.get(NAME_LABEL, c.uuid): build(c) for c in children_of[r.uuid]}
+        common = dict(
+            uuid=UUID(r.uuid),
+            labels=labels,
+            connection=connection,
+            children=children,
+            description=r.description or None,
+            methods_description=dict(r.methods_description),
+            name=labels.get(NAME_LABEL),
+        )
+        cls = client_class(labels, allow)
+        if isinstance(cls, Exception):
+            return UnavailableClient(reason=cls, **common)
+        return cls(**common)
+
+    return build(roots[0])

@@ -1,0 +1,165 @@
+"""Reaching a session: by address, from the environment, or served in-process for a test.
+
+>>> from jumpstarter_drivers.power import MockPower
+>>> with serve(MockPower()) as client:
+...     client.on()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import AllowList, Connection, DriverClient, build_tree, translate
+from .driver import Driver
+from .errors import ConfigurationError, ExporterUnreachable
+
+JUMPSTARTER_HOST = "JUMPSTARTER_HOST"
+JMP_DRIVERS_ALLOW = "JMP_DRIVERS_ALLOW"
+JMP_GRPC_INSECURE = "JMP_GRPC_INSECURE"
+JMP_GRPC_PASSPHRASE = "JMP_GRPC_PASSPHRASE"
+JMP_GRPC_CA = "JMP_GRPC_CA"
+JMP_GRPC_KEEPALIVE = "JMP_GRPC_KEEPALIVE"
+
+#: Seconds between keepalive pings, and how long a ping may go unanswered, before a call fails.
+DEFAULT_KEEPALIVE = 10.0
+MAX_MESSAGE = 64 << 20
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a session listens: a unix socket path or a TCP ``host:port``.
+
+    >>> Address.parse("/run/jmp.sock").target
+    'unix:///run/jmp.sock'
+    >>> Address.parse("lab1:9000").tcp
+    True
+    """
+
+    text: str
+    target: str
+    tcp: bool
+
+    @classmethod
+    def parse(cls, text: str | os.PathLike) -> Address:
+        text = os.fspath(text).strip()
+        if not text:
+            raise ConfigurationError(f"{JUMPSTARTER_HOST} is empty; give a unix socket path or host:port")
+        if text.startswith("unix://"):
+            return cls(text, text, False)
+        host, sep, port = text.rpartition(":")
+        if sep and "/" not in text and port.isdigit() and host:
+            if not 0 < int(port) < 65536:
+                raise ConfigurationError(f"exporter address {text!r}: port {port} is not in 1..65535")
+            return cls(text, text, True)
+        return cls(text, f"unix://{os.path.abspath(text)}", False)
+
+
+def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str | None) -> object:
+    import grpc
+
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if not address.tcp:
+        path = address.target.removeprefix("unix://")
+        if not Path(path).exists():
+            raise ExporterUnreachable(
+                f"no exporter socket at {path}; start the exporter (or `jumpstarter shell`) and point "
+                f"{JUMPSTARTER_HOST} at its socket"
+            )
+        credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
+        return grpc.secure_channel(address.target, credentials, options=options)
+    if insecure is None:
+        insecure = os.environ.get(JMP_GRPC_INSECURE, "") in ("1", "true", "yes")
+    if insecure:
+        return grpc.insecure_channel(address.target, options=options)
+    ca = ca or os.environ.get(JMP_GRPC_CA)
+    root = None
+    if ca:
+        try:
+            root = Path(ca).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the CA certificate {ca}: {exc.strerror}") from None
+    return grpc.secure_channel(address.target, grpc.ssl_channel_credentials(root_certificates=root), options=options)
+
+
+def connect(
+    address: str | os.PathLike,
+    *,
+    allow: AllowList | str | None = None,
+    timeout: float = 5.0,
+    keepalive: float | None = None,
+    insecure: bool | None = None,
+    passphrase: str | None = None,
+    ca: str | None = None,
+) -> DriverClient:
+    """Connect to the session at ``address`` and return its root client (close it when done).
+
+    ``allow`` is an :class:`AllowList` or its comma-separated form; ``None`` allows the bundled
+    drivers. Fails with :class:`ExporterUnreachable` within ``timeout`` seconds when nobody answers.
+    """
+    import grpc
+
+    parsed = Address.parse(address)
+    if not isinstance(allow, AllowList):
+        allow = AllowList.parse(allow)
+    if keepalive is None:
+        keepalive = float(os.environ.get(JMP_GRPC_KEEPALIVE) or DEFAULT_KEEPALIVE)
+    if passphrase is None:
+        passphrase = os.environ.get(JMP_GRPC_PASSPHRASE) or None
+    channel = _channel(parsed, keepalive, insecure, ca)
+    metadata = (("x-jumpstarter-passphrase", passphrase),) if passphrase else ()
+    connection = Connection(channel, parsed.text, metadata)
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ExporterUnreachable(
+                f"cannot reach the exporter at {parsed.text} within {timeout:g} s; is it running, and is the "
+                f"address right ({JUMPSTARTER_HOST} or --jumpstarter-host)?"
+            ) from None
+        try:
+            report = connection.exporter.GetReport(connection.empty(), metadata=metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise translate(exc, f"GetReport on {parsed.text}") from None
+        return build_tree(connection, report, allow)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def env(**kwargs: object) -> contextlib.AbstractContextManager[DriverClient]:
+    """Context manager yielding the root client of the session at ``$JUMPSTARTER_HOST``.
+
+    The allow-list comes from ``$JMP_DRIVERS_ALLOW``; keyword arguments go to :func:`connect`.
+    """
+    host = os.environ.get(JUMPSTARTER_HOST)
+    if not host:
+        raise ConfigurationError(
+            f"{JUMPSTARTER_HOST} is not set; run inside `jumpstarter shell`, or set it to the exporter's "
+            "unix socket path or host:port"
+        )
+    kwargs.setdefault("allow", os.environ.get(JMP_DRIVERS_ALLOW))
+    return connect(host, **kwargs)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def serve(root_device: Driver) -> Iterator[DriverClient]:
+    """Serve ``root_device`` in a real session on a private unix socket; yield its root client.
+
+    Every client class is allowed: the test chose the drivers itself.
+    """
+    from .session import Session
+
+    with Session(root_device=root_device) as session, session.serve_unix() as path:
+        with connect(path, allow=AllowList(unsafe=True)) as client:
+            yield client

@@ -1,0 +1,84 @@
+"""One background event loop per process, hosting every served session.
+
+Sessions are served by ``grpc.aio`` on this loop; synchronous callers (tests, scripts) hand it
+coroutines with :func:`run` and get the result back, with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+
+
+def get_loop() -> asyncio.AbstractEventLoop:
+    """The process's background loop, started on first use."""
+    global _loop, _thread
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            _thread = threading.Thread(target=run, name="jumpstarter-loop", daemon=True)
+            _thread.start()
+            if not ready.wait(timeout=10):
+                raise RuntimeError("the jumpstarter background event loop did not start within 10 s")
+            _loop = loop
+        return _loop
+
+
+def in_loop_thread() -> bool:
+    """Whether the caller runs on the background loop's thread."""
+    return _thread is not None and threading.current_thread() is _thread
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+    """Run ``coro`` on the background loop and wait for its result (``TimeoutError`` past ``timeout``)."""
+    if in_loop_thread():
+        coro.close()
+        raise RuntimeError("jumpstarter_drivers.core.loop.run() called from the loop thread itself; await instead")
+    future = asyncio.run_coroutine_threadsafe(coro, get_loop())
+    try:
+        return future.result(timeout)
+    except TimeoutError:
+        future.cancel()
+        raise
+
+
+def _shutdown() -> None:
+    loop = _loop
+    if loop is None or loop.is_closed():
+        return
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(5)
+    except Exception as exc:  # noqa: BLE001 - best effort at interpreter exit, but say so
+        logger.debug("background loop shutdown: %s", exc)
+    loop.call_soon_threadsafe(loop.stop)
+    if _thread is not None:
+        _thread.join(5)
+
+
+atexit.register(_shutdown)

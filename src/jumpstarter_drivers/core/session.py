@@ -1,0 +1,500 @@
+"""A session hosts a driver tree and serves it over the ``jumpstarter.v1`` gRPC protocol.
+
+>>> from jumpstarter_drivers.power import MockPower
+>>> with Session(root_device=MockPower()) as session:
+...     with session.serve_unix() as path:
+...         path.exists()
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import anyio
+import grpc
+from google.protobuf import empty_pb2
+from jumpstarter_protocol.jumpstarter.v1 import (
+    jumpstarter_pb2,
+    jumpstarter_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+
+from . import loop
+from .codec import decode, encode_into, restore
+from .driver import Driver, ExportedMethod, MethodKind
+from .errors import ConfigurationError
+from .status import ExporterStatus
+from .streams import PipeStream, pipe, pump
+
+logger = logging.getLogger(__name__)
+
+CLIENT_LABEL = "jumpstarter.dev/client"
+NAME_LABEL = "jumpstarter.dev/name"
+#: Our own client path, for when ``jumpstarter.dev/client`` carries a Jumpstarter-compatible name.
+TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
+
+ERROR_TYPE_KEY = "x-jmp-error-type"
+MAX_MESSAGE = 64 << 20
+
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.so_reuseport", 0),
+)
+
+current_session: contextvars.ContextVar[Session] = contextvars.ContextVar("current_session")
+
+
+def status_code_for(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status a driver exception becomes (as Jumpstarter maps them)."""
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, ConnectionError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, OSError):
+        return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.UNKNOWN
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, error_type: str = "") -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.error_type = error_type
+
+
+@dataclass
+class _Resource:
+    driver_end: PipeStream
+    wire_end: PipeStream
+    claimed: bool = False
+
+
+class _LogHandler(logging.Handler):
+    """Forwards records of this session's drivers to every LogStream subscriber."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(logging.NOTSET)
+        self.session = session
+
+    def emit(self, record: logging.LogRecord) -> None:
+        uuid = getattr(record, "driver_uuid", None)
+        if uuid is None or uuid not in self.session.drivers or not self.session._subscribers:
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - logging's own contract: a bad record must not kill the caller
+            self.handleError(record)
+            return
+        response = jumpstarter_pb2.LogStreamResponse(
+            uuid=str(uuid), severity=record.levelname, message=message, source=1
+        )
+        self.session._publish(response)
+
+
+@dataclass
+class Session:
+    """Hosts ``root_device`` and serves it; use as a context manager.
+
+    Without lease machinery the session is ready for calls from the start
+    (``ExporterStatus.LEASE_READY``); :meth:`update_status` moves it, and calls are refused
+    with ``FAILED_PRECONDITION`` (``ExporterNotReady`` on the client) in states that forbid them.
+    """
+
+    root_device: Driver
+    labels: dict[str, str] = field(default_factory=dict)
+    uuid: UUID = field(default_factory=uuid4)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root_device, Driver):
+            raise ConfigurationError(
+                f"Session: root_device must be a Driver, got {type(self.root_device).__name__}"
+            )
+        self.drivers: dict[UUID, Driver] = {}
+        self._tree: list[tuple[Driver, Driver | None, str | None]] = []
+        for driver, parent, name in self.root_device.walk():
+            if driver.uuid in self.drivers:
+                continue
+            self.drivers[driver.uuid] = driver
+            self._tree.append((driver, parent, name))
+        self._methods: dict[UUID, dict[str, ExportedMethod]] = {
+            uuid: driver.exported_methods() for uuid, driver in self.drivers.items()
+        }
+        self.status = ExporterStatus.LEASE_READY
+        self.previous_status = ExporterStatus.UNSPECIFIED
+        self.status_message = ""
+        self.status_version = 1
+        self._subscribers: set[asyncio.Queue] = set()
+        self._resources: dict[UUID, _Resource] = {}
+        self._handler = _LogHandler(self)
+        self._servers: list[grpc.aio.Server] = []
+        self._closed = False
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        driver_logger = logging.getLogger("driver")
+        if driver_logger.level == logging.NOTSET:
+            driver_logger.setLevel(logging.INFO)
+        driver_logger.addHandler(self._handler)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving and close every driver of the tree."""
+        if self._closed:
+            return
+        self._closed = True
+        logging.getLogger("driver").removeHandler(self._handler)
+        self.root_device.close()
+
+    def update_status(self, status: ExporterStatus, message: str = "") -> None:
+        """Move the session to ``status``; clients see it through ``GetStatus``."""
+        if status != self.status:
+            self.previous_status, self.status = self.status, ExporterStatus(status)
+            self.status_version += 1
+        self.status_message = message
+
+    # serving ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def serve_unix(self, path: str | os.PathLike | None = None) -> Iterator[Path]:
+        """Serve on a unix socket and yield its path.
+
+        Without ``path`` the socket lives in a fresh directory only this user can enter.
+        """
+        private_dir = None
+        if path is None:
+            private_dir = Path(tempfile.mkdtemp(prefix="jmp-"))
+            path = private_dir / "socket"
+        path = Path(path)
+        try:
+            with self.serve_address(f"unix://{path}"):
+                yield path
+        finally:
+            if private_dir is not None:
+                shutil.rmtree(private_dir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def serve_address(
+        self, address: str, credentials: grpc.ServerCredentials | None = None, interceptors: tuple = ()
+    ) -> Iterator[int]:
+        """Serve on a gRPC address (``unix://PATH`` or ``HOST:PORT``); yield the bound port (0 for unix)."""
+        server, port = loop.run(self._start(address, credentials, interceptors))
+        try:
+            yield port
+        finally:
+            loop.run(self._stop(server))
+
+    async def _start(
+        self, address: str, credentials: grpc.ServerCredentials | None, interceptors: tuple
+    ) -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
+        jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(_ExporterService(self), server)
+        router_pb2_grpc.add_RouterServiceServicer_to_server(_RouterService(self), server)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from exc
+        await server.start()
+        self._servers.append(server)
+        logger.debug("serving session %s on %s", self.uuid, address)
+        return server, port
+
+    async def _stop(self, server: grpc.aio.Server) -> None:
+        await server.stop(grace=0.5)
+        self._servers.remove(server)
+
+    # report, logs and resources -------------------------------------------------------------
+
+    def report(self) -> jumpstarter_pb2.GetReportResponse:
+        """The ``GetReport`` answer: the driver tree, parents before children."""
+        from .compat import jumpstarter_name_for
+
+        response = jumpstarter_pb2.GetReportResponse(uuid=str(self.uuid), labels=self.labels)
+        for driver, parent, name in self._tree:
+            ours = driver.client()
+            labels = dict(driver.labels)
+            labels[CLIENT_LABEL] = jumpstarter_name_for(ours)
+            labels[TOOLKIT_CLIENT_LABEL] = ours
+            if name is not None:
+                labels[NAME_LABEL] = name
+            report = response.reports.add(
+                uuid=str(driver.uuid), labels=labels, methods_description=driver.describe_methods()
+            )
+            if parent is not None:
+                report.parent_uuid = str(parent.uuid)
+            if driver.description:
+                report.description = driver.description
+        return response
+
+    def _publish(self, response: jumpstarter_pb2.LogStreamResponse) -> None:
+        event_loop = loop.get_loop()
+        for queue in tuple(self._subscribers):
+            if loop.in_loop_thread():
+                queue.put_nowait(response)
+            else:
+                event_loop.call_soon_threadsafe(queue.put_nowait, response)
+
+    def new_resource(self) -> UUID:
+        """Create a resource pipe for a client stream; the driver end is claimed by :meth:`open_resource`."""
+        driver_end, wire_end = pipe()
+        uuid = uuid4()
+        self._resources[uuid] = _Resource(driver_end, wire_end)
+        return uuid
+
+    @contextlib.asynccontextmanager
+    async def open_resource(self, handle: dict[str, Any]) -> AsyncIterator[PipeStream]:
+        """The byte stream behind a resource handle a client passed as a call argument."""
+        if not isinstance(handle, dict) or handle.get("kind") != "client_stream":
+            raise ValueError(f"not a client stream resource handle: {handle!r}")
+        try:
+            resource = self._resources[UUID(str(handle.get("uuid")))]
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"unknown resource {handle.get('uuid')!r}; open it with the client first") from exc
+        if resource.claimed:
+            raise ValueError(f"resource {handle['uuid']} is already in use by another call")
+        resource.claimed = True
+        try:
+            yield resource.driver_end
+        finally:
+            await resource.driver_end.aclose()
+
+    # dispatch helpers ------------------------------------------------------------------------
+
+    def lookup(self, uuid: str, name: str, kind: MethodKind) -> tuple[Driver, ExportedMethod]:
+        try:
+            key = UUID(uuid)
+            driver = self.drivers[key]
+        except (ValueError, KeyError):
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no driver with uuid {uuid!r} in this session") from None
+        method = self._methods[key].get(name)
+        cls = type(driver).__name__
+        if method is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"{cls} has no exported method {name!r}")
+        if method.kind is not kind:
+            hint = {
+                MethodKind.UNARY: "call()",
+                MethodKind.STREAMING: "streamingcall()",
+                MethodKind.BYTESTREAM: "stream()",
+            }[method.kind]
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND, f"{cls}.{name} is a {method.kind.value} method; use {hint} for it"
+            )
+        return driver, method
+
+    def check_ready(self) -> None:
+        if not self.status.allows_calls:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"exporter status is {self.status.name}; driver calls are accepted in LEASE_READY, "
+                "BEFORE_LEASE_HOOK and AFTER_LEASE_HOOK",
+            )
+
+    @staticmethod
+    def arguments(driver: Driver, method: ExportedMethod, values: Any) -> list[Any]:
+        raw = [decode(v) for v in values]
+        positional = [p for p in method.param_types if p[2] in (p[2].POSITIONAL_ONLY, p[2].POSITIONAL_OR_KEYWORD)]
+        variadic = next((p for p in method.param_types if p[2] is p[2].VAR_POSITIONAL), None)
+        where = f"{type(driver).__name__}.{method.name}()"
+        required = [p for p in positional if method.signature.parameters[p[0]].default is method.signature.empty]
+        if len(raw) < len(required) or (variadic is None and len(raw) > len(positional)):
+            names = ", ".join(p[0] for p in positional) or "no arguments"
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where} takes {len(required)}..{len(positional)} argument(s) ({names}), got {len(raw)}"
+                if len(required) != len(positional)
+                else f"{where} takes {len(positional)} argument(s) ({names}), got {len(raw)}",
+            )
+        args = []
+        for index, value in enumerate(raw):
+            name, tp, _ = positional[index] if index < len(positional) else variadic
+            try:
+                args.append(restore(value, tp))
+            except (ValueError, TypeError) as exc:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: argument '{name}': {exc}") from None
+        return args
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, _Abort):
+        code, details, error_type = exc.code, exc.details, exc.error_type
+    else:
+        code, details, error_type = status_code_for(exc), str(exc) or type(exc).__name__, type(exc).__name__
+    context.set_trailing_metadata(((ERROR_TYPE_KEY, error_type or "protocol"),))
+    await context.abort(code, details)
+
+
+async def _call_driver(method: ExportedMethod, func: Any, args: list[Any]) -> Any:
+    if method.is_async:
+        return await func(*args)
+    return await anyio.to_thread.run_sync(lambda: func(*args))
+
+
+class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def GetReport(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext) -> Any:
+        return self.session.report()
+
+    async def DriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        session = self.session
+        try:
+            session.check_ready()
+            driver, method = session.lookup(request.uuid, request.method, MethodKind.UNARY)
+            args = session.arguments(driver, method, request.args)
+            token = current_session.set(session)
+            try:
+                result = await _call_driver(method, getattr(driver, method.name), args)
+            finally:
+                current_session.reset(token)
+            response = jumpstarter_pb2.DriverCallResponse(uuid=request.uuid)
+            encode_into(response.result, result)
+            return response
+        except Exception as exc:  # noqa: BLE001 - every driver failure becomes a gRPC status
+            _log_failure(request, exc)
+            await _abort(context, exc)
+
+    async def StreamingDriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        session = self.session
+        try:
+            session.check_ready()
+            driver, method = session.lookup(request.uuid, request.method, MethodKind.STREAMING)
+            args = session.arguments(driver, method, request.args)
+            token = current_session.set(session)
+            items = getattr(driver, method.name)(*args)
+            try:
+                if method.is_async:
+                    async for item in items:
+                        yield _streaming_response(request.uuid, item)
+                else:
+                    done = object()
+                    while (item := await anyio.to_thread.run_sync(next, items, done)) is not done:
+                        yield _streaming_response(request.uuid, item)
+            finally:
+                current_session.reset(token)
+                close = getattr(items, "aclose", None)
+                if close is not None:
+                    await close()
+                else:
+                    items.close()
+        except Exception as exc:  # noqa: BLE001 - every driver failure becomes a gRPC status
+            _log_failure(request, exc)
+            await _abort(context, exc)
+
+    async def LogStream(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext) -> Any:
+        queue: asyncio.Queue = asyncio.Queue()
+        self.session._subscribers.add(queue)
+        try:
+            await context.send_initial_metadata(())
+            while True:
+                yield await queue.get()
+        finally:
+            self.session._subscribers.discard(queue)
+
+    async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        s = self.session
+        return jumpstarter_pb2.GetStatusResponse(
+            status=int(s.status),
+            message=s.status_message,
+            status_version=s.status_version,
+            previous_status=int(s.previous_status),
+        )
+
+    async def EndSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return jumpstarter_pb2.EndSessionResponse(success=True, message="session ended")
+
+    async def Reset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            await anyio.to_thread.run_sync(self.session.root_device.reset)
+        except Exception as exc:  # noqa: BLE001 - reported to the client as a status
+            await _abort(context, exc)
+        return jumpstarter_pb2.ResetResponse()
+
+
+def _streaming_response(uuid: str, item: Any) -> Any:
+    response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=uuid)
+    encode_into(response.result, item)
+    return response
+
+
+def _log_failure(request: Any, exc: BaseException) -> None:
+    if isinstance(exc, _Abort):
+        logger.debug("refused %s on %s: %s", request.method, request.uuid, exc.details)
+    else:
+        logger.info("driver call %s on %s failed: %r", request.method, request.uuid, exc)
+
+
+class _RouterService(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        session = self.session
+        metadata = dict(context.invocation_metadata() or ())
+        try:
+            request = json.loads(metadata["request"])
+            if not isinstance(request, dict):
+                raise ValueError("not a JSON object")
+            kind = request.get("kind")
+        except (KeyError, ValueError) as exc:
+            await _abort(context, _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad 'request' metadata: {exc}"))
+            return
+        try:
+            if kind == "driver":
+                session.check_ready()
+                driver, method = session.lookup(str(request.get("uuid")), str(request.get("method")), MethodKind.BYTESTREAM)
+                token = current_session.set(session)
+                try:
+                    async with getattr(driver, method.name)() as stream:
+                        await context.send_initial_metadata(())
+                        await pump(stream, context, router_pb2.StreamResponse)
+                finally:
+                    current_session.reset(token)
+            elif kind == "resource":
+                uuid = session.new_resource()
+                resource = session._resources[uuid]
+                handle = {
+                    "kind": "client_stream",
+                    "uuid": str(uuid),
+                    "x_jmp_content_encoding": request.get("x_jmp_content_encoding"),
+                }
+                await context.send_initial_metadata((("resource", json.dumps(handle)),))
+                try:
+                    await pump(resource.wire_end, context, router_pb2.StreamResponse)
+                finally:
+                    await resource.wire_end.aclose()
+                    del session._resources[uuid]
+            else:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown stream kind {kind!r}; expected driver or resource")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a gRPC status
+            logger.debug("stream %r failed: %r", request, exc)
+            await _abort(context, exc)
