@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hmac
 import json
 import logging
 import os
@@ -200,6 +201,31 @@ class Session:
                 shutil.rmtree(private_dir, ignore_errors=True)
 
     @contextlib.contextmanager
+    def serve_tcp(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls_cert: str | os.PathLike | None = None,
+        tls_key: str | os.PathLike | None = None,
+        insecure: bool = False,
+        passphrase: str | None = None,
+    ) -> Iterator[int]:
+        """Serve on TCP and yield the bound port: TLS with ``tls_cert``/``tls_key``, or plaintext
+        only when ``insecure`` says so. With ``passphrase``, calls without it are refused."""
+        credentials = None
+        if not insecure:
+            if not (tls_cert and tls_key):
+                raise ConfigurationError(
+                    "serving over TCP needs a TLS certificate and key (tls_cert, tls_key), or insecure=True "
+                    "to serve plaintext on a trusted network"
+                )
+            credentials = server_credentials(tls_cert, tls_key)
+        interceptors = (PassphraseInterceptor(passphrase),) if passphrase else ()
+        with self.serve_address(f"{host}:{port}", credentials, interceptors) as bound:
+            yield bound
+
+    @contextlib.contextmanager
     def serve_address(
         self, address: str, credentials: grpc.ServerCredentials | None = None, interceptors: tuple = ()
     ) -> Iterator[int]:
@@ -341,6 +367,48 @@ class Session:
             except (ValueError, TypeError) as exc:
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: argument '{name}': {exc}") from None
         return args
+
+
+def server_credentials(cert: str | os.PathLike, key: str | os.PathLike) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files; unreadable files fail with a ConfigurationError naming them."""
+    pems = []
+    for what, path in (("certificate", cert), ("key", key)):
+        try:
+            pems.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials([(pems[1], pems[0])])
+
+
+class PassphraseInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls whose ``x-jumpstarter-passphrase`` metadata is missing or wrong (constant time)."""
+
+    KEY = "x-jumpstarter-passphrase"
+
+    def __init__(self, passphrase: str) -> None:
+        self._expected = passphrase.encode()
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        given = dict(details.invocation_metadata or ()).get(self.KEY, "")
+        if hmac.compare_digest(str(given).encode(), self._expected):
+            return await continuation(details)
+        message = "missing passphrase" if not given else "wrong passphrase"
+        return _refusal(details.method, message)
+
+
+def _refusal(method: str, message: str) -> grpc.RpcMethodHandler:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{message} (metadata x-jumpstarter-passphrase)")
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{message} (metadata x-jumpstarter-passphrase)")
+        yield
+
+    if method.endswith(("/StreamingDriverCall", "/LogStream")):
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    if method.endswith("/Stream"):
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
