@@ -1,0 +1,1 @@
+"""Flashing boards through U-Boot: bundles, the BaseFlasher driver and its client."""

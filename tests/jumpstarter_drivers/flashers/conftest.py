@@ -1,0 +1,82 @@
+"""Fixtures for flasher tests: the reference bundle and a real OCI registry on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from jumpstarter_drivers.flashers.testing import make_reference_bundle
+
+REGISTRY = "/usr/bin/docker-registry"
+
+
+@pytest.fixture
+def reference_bundle(tmp_path: Path) -> Path:
+    """The reference test bundle, as a directory."""
+    return make_reference_bundle(tmp_path / "bundle")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Registry:
+    host: str
+    log: Path
+
+    def blob_fetches(self, repository: str) -> int:
+        """How many blob downloads of ``repository`` the registry has logged."""
+        return self.log.read_text().count(f'"GET /v2/{repository}/blobs/')
+
+    def push(self, directory: Path, reference: str) -> None:
+        import oras.client
+
+        client = oras.client.OrasClient(hostname=self.host, insecure=True)
+        files = sorted(p.name for p in directory.iterdir())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(directory)
+            response = client.push(target=f"{self.host}/{reference}", files=files, quiet=True)
+        assert response.status_code == 201, response.text
+
+
+@pytest.fixture
+def oci_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A Debian ``docker-registry`` serving plain HTTP on a free loopback port."""
+    if shutil.which(REGISTRY) is None:
+        pytest.skip(f"{REGISTRY} not installed (Debian package docker-registry)")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: info}\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    log = tmp_path / "registry.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"docker-registry did not come up: {log.read_text()[-2000:]}")
+            time.sleep(0.05)  # polling the registry's readiness, bounded by the deadline
+        yield Registry(f"127.0.0.1:{port}", log)
+    finally:
+        proc.terminate()
+        proc.wait(10)
