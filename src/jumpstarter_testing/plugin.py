@@ -1,1 +1,468 @@
-"""The pytest plugin (registered through the ``pytest11`` entry point)."""
+"""The pytest plugin (registered through the ``pytest11`` entry point as ``jumpstarter``).
+
+It turns options into a :class:`~jumpstarter_testing.lab.Lab` and hands it out as fixtures:
+
+- ``session``: the lab of this run (a remote exporter, or a local one from an exporter file),
+- ``client``: its root client, ``flasher``: the client of its flasher node.
+
+The lab starts when the first test needing it is set up, so runs that never touch it never
+connect; a lab that cannot start stops the run once, with one line saying why.
+Nothing heavy (gRPC, the session) is imported until then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from jumpstarter_drivers.core.errors import JumpstarterError
+
+from .lab import VIRTUAL_LAB
+
+if TYPE_CHECKING:
+    from jumpstarter_drivers.core.client import DriverClient
+
+    from .lab import Lab
+
+logger = logging.getLogger(__name__)
+
+JUMPSTARTER_HOST = "JUMPSTARTER_HOST"
+JMP_DRIVERS_ALLOW = "JMP_DRIVERS_ALLOW"
+JUMPSTARTER_EXPORTER = "JUMPSTARTER_EXPORTER"
+JUMPSTARTER_LOG_DIR = "JUMPSTARTER_LOG_DIR"
+JUMPSTARTER_FLASHER = "JUMPSTARTER_FLASHER"
+
+#: Fixtures whose use means a test needs the lab.
+LAB_FIXTURES = frozenset({"session", "client", "flasher"})
+MARKER = "jumpstarter_requires"
+#: Loggers whose records a test's report and log file carry.
+DRIVER_LOGGER = "driver"  # in-process drivers of a local lab
+STREAMED_LOGGER = "exporter:driver"  # a remote exporter's driver logs, re-emitted by log_stream()
+CONSOLE_LOGGER = "jumpstarter.console"  # console output captured by serial helpers (extra console=<name>)
+
+
+# options ---------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("jumpstarter", "jumpstarter: hardware in the loop")
+    group.addoption(
+        "--jumpstarter-host", action="append", dest="jumpstarter_host", metavar="ADDR",
+        help=f"exporter to test against: unix socket path or host:port (env {JUMPSTARTER_HOST}, ini jumpstarter_host). "
+        "Give it once per board to run on several boards with pytest-xdist (-n), one board per worker.",
+    )
+    group.addoption(
+        "--jumpstarter-drivers-allow", dest="jumpstarter_drivers_allow", metavar="PATTERNS",
+        help=f"client classes the lab may load: comma-separated globs, or UNSAFE (env {JMP_DRIVERS_ALLOW}, "
+        "ini jumpstarter_drivers_allow). Default: the bundled drivers for a remote lab, all for a local one.",
+    )
+    group.addoption(
+        "--jumpstarter-exporter", dest="jumpstarter_exporter", metavar="PATH",
+        help=f"exporter configuration to run in this process when no host is given (env {JUMPSTARTER_EXPORTER}, "
+        "ini jumpstarter_exporter). Default: exporter.yaml at the rootdir if present, else the built-in virtual lab.",
+    )
+    group.addoption(
+        "--jumpstarter-log-dir", dest="jumpstarter_log_dir", metavar="DIR",
+        help=f"write each lab test's driver logs and console output to DIR/<test>.log "
+        f"(env {JUMPSTARTER_LOG_DIR}, ini jumpstarter_log_dir)",
+    )
+    group.addoption(
+        "--jumpstarter-flasher", dest="jumpstarter_flasher", metavar="NAME",
+        help=f"dotted path of the node the flasher fixture uses, when the lab has several "
+        f"(env {JUMPSTARTER_FLASHER}, ini jumpstarter_flasher)",
+    )
+    parser.addini("jumpstarter_host", "exporter addresses, one per line (see --jumpstarter-host)", type="linelist")
+    parser.addini("jumpstarter_drivers_allow", "client classes the lab may load (see --jumpstarter-drivers-allow)")
+    parser.addini("jumpstarter_exporter", "exporter configuration, relative to the rootdir (see --jumpstarter-exporter)")
+    parser.addini("jumpstarter_log_dir", "per-test log directory, relative to the rootdir (see --jumpstarter-log-dir)")
+    parser.addini("jumpstarter_flasher", "node the flasher fixture uses (see --jumpstarter-flasher)")
+
+
+def _setting(config: pytest.Config, name: str, env: str) -> str | None:
+    """Command line, then environment, then ini file."""
+    value = config.getoption(name)
+    if value:
+        return value
+    return os.environ.get(env) or config.getini(name) or None
+
+
+def _path_setting(config: pytest.Config, name: str, env: str) -> Path | None:
+    value = config.getoption(name) or os.environ.get(env)
+    if value:
+        return Path(value)
+    value = config.getini(name)
+    return config.rootpath / value if value else None
+
+
+def _hosts(config: pytest.Config) -> list[str]:
+    hosts = config.getoption("jumpstarter_host")
+    if hosts:
+        return hosts
+    if os.environ.get(JUMPSTARTER_HOST):
+        return [os.environ[JUMPSTARTER_HOST]]
+    return list(config.getini("jumpstarter_host"))
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(*nodes): skip unless the lab has these nodes (dotted paths, e.g. 'power', 'board.serial')",
+    )
+    workers = config.getoption("numprocesses", None) if not hasattr(config, "workerinput") else None
+    hosts = _hosts(config)
+    if isinstance(workers, int) and workers > 1 and hosts and len(hosts) < workers:
+        raise pytest.UsageError(
+            f"jumpstarter: {workers} xdist workers but {len(hosts)} board(s) ({', '.join(hosts)}); give one "
+            "--jumpstarter-host per worker, or run fewer workers (-n)"
+        )
+    manager = LabManager(config)
+    config.stash[MANAGER] = manager
+    config.add_cleanup(manager.close)
+
+
+# the lab of a run ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """What selects a lab: a host to connect to, else an exporter file to run here."""
+
+    host: str | None
+    exporter: Path
+    allow: str | None
+
+
+class LabManager:
+    """Starts labs on first use (one per distinct settings), keeps them for the run, closes them."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.labs: dict[LabSettings, Lab] = {}
+        self.current: Lab | None = None
+        self._streams = contextlib.ExitStack()
+        self._environ: dict[str, str | None] = {}
+        self._levels: dict[str, int] = {}
+
+    def get(self, settings: LabSettings) -> Lab:
+        lab = self.labs.get(settings)
+        if lab is None:
+            lab = self._start(settings)
+            self.labs[settings] = lab
+            self.current = lab
+            self._export_environment(lab)
+            self._subscribe_logs(lab)
+            self.config.hook.pytest_jumpstarter_lab_ready(session=lab, client=lab.client)
+        return lab
+
+    def _start(self, settings: LabSettings) -> Lab:
+        from .lab import Lab
+
+        where = settings.host or str(settings.exporter)
+        try:
+            if settings.host:
+                return Lab.connect_remote(settings.host, settings.allow)
+            from jumpstarter_drivers.core.config import DriverRegistry
+
+            registry = DriverRegistry()
+            self.config.hook.pytest_jumpstarter_register_drivers(registry=registry)
+            return Lab.start_local(settings.exporter, settings.allow, registry=registry)
+        except (JumpstarterError, OSError) as exc:
+            hint = (
+                "check the address and that the exporter runs (--jumpstarter-host / JUMPSTARTER_HOST)"
+                if settings.host
+                else "fix the exporter file (--jumpstarter-exporter / JUMPSTARTER_EXPORTER)"
+            )
+            pytest.exit(f"jumpstarter: lab {where} is unusable: {exc} [{hint}]", returncode=pytest.ExitCode.USAGE_ERROR)
+
+    def _export_environment(self, lab: Lab) -> None:
+        """Subprocesses of the tests (a ``jmp`` shell, scripts) find the lab through the environment."""
+        values = {JUMPSTARTER_HOST: lab.address, JMP_DRIVERS_ALLOW: str(lab.allow)}
+        for name, value in values.items():
+            self._environ.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _subscribe_logs(self, lab: Lab) -> None:
+        for name in (DRIVER_LOGGER, STREAMED_LOGGER, CONSOLE_LOGGER):
+            log = logging.getLogger(name)
+            if log.level == logging.NOTSET:
+                self._levels.setdefault(name, log.level)
+                log.setLevel(logging.INFO)
+        if lab.local is None:
+            self._streams.enter_context(lab.client.log_stream())
+
+    def close(self) -> None:
+        try:
+            self._streams.close()
+        finally:
+            for lab in self.labs.values():
+                lab.close()
+            self.labs.clear()
+            self.current = None
+            for name, value in self._environ.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            for name, level in self._levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+MANAGER = pytest.StashKey[LabManager]()
+
+
+def _worker(config: pytest.Config) -> tuple[int, int] | None:
+    """``(index, count)`` of this pytest-xdist worker, or ``None`` outside xdist."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return None
+    index = int(re.sub(r"\D", "", workerinput["workerid"]) or 0)
+    return index, int(workerinput.get("workercount", index + 1))
+
+
+def pick_host(config: pytest.Config, hosts: list[str]) -> str | None:
+    """The board of this process: the only host, or the worker's own one under xdist."""
+    if not hosts:
+        return None
+    worker = _worker(config)
+    if worker is None:
+        return hosts[0]
+    index, count = worker
+    if len(hosts) < count:
+        pytest.exit(
+            f"jumpstarter: {count} xdist workers but {len(hosts)} board(s) ({', '.join(hosts)}); give one "
+            "--jumpstarter-host per worker so no board is shared, or run fewer workers (-n)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+    return hosts[index]
+
+
+# settings fixtures: override any of them in a conftest.py -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jumpstarter_hosts(pytestconfig: pytest.Config) -> list[str]:
+    """Exporter addresses of this run (``--jumpstarter-host``, ``JUMPSTARTER_HOST``, ini); empty: run a local lab."""
+    return _hosts(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def jumpstarter_exporter(pytestconfig: pytest.Config) -> Path:
+    """Exporter file of the local lab: ``--jumpstarter-exporter``, else ./exporter.yaml at the rootdir, else the virtual lab."""
+    path = _path_setting(pytestconfig, "jumpstarter_exporter", JUMPSTARTER_EXPORTER)
+    if path is not None:
+        return path
+    default = pytestconfig.rootpath / "exporter.yaml"
+    return default if default.is_file() else VIRTUAL_LAB
+
+
+@pytest.fixture(scope="session")
+def jumpstarter_drivers_allow(pytestconfig: pytest.Config) -> str | None:
+    """Client classes the lab may load (``--jumpstarter-drivers-allow``, ``JMP_DRIVERS_ALLOW``, ini); ``None``: default."""
+    return _setting(pytestconfig, "jumpstarter_drivers_allow", JMP_DRIVERS_ALLOW)
+
+
+@pytest.fixture(scope="session")
+def jumpstarter_flasher_name(pytestconfig: pytest.Config) -> str | None:
+    """Dotted path of the flasher node (``--jumpstarter-flasher``); ``None``: the lab's only flasher."""
+    return _setting(pytestconfig, "jumpstarter_flasher", JUMPSTARTER_FLASHER)
+
+
+# the lab fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def session(
+    pytestconfig: pytest.Config,
+    jumpstarter_hosts: list[str],
+    jumpstarter_exporter: Path,
+    jumpstarter_drivers_allow: str | None,
+    record_testsuite_property: Any,
+) -> Lab:
+    """The lab of this run (a :class:`jumpstarter_testing.Lab`): ``address``, ``status()``, ``report()``.
+
+    A remote exporter when a host is given, else a local lab from the exporter file, served on a
+    private unix socket for the whole run (``session.local`` is its Session). Its address is put
+    in ``JUMPSTARTER_HOST`` for subprocesses; the exporter's uuid and labels go to the JUnit XML.
+    """
+    settings = LabSettings(pick_host(pytestconfig, jumpstarter_hosts), jumpstarter_exporter, jumpstarter_drivers_allow)
+    lab = pytestconfig.stash[MANAGER].get(settings)
+    report = lab.report()
+    record_testsuite_property("jumpstarter_exporter_address", lab.address)
+    record_testsuite_property("jumpstarter_exporter_uuid", report.uuid)
+    for key, value in sorted(report.labels.items()):
+        record_testsuite_property(f"jumpstarter_exporter_label:{key}", value)
+    return lab
+
+
+@pytest.fixture(scope="session")
+def client(session: Lab) -> DriverClient:
+    """The root client of the lab (children by name: ``client.power.on()``); shared by the run."""
+    return session.client
+
+
+@pytest.fixture(scope="session")
+def flasher(session: Lab, jumpstarter_flasher_name: str | None) -> DriverClient:
+    """The client of the lab's flasher: the only node whose client class is a ``*FlasherClient``,
+    or the one ``--jumpstarter-flasher`` names. Skips the test when the lab has no flasher.
+    """
+    try:
+        node = session.flasher(jumpstarter_flasher_name)
+    except JumpstarterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if node is None:
+        pytest.skip(f"the lab at {session.address} has no flasher (no node with a *FlasherClient client class)")
+    return node
+
+
+def _uses_lab(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return bool(LAB_FIXTURES.intersection(names)) or item.get_closest_marker(MARKER) is not None
+
+
+@pytest.fixture(autouse=True)
+def _jumpstarter_test(request: pytest.FixtureRequest) -> None:
+    """Starts the lab for tests that use it, applies ``jumpstarter_requires``, calls the start hook."""
+    item = request.node
+    if not _uses_lab(item):
+        return
+    lab: Lab = request.getfixturevalue("session")
+    item.stash[USED_LAB] = lab
+    marker_nodes = [n for m in item.iter_markers(MARKER) for n in m.args]
+    missing = [name for name in marker_nodes if lab.find(name) is None]
+    if missing:
+        pytest.skip(f"the lab at {lab.address} has no {', '.join(missing)} node (jumpstarter_requires)")
+    item.config.hook.pytest_jumpstarter_test_started(item=item, client=lab.client)
+
+
+USED_LAB = pytest.StashKey["Lab"]()
+
+
+# reporting: driver logs and console output of each test ------------------------------------------
+
+
+class TestLogCapture(logging.Handler):
+    """Collects the driver log and console records of one test, from the lab's log source only."""
+
+    def __init__(self, manager: LabManager) -> None:
+        super().__init__(logging.DEBUG)
+        self.manager = manager
+        self.lines: list[str] = []
+        self._arrived = threading.Event()
+        self.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lab = self.manager.current
+        if lab is None:
+            return
+        if record.name.startswith(CONSOLE_LOGGER):
+            source = f"console[{getattr(record, 'console', record.name.rpartition('.')[2])}]"
+        elif record.name == STREAMED_LOGGER:
+            if lab.local is not None:
+                return
+            source = self._node(lab, record)
+        else:
+            if lab.local is None or getattr(record, "driver_uuid", None) not in lab.local.drivers:
+                return
+            source = self._node(lab, record)
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 - logging's contract: a bad record must not fail the test
+            self.handleError(record)
+            return
+        self.lines.append(text.replace(record.levelname.ljust(7), f"{record.levelname:<7} {source}:", 1))
+        self._arrived.set()
+
+    @staticmethod
+    def _node(lab: Lab, record: logging.LogRecord) -> str:
+        return lab.node_names.get(str(getattr(record, "driver_uuid", "")), "driver")
+
+    def settle(self, quiet: float = 0.1, limit: float = 1.0) -> None:
+        """Let records still on their way from a remote exporter arrive (until ``quiet`` s pass without one)."""
+        lab = self.manager.current
+        if lab is None or lab.local is not None:
+            return
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            self._arrived.clear()
+            if not self._arrived.wait(quiet):
+                return
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[TestLogCapture]:
+        loggers = [logging.getLogger(name) for name in (DRIVER_LOGGER, STREAMED_LOGGER, CONSOLE_LOGGER)]
+        for log in loggers:
+            log.addHandler(self)
+        try:
+            yield self
+        finally:
+            for log in loggers:
+                log.removeHandler(self)
+
+
+CAPTURE = pytest.StashKey[TestLogCapture]()
+REPORTS = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    capture = TestLogCapture(item.config.stash[MANAGER])
+    item.stash[CAPTURE] = capture
+    item.stash[REPORTS] = {}
+    with capture.attached():
+        yield
+
+
+def log_file_for(log_dir: Path, nodeid: str) -> Path:
+    """The per-test log file: the node id made into a file name.
+
+    >>> log_file_for(Path("logs"), "tests/test_board.py::TestBoot::test_login[uart]").name
+    'tests_test_board.py__TestBoot__test_login_uart_.log'
+    """
+    return log_dir / (re.sub(r"[^\w.-]", "_", nodeid.replace("::", "__")) + ".log")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    capture = item.stash.get(CAPTURE, None)
+    lab = item.stash.get(USED_LAB, None)
+    if capture is None or lab is None:
+        return
+    item.stash[REPORTS][report.when] = report
+    if report.failed:
+        capture.settle()
+        if capture.lines:
+            report.sections.append((f"jumpstarter driver logs ({report.when})", "\n".join(capture.lines)))
+    if report.when != "teardown":
+        return
+    log_dir = _path_setting(item.config, "jumpstarter_log_dir", JUMPSTARTER_LOG_DIR)
+    if log_dir is not None:
+        capture.settle()
+        path = log_file_for(log_dir, item.nodeid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in capture.lines))
+        item.user_properties.append(("jumpstarter_log", str(path)))
+        report.user_properties.append(("jumpstarter_log", str(path)))
+        for phase in item.stash[REPORTS].values():
+            phase.sections.append(("jumpstarter log file", str(path)))
+    reports = item.stash[REPORTS]
+    item.config.hook.pytest_jumpstarter_test_finished(
+        item=item, client=lab.client, failed=any(r.failed for r in reports.values()), reports=dict(reports)
+    )

@@ -1,0 +1,381 @@
+"""Exporter configuration: a YAML file describing a driver tree, shaped like Jumpstarter's.
+
+::
+
+    export:
+      board:
+        description: the board on my desk
+        children:
+          power:
+            type: MockPower          # a short name, or an import path of a Driver class
+          storage:
+            type: Storage
+            config: {root_dir: /srv/images}
+      flasher:
+        children:
+          power: {ref: board.power}  # the same power switch, under a second name
+
+A node is ``type:`` with ``config:`` (keyword arguments), ``description:``,
+``methods_description:`` and ``children:``; a node with only ``children:`` is a
+:class:`~jumpstarter_drivers.composite.Composite`; ``ref:`` names another node by its dotted path.
+Jumpstarter's whole ``ExporterConfig`` document (``apiVersion``, ``kind``, ``metadata``, ...)
+is accepted too; its ``export:`` is read, and ``metadata.labels`` label the session.
+
+Short names come from a :class:`DriverRegistry`: the built-in families, the entry point group
+``jumpstarter_drivers`` (``ShortName = "package.module:DriverClass"``, or a plugin object
+implementing :func:`jumpstarter_register_drivers`), and plugins registered with pluggy.
+
+>>> config = loads("export:\\n  power: {type: MockPower}\\n  again: {ref: power}\\n")
+>>> sorted(config.root.children)
+['again', 'power']
+>>> loads("export:\\n  power: {type: MockPower, config: {volts: 5}}\\n", source="lab.yaml")
+Traceback (most recent call last):
+...
+jumpstarter_drivers.core.errors.ConfigurationError: lab.yaml: export.power.config.volts: MockPower: unknown config field 'volts'; expected one of: children, description, labels, methods_description
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .driver import Driver
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .session import Session
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "jumpstarter_drivers"
+PROJECT = "jumpstarter_drivers"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: Short names of the bundled drivers, resolved by import path on first use, so a family that
+#: is missing (or fails to import) breaks only the files that name it.
+BUILTIN_DRIVERS: dict[str, str] = {
+    "Composite": "jumpstarter_drivers.composite.driver.Composite",
+    "Proxy": "jumpstarter_drivers.composite.driver.Proxy",
+    "MockPower": "jumpstarter_drivers.power.driver.MockPower",
+    "SyncMockPower": "jumpstarter_drivers.power.driver.SyncMockPower",
+    "EnerGenie": "jumpstarter_drivers.energenie.driver.EnerGenie",
+    "PySerial": "jumpstarter_drivers.pyserial.driver.PySerial",
+    "Tftp": "jumpstarter_drivers.tftp.driver.Tftp",
+    "HttpServer": "jumpstarter_drivers.http.driver.HttpServer",
+    "Storage": "jumpstarter_drivers.storage.driver.Storage",
+}
+
+#: Jumpstarter's driver import paths that name a driver we have, so its exporter files load as they are.
+JUMPSTARTER_DRIVERS: dict[str, str] = {
+    "jumpstarter_driver_composite.driver.Composite": "Composite",
+    "jumpstarter_driver_composite.driver.Proxy": "Proxy",
+    "jumpstarter_driver_power.driver.MockPower": "MockPower",
+    "jumpstarter_driver_power.driver.SyncMockPower": "SyncMockPower",
+    "jumpstarter_driver_energenie.driver.EnerGenie": "EnerGenie",
+    "jumpstarter_driver_pyserial.driver.PySerial": "PySerial",
+    "jumpstarter_driver_tftp.driver.Tftp": "Tftp",
+    "jumpstarter_driver_http.driver.HttpServer": "HttpServer",
+}
+
+NODE_KEYS = ("type", "config", "description", "methods_description", "children", "ref")
+DOCUMENT_KEYS = ("export", "labels")
+
+
+class DriverSpecs:
+    """Hook specifications for driver plugins (pluggy project ``jumpstarter_drivers``)."""
+
+    @hookspec
+    def jumpstarter_register_drivers(self, registry: DriverRegistry) -> None:
+        """Register short names: ``registry.register("MyPower", "my_pkg.driver.MyPower")``."""
+
+
+class DriverRegistry:
+    """Maps short driver names to Driver classes (given as classes or lazy import paths).
+
+    >>> registry = DriverRegistry()
+    >>> registry.resolve("MockPower").__name__
+    'MockPower'
+    >>> registry.resolve("NoSuchDriver")
+    Traceback (most recent call last):
+    ...
+    jumpstarter_drivers.core.errors.ConfigurationError: no driver named 'NoSuchDriver'; give a Driver class's import path (package.module.Class) or one of: Composite, EnerGenie, HttpServer, MockPower, Proxy, PySerial, Storage, SyncMockPower, Tftp
+    """
+
+    def __init__(self, *, entry_points: bool = True) -> None:
+        self._names: dict[str, str | type[Driver]] = dict(BUILTIN_DRIVERS)
+        self.plugins = pluggy.PluginManager(PROJECT)
+        self.plugins.add_hookspecs(DriverSpecs)
+        self._hooked: set[int] = set()
+        self._entry_points: dict[str, importlib.metadata.EntryPoint] | None = None if entry_points else {}
+
+    def register(self, name: str, driver: str | type[Driver]) -> None:
+        """Register ``name`` for a Driver class or its import path (``pkg.module.Class`` or ``pkg.module:Class``)."""
+        if not isinstance(driver, str) and not (isinstance(driver, type) and issubclass(driver, Driver)):
+            raise ConfigurationError(f"driver short name {name!r}: {driver!r} is neither a Driver class nor an import path")
+        self._names[name] = driver
+
+    def names(self) -> list[str]:
+        """The short names known without loading any plugin."""
+        return sorted(self._names)
+
+    def resolve(self, name: str) -> type[Driver]:
+        """The Driver class for a short name or an import path."""
+        name = JUMPSTARTER_DRIVERS.get(name, name)
+        if name not in self._names:
+            self._load_plugins(name)
+        target = self._names.get(name)
+        if target is None:
+            if "." not in name and ":" not in name:
+                raise ConfigurationError(
+                    f"no driver named {name!r}; give a Driver class's import path (package.module.Class) "
+                    f"or one of: {', '.join(self.names())}"
+                )
+            target = name
+        cls = _import(target, name) if isinstance(target, str) else target
+        if not (isinstance(cls, type) and issubclass(cls, Driver)):
+            raise ConfigurationError(f"{name!r} is {cls!r}, not a jumpstarter_drivers Driver class")
+        self._names[name] = cls
+        return cls
+
+    def _entry_point_map(self) -> dict[str, importlib.metadata.EntryPoint]:
+        if self._entry_points is None:
+            self._entry_points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        return self._entry_points
+
+    def _load_plugins(self, wanted: str) -> None:
+        """Look ``wanted`` up in entry points, then ask every plugin; only on a miss, so it stays lazy."""
+        entry_points = self._entry_point_map()
+        first = [entry_points.pop(wanted)] if wanted in entry_points else []
+        for ep in first + list(entry_points.values()):
+            entry_points.pop(ep.name, None)
+            try:
+                loaded = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken third-party package must name itself
+                raise ConfigurationError(
+                    f"entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}) fails to load: {exc!r}"
+                ) from exc
+            if isinstance(loaded, type) and issubclass(loaded, Driver):
+                self._names.setdefault(ep.name, loaded)
+            elif self.plugins.is_registered(loaded):
+                continue
+            else:
+                self.plugins.register(loaded, name=f"entrypoint:{ep.name}")
+            if wanted in self._names:
+                break
+        self._call_hooks()
+
+    def _call_hooks(self) -> None:
+        fresh = [p for p in self.plugins.get_plugins() if id(p) not in self._hooked]
+        if not fresh:
+            return
+        self._hooked.update(id(p) for p in fresh)
+        self.plugins.subset_hook_caller("jumpstarter_register_drivers", remove_plugins=[
+            p for p in self.plugins.get_plugins() if p not in fresh
+        ])(registry=self)
+
+
+def _import(path: str, name: str) -> Any:
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"driver {name!r} ({path}) is not installed: {exc}; install the package that provides it"
+        ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigurationError(f"driver {name!r}: module {module_name} has no class {attr!r}") from None
+
+
+#: The registry used when none is given.
+default_registry = DriverRegistry()
+
+
+@dataclass
+class ExporterConfig:
+    """A loaded exporter configuration: the driver tree and the session's labels."""
+
+    root: Driver
+    labels: dict[str, str] = field(default_factory=dict)
+    source: str = "<string>"
+
+    def session(self) -> Session:
+        """A :class:`~jumpstarter_drivers.core.session.Session` hosting this tree."""
+        from .session import Session
+
+        return Session(root_device=self.root, labels=dict(self.labels))
+
+
+def load(path: str | os.PathLike, registry: DriverRegistry | None = None) -> ExporterConfig:
+    """Load an exporter configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read exporter configuration {path}: {exc.strerror}") from None
+    return loads(text, source=str(path), registry=registry)
+
+
+def loads(text: str, source: str = "<string>", registry: DriverRegistry | None = None) -> ExporterConfig:
+    """Load an exporter configuration from YAML text; ``source`` names it in errors."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigurationError(f"{source}:{where}: not valid YAML: {problem}") from None
+    return from_document(document, source=source, registry=registry)
+
+
+def from_document(
+    document: Any, source: str = "<string>", registry: DriverRegistry | None = None
+) -> ExporterConfig:
+    """Build the tree from an already parsed document (a mapping with ``export:``)."""
+    from ..composite.driver import Composite, resolve_refs
+
+    registry = registry or default_registry
+    if not isinstance(document, Mapping):
+        raise ConfigurationError(
+            f"{source}: expected a mapping with a top-level 'export:' of driver nodes, got {_kind(document)}"
+        )
+    full_form = "apiVersion" in document or "kind" in document
+    if full_form and document.get("kind", "ExporterConfig") != "ExporterConfig":
+        raise ConfigurationError(f"{source}: kind: expected ExporterConfig, got {document.get('kind')!r}")
+    if not full_form:
+        unknown = [k for k in document if k not in DOCUMENT_KEYS]
+        if unknown:
+            raise ConfigurationError(
+                f"{source}: {unknown[0]}: unknown top-level key; expected {' and '.join(DOCUMENT_KEYS)} "
+                "(or Jumpstarter's full ExporterConfig with apiVersion and kind)"
+            )
+    export = document.get("export")
+    if not isinstance(export, Mapping) or not export:
+        raise ConfigurationError(
+            f"{source}: export: expected a mapping of names to driver nodes, got {_kind(export)}"
+        )
+    if full_form:
+        metadata = document.get("metadata") or {}
+        labels = metadata.get("labels", {}) if isinstance(metadata, Mapping) else {}
+        where = "metadata.labels"
+    else:
+        labels = document.get("labels", {})
+        where = "labels"
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ConfigurationError(f"{source}: {where}: expected a mapping of strings to strings, got {labels!r}")
+    builder = _Builder(source, registry)
+    root = Composite(children=builder.children(export, "export"))
+    try:
+        resolve_refs(root)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source}: {builder.where_ref(exc)}{exc}") from None
+    return ExporterConfig(root=root, labels=dict(labels), source=source)
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+
+
+_FIELD = re.compile(r"(config field|child) '([^']+)'|(config field)\(s\): (\w+)")
+
+
+class _Builder:
+    def __init__(self, source: str, registry: DriverRegistry) -> None:
+        self.source = source
+        self.registry = registry
+        self.refs: dict[str, str] = {}
+
+    def fail(self, path: str, message: str) -> ConfigurationError:
+        return ConfigurationError(f"{self.source}: {path}: {message}")
+
+    def where_ref(self, exc: ConfigurationError) -> str:
+        text = str(exc)
+        for ref, path in self.refs.items():
+            if repr(ref) in text:
+                return f"{path}.ref: "
+        return ""
+
+    def children(self, nodes: Any, path: str) -> dict[str, Driver]:
+        if not isinstance(nodes, Mapping):
+            raise self.fail(path, f"expected a mapping of names to driver nodes, got {_kind(nodes)}")
+        built = {}
+        for name, node in nodes.items():
+            if not isinstance(name, str) or not name or "." in name:
+                raise self.fail(f"{path}.{name}", "node names must be non-empty strings without '.'")
+            built[name] = self.node(node, f"{path}.{name}")
+        return built
+
+    def node(self, node: Any, path: str) -> Driver:
+        from ..composite.driver import Composite, Proxy
+
+        if not isinstance(node, Mapping):
+            raise self.fail(path, f"expected a driver node (a mapping with type:, children: or ref:), got {_kind(node)}")
+        unknown = [k for k in node if k not in NODE_KEYS]
+        if unknown:
+            raise self.fail(f"{path}.{unknown[0]}", f"unknown key; a node has {', '.join(NODE_KEYS)}")
+        if "ref" in node:
+            others = [k for k in node if k != "ref"]
+            if others:
+                raise self.fail(f"{path}.{others[0]}", "a ref: node has nothing else; configure the node it names")
+            ref = node["ref"]
+            if not isinstance(ref, str):
+                raise self.fail(f"{path}.ref", f"expected a dotted path such as 'board.power', got {_kind(ref)}")
+            self.refs[ref] = path
+            try:
+                return Proxy(ref=ref)
+            except ConfigurationError as exc:
+                raise self.fail(f"{path}.ref", str(exc)) from None
+        description = node.get("description")
+        if description is not None and not isinstance(description, str):
+            raise self.fail(f"{path}.description", f"expected a string, got {_kind(description)}")
+        methods_description = node.get("methods_description") or {}
+        if not isinstance(methods_description, Mapping):
+            raise self.fail(f"{path}.methods_description", f"expected a mapping of method names to text, got {_kind(methods_description)}")
+        children = self.children(node.get("children") or {}, f"{path}.children")
+        common = {"description": description, "methods_description": dict(methods_description), "children": children}
+        if "type" not in node:
+            if "config" in node:
+                raise self.fail(f"{path}.config", "config: needs a type: naming the driver it configures")
+            if not children:
+                raise self.fail(path, "expected type: (a driver), children: (a composite) or ref: (another node)")
+            return Composite(**common)
+        type_name = node["type"]
+        if not isinstance(type_name, str) or not type_name:
+            raise self.fail(f"{path}.type", f"expected a driver short name or import path, got {_kind(type_name)}")
+        config = node.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise self.fail(f"{path}.config", f"expected a mapping of keyword arguments, got {_kind(config)}")
+        clash = [k for k in config if k in common]
+        if clash:
+            raise self.fail(f"{path}.config.{clash[0]}", f"set {clash[0]}: on the node, not inside config:")
+        try:
+            cls = self.registry.resolve(type_name)
+        except ConfigurationError as exc:
+            raise self.fail(f"{path}.type", str(exc)) from None
+        try:
+            return cls(**common, **config)
+        except ConfigurationError as exc:
+            match = _FIELD.search(str(exc))
+            where = path
+            if match:
+                kind, name = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+                where = f"{path}.config.{name}" if kind == "config field" else f"{path}.children.{name}"
+            raise self.fail(where, str(exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise self.fail(f"{path}.config", f"{cls.__name__}: {exc}") from None
