@@ -106,7 +106,7 @@ class EnerGenieSimulator:
 
     @property
     def host(self) -> str:
-        return self._server.server_address[0]
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:
@@ -123,7 +123,9 @@ class EnerGenieSimulator:
 
     def start(self) -> EnerGenieSimulator:
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._server.serve_forever, name="energenie-simulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="energenie-simulator", daemon=True
+        )
         self._thread.start()
         logger.info("EnerGenie EG-PMS2-LAN simulator listening on %s", self.url)
         return self
@@ -140,7 +142,9 @@ class EnerGenieSimulator:
     def __enter__(self) -> EnerGenieSimulator:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # the device's state ----------------------------------------------------------------------

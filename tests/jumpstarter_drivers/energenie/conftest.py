@@ -1,0 +1,88 @@
+"""Fixtures for the EnerGenie tests: simulators, a private lock dir, a browser from another IP."""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from jumpstarter_drivers.energenie.common import is_login_page, socket_states
+from jumpstarter_drivers.energenie.simulator import EnerGenieSimulator
+
+
+@pytest.fixture
+def lock_dir(tmp_path: Path) -> str:
+    """A lock dir of this test's own, so tests never wait on each other's strips."""
+    return str(tmp_path / "locks")
+
+
+@pytest.fixture
+def simulator() -> Iterator[Callable[..., EnerGenieSimulator]]:
+    """Factory of started simulators (keyword arguments as for EnerGenieSimulator); all closed at the end."""
+    started: list[EnerGenieSimulator] = []
+
+    def start(**kwargs: object) -> EnerGenieSimulator:
+        sim = EnerGenieSimulator(**kwargs).start()  # type: ignore[arg-type]
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.close()
+
+
+class Browser:
+    """The strip's web UI used from another loopback IP (127.0.0.2), as a person at a browser would."""
+
+    def __init__(self, sim: EnerGenieSimulator, source_ip: str) -> None:
+        self.sim = sim
+        self.source_ip = source_ip
+
+    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+        connection = http.client.HTTPConnection(
+            self.sim.host, self.sim.port, timeout=5, source_address=(self.source_ip, 0)
+        )
+        try:
+            body = urlencode(form) if form is not None else None
+            headers = {"Content-Type": "application/x-www-form-urlencoded"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+            reply = connection.getresponse()
+            return reply.status, reply.read().decode()
+        finally:
+            connection.close()
+
+    def login(self, password: str = "1") -> bool:
+        """Whether the strip let us in (its control page came back)."""
+        status, page = self.request("POST", "/login.html", {"pw": password})
+        assert status == 200
+        return not is_login_page(page) and socket_states(page) is not None
+
+    def states(self) -> list[bool] | None:
+        return socket_states(self.request("GET", "/energenie.html")[1])
+
+    def logout(self) -> None:
+        self.request("GET", "/login.html")
+
+
+@pytest.fixture
+def browser() -> Callable[[EnerGenieSimulator], Browser]:
+    """``browser(sim)``: the simulator's web UI seen from 127.0.0.2."""
+
+    def make(sim: EnerGenieSimulator, source_ip: str = "127.0.0.2") -> Browser:
+        return Browser(sim, source_ip)
+
+    return make
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nobody listens on (bound then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    yield port
