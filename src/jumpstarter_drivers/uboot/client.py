@@ -1,0 +1,29 @@
+"""The U-Boot client: what a test calls to use a board's boot loader."""
+
+from __future__ import annotations
+
+from ..core.client import DriverClient
+
+
+class UBootClient(DriverClient):
+    """Client of a :class:`~jumpstarter_drivers.uboot.driver.UBoot` driver."""
+
+    def reboot_to_console(self) -> None:
+        """Power-cycle the board and stop at the U-Boot prompt."""
+        self.call("reboot_to_console")
+
+    def run_command(self, command: str, timeout: float = 30.0, check: bool = True) -> str:
+        """Run a command at the prompt and return its output (a failure raises ``DriverError``)."""
+        return self.call("run_command", command, timeout, check)
+
+    def get_env(self, name: str) -> str | None:
+        """An environment variable's value, or ``None`` when not set."""
+        return self.call("get_env", name)
+
+    def set_env(self, name: str, value: str | None) -> None:
+        """Set an environment variable (``None`` deletes it)."""
+        self.call("set_env", name, value)
+
+    def setup_network(self, serverip: str | None = None, tftp_port: int = 69) -> None:
+        """Set up the board's network (DHCP or static, as configured)."""
+        self.call("setup_network", serverip, tftp_port)

@@ -1,0 +1,17 @@
+"""The virtual board's client: its disk and fault injection (power and serial are children)."""
+
+from __future__ import annotations
+
+from ..core.client import DriverClient
+
+
+class VirtualBoardClient(DriverClient):
+    """Client of a :class:`~jumpstarter_drivers.virtualboard.driver.VirtualBoard`."""
+
+    def disk_sha256(self, length: int = -1) -> str:
+        """SHA-256 of the first ``length`` bytes of the board's disk (all of it when negative)."""
+        return self.call("disk_sha256", length)
+
+    def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False) -> None:
+        """Make the board panic at a command, or time out its next TFTP transfer once."""
+        self.call("set_faults", panic_on, tftp_timeout_once)

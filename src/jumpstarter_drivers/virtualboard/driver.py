@@ -1,0 +1,192 @@
+"""The virtual board: a U-Boot-like console on a real pseudo-terminal, power, and a disk file.
+
+Its ``serial`` child is a :class:`~jumpstarter_drivers.pyserial.driver.PySerial` on the
+pty's slave end, and its ``power`` child starts and stops the board's simulator thread, so a
+flasher drives it exactly as it drives a board on a USB serial adapter and a power strip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import tty
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..core.driver import Driver, export
+from ..core.errors import ConfigurationError
+from ..power.common import PowerReading
+from ..power.driver import PowerInterface
+from ..pyserial.driver import PySerial
+from .simulator import BlockDevice, Faults, PoweredOff, Uart, VirtualUBoot
+
+#: How long power-off waits for the board's thread to notice.
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(kw_only=True)
+class VirtualBoard(Driver):
+    """A board in pure Python that behaves like U-Boot on its serial console.
+
+    ``disk`` is the backing file of its block device (a temporary file when not given),
+    ``block_interface`` the U-Boot command that reaches it (``mmc`` or ``virtio``). DHCP hands
+    out ``ipaddr`` and ``serverip``; Linux accepts ``username``/``password``.
+    """
+
+    disk: str | None = None
+    disk_size: int = 256 << 20
+    block_interface: Literal["mmc", "virtio"] = "mmc"
+    autoboot_delay: int = 2
+    ipaddr: str = "127.0.0.1"
+    serverip: str = "127.0.0.1"
+    username: str = "root"
+    password: str = "password"
+
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.disk_size <= 0 or self.disk_size % 512:
+            raise ConfigurationError(f"VirtualBoard: config field 'disk_size' must be a positive multiple of 512, got {self.disk_size}")
+        if set(self.children) - {"serial", "power"}:
+            raise ConfigurationError("VirtualBoard: makes its own children 'serial' and 'power'; give it no children")
+        self._own_dir = None
+        if self.disk is None:
+            self._own_dir = tempfile.TemporaryDirectory(prefix="virtualboard-")
+            self.disk = str(Path(self._own_dir.name) / "disk.img")
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self.master, False)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.slave_path = os.ttyname(self._slave)
+        self.board = VirtualUBoot(
+            disk=BlockDevice(Path(self.disk), self.disk_size),
+            block_interface=self.block_interface,
+            autoboot_delay=self.autoboot_delay,
+            ipaddr=self.ipaddr,
+            dhcp_serverip=self.serverip,
+            username=self.username,
+            password=self.password,
+        )
+        self.board.disk.ensure()
+        self.children["serial"] = PySerial(url=self.slave_path)
+        power = VirtualBoardPower()
+        power.board = self
+        self.children["power"] = power
+
+    @classmethod
+    def client(cls) -> str:
+        return "jumpstarter_drivers.virtualboard.client.VirtualBoardClient"
+
+    @property
+    def faults(self) -> Faults:
+        """Failures the board will show (for tests)."""
+        return self.board.faults
+
+    @property
+    def powered(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def power_on(self) -> None:
+        """Start the board (a no-op when it runs)."""
+        if self.powered:
+            return
+        while True:  # a powered-off UART loses what was typed at it
+            try:
+                if not os.read(self.master, 65536):
+                    break
+            except (BlockingIOError, OSError):
+                break
+        self._stop = threading.Event()
+        uart = Uart(self.master, self._stop, self._wake_r)
+        self._thread = threading.Thread(target=self._run, args=(uart,), name="virtualboard", daemon=True)
+        self._thread.start()
+
+    def _run(self, uart: Uart) -> None:
+        try:
+            self.board.run(uart)
+        except PoweredOff:
+            self.logger.debug("virtual board powered off")
+        except Exception:
+            self.logger.exception("virtual board crashed")
+
+    def power_off(self) -> None:
+        """Stop the board; waits for its thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        thread.join(STOP_TIMEOUT)
+        if thread.is_alive():
+            self.logger.warning("virtual board thread did not stop within %s s", STOP_TIMEOUT)
+        try:
+            while os.read(self._wake_r, 64):
+                continue
+        except BlockingIOError:
+            self.logger.debug("wake-up pipe drained")
+        self._thread = None
+
+    @export
+    def disk_sha256(self, length: int = -1) -> str:
+        """SHA-256 of the first ``length`` bytes of the disk (all of it when negative)."""
+        digest = hashlib.sha256()
+        remaining = self.disk_size if length < 0 else int(length)
+        with open(self.disk, "rb") as f:
+            while remaining > 0 and (chunk := f.read(min(remaining, 1 << 20))):
+                digest.update(chunk)
+                remaining -= len(chunk)
+        return digest.hexdigest()
+
+    @export
+    def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False) -> None:
+        """Make the board panic at a command (``tftpboot``, ``booti``, ``boot``, ``linux``, ...) or
+        time out its next TFTP transfer once."""
+        self.board.faults.panic_on = panic_on
+        self.board.faults.tftp_timeout_once = tftp_timeout_once
+
+    def close(self) -> None:
+        self.power_off()
+        super().close()
+        for fd in (self.master, self._slave, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                continue
+        if self._own_dir is not None:
+            self._own_dir.cleanup()
+
+
+@dataclass(kw_only=True)
+class VirtualBoardPower(PowerInterface):
+    """The virtual board's power switch: on starts its simulator, off stops it."""
+
+    board: VirtualBoard | None = field(default=None, init=False, repr=False)
+
+    def _board(self) -> VirtualBoard:
+        if self.board is None:
+            raise ConfigurationError("VirtualBoardPower belongs to a VirtualBoard; it is created by it")
+        return self.board
+
+    @export
+    def on(self) -> None:
+        """Power on: the board boots."""
+        self.logger.info("power on")
+        self._board().power_on()
+
+    @export
+    def off(self) -> None:
+        """Power off: the board stops at once."""
+        self.logger.info("power off")
+        self._board().power_off()
+
+    @export
+    def read(self) -> Generator[PowerReading, None, None]:
+        """One reading: 5 V, and 0.4 A while powered."""
+        yield PowerReading(voltage=5.0, current=0.4 if self._board().powered else 0.0)

@@ -1,0 +1,92 @@
+"""The U-Boot driver against the virtual board, over a real pty and a real session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
+from jumpstarter_drivers.core.connect import serve
+from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
+from jumpstarter_drivers.power import MockPower
+from jumpstarter_drivers.uboot import UBoot
+from jumpstarter_drivers.virtualboard import VirtualBoard
+
+
+@pytest.fixture
+def lab() -> Iterator:
+    board = VirtualBoard(autoboot_delay=1)
+    uboot = UBoot(boot_timeout=10, power_off_time=0,
+                  children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")})
+    root = Composite(children={"board": board, "uboot": uboot})
+    resolve_refs(root)
+    try:
+        with serve(root) as client:
+            yield board, client
+    finally:
+        root.close()
+
+
+def test_boot_to_prompt_run_commands_and_environment(lab) -> None:
+    board, client = lab
+    client.uboot.reboot_to_console()
+    assert client.uboot.run_command("echo hello") .strip() == "hello"
+    client.uboot.set_env("greeting", "hi there")
+    assert client.uboot.get_env("greeting") == "hi there"
+    assert client.uboot.get_env("nosuchvar") is None
+    client.uboot.set_env("greeting", None)
+    assert client.uboot.get_env("greeting") is None
+
+
+def test_failed_command_names_it_with_console_tail(lab) -> None:
+    _, client = lab
+    client.uboot.reboot_to_console()
+    with pytest.raises(DriverError, match=r"(?s)command 'frobnicate 1' failed with status 1.*console tail.*Unknown command 'frobnicate'"):
+        client.uboot.run_command("frobnicate 1")
+    assert "Unknown command" in client.uboot.run_command("frobnicate 2", check=False)
+
+
+def test_dhcp_and_static_network(lab) -> None:
+    board, client = lab
+    client.uboot.reboot_to_console()
+    client.uboot.setup_network(serverip="127.0.0.1", tftp_port=6969)
+    assert client.uboot.get_env("ipaddr") == board.ipaddr
+    assert client.uboot.get_env("tftpdstp") == "6969"
+    assert client.uboot.get_env("autoload") == "no"
+
+
+def test_panic_ends_the_wait_at_once_with_the_tail(lab) -> None:
+    board, client = lab
+    client.uboot.reboot_to_console()
+    client.board.set_faults(panic_on="md5sum")
+    with pytest.raises(DriverError, match=r"(?s)step 'md5sum 40000000 10' failed: the board failed: 'Synchronous Abort handler'.*console tail"):
+        client.uboot.run_command("md5sum 40000000 10", timeout=60)
+
+
+def test_panic_while_booting_is_detected(lab) -> None:
+    _, client = lab
+    client.board.set_faults(panic_on="boot")
+    with pytest.raises(DriverError, match=r"step 'interrupt autoboot' failed: the board failed"):
+        client.uboot.reboot_to_console()
+
+
+def test_no_prompt_is_a_bounded_timeout() -> None:
+    board = VirtualBoard(autoboot_delay=1)
+    uboot = UBoot(boot_timeout=0.5, power_off_time=0, prompt="NEVER> ", autoboot_pattern="NEVER",
+                  children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")})
+    root = Composite(children={"board": board, "uboot": uboot})
+    resolve_refs(root)
+    try:
+        with serve(root) as client:
+            with pytest.raises(DriverError, match=r"(?s)step 'interrupt autoboot' failed: no 'NEVER'.*within 0.5 s.*U-Boot 2023"):
+                client.uboot.reboot_to_console()
+    finally:
+        root.close()
+
+
+def test_needs_both_serial_and_power() -> None:
+    with pytest.raises(ConfigurationError, match="missing required child 'serial'"):
+        UBoot(children={"power": MockPower()})
+    with pytest.raises(ConfigurationError, match="'ipaddr' is required"):
+        UBoot(network="static")
