@@ -114,12 +114,7 @@ class EnerGenie(PowerInterface):
     def state(self) -> bool:
         """Whether the slot's socket is on, as the strip reports it."""
         with self._operation() as http:
-            states = self._states(self._request(http, "GET", STATE_PATH), f"GET {STATE_PATH}")
-            if states is None:
-                raise DriverError(
-                    f"{self._where}: GET {STATE_PATH} has no 'sockstates' array; is {self._url} an EG-PMS2-LAN?"
-                )
-            return states[self.slot - 1]
+            return self._read_states(http)[self.slot - 1]
 
     @export
     def read(self) -> Generator[PowerReading, None, None]:
@@ -137,27 +132,14 @@ class EnerGenie(PowerInterface):
         return f"EnerGenie {self.host} slot {self.slot}"
 
     def _switch(self, on: bool) -> None:
-        word = "on" if on else "off"
         with self._operation() as http:
             reply = self._request(http, "POST", SWITCH_PATH, {switch_field(self.slot): "1" if on else "0"})
-            if is_login_page(reply.text):
-                raise DriverError(
-                    f"{self._where}: the strip answered the switch with its login page: the session ended "
-                    "(another client logged in, or it timed out); the socket may not have switched"
-                )
+            states = self._states(reply, f"POST {SWITCH_PATH}")
             if self.verify:
-                self._check(http, on, reply)
-        self.logger.info("slot %d switched %s", self.slot, word)
+                self._compare(on, states if states is not None else self._read_states(http))
+        self.logger.info("slot %d switched %s", self.slot, "on" if on else "off")
 
-    def _check(self, http: requests.Session, on: bool, reply: requests.Response) -> None:
-        """Read the socket back (from the switch reply when it has one) and compare."""
-        states = self._states(reply, f"POST {SWITCH_PATH}")
-        if states is None:
-            states = self._states(self._request(http, "GET", STATE_PATH), f"GET {STATE_PATH}")
-        if states is None:
-            raise DriverError(
-                f"{self._where}: cannot verify the switch: the strip's replies have no 'sockstates' array"
-            )
+    def _compare(self, on: bool, states: list[bool]) -> None:
         if states[self.slot - 1] != on:
             raise DriverError(
                 f"{self._where}: asked to switch {'on' if on else 'off'}, but the strip reports the socket "
@@ -165,11 +147,21 @@ class EnerGenie(PowerInterface):
                 "check the strip and its wiring"
             )
 
+    def _read_states(self, http: requests.Session) -> list[bool]:
+        """The sockets' states from the control page."""
+        states = self._states(self._request(http, "GET", STATE_PATH), f"GET {STATE_PATH}")
+        if states is None:
+            raise DriverError(
+                f"{self._where}: GET {STATE_PATH} has no 'sockstates' array; is {self._url} an EG-PMS2-LAN?"
+            )
+        return states
+
     def _states(self, reply: requests.Response, what: str) -> list[bool] | None:
+        """The states in ``reply`` if it has them; an error if it is the login page (session gone)."""
         if is_login_page(reply.text):
             raise DriverError(
-                f"{self._where}: {what} answered the login page: the session ended (another client "
-                "logged in, or it timed out)"
+                f"{self._where}: {what} answered the login page: the web session ended (another client "
+                "logged in, or it timed out), so the request may not have taken effect"
             )
         return socket_states(reply.text)
 

@@ -54,10 +54,32 @@ def test_strict_mock_fails_on_traffic_it_does_not_expect(httpserver: HTTPServer,
     httpserver.expect_ordered_request("/login.html", method="POST", data="pw=1").respond_with_data("")
     httpserver.expect_ordered_request("/", method="POST", data="cte1=1").respond_with_data("")
     with serve(EnerGenie(host=f"127.0.0.1:{httpserver.port}", lock_dir=lock_dir, logout=True)) as client:
-        with pytest.raises(DriverError, match="HTTP 500"):
+        with pytest.raises(DriverError, match=r"GET /login.html failed with HTTP 500.*may stay locked to this host"):
             client.on()
     with pytest.raises(AssertionError):
         httpserver.check_assertions()
+
+
+def test_a_failed_logout_does_not_hide_the_first_failure(httpserver: HTTPServer, lock_dir: str) -> None:
+    httpserver.expect_ordered_request("/login.html", method="POST").respond_with_data("")
+    unswitched = CONTROL_PAGE.format("0,0,0,0")
+    httpserver.expect_ordered_request("/", method="POST", data="cte2=1").respond_with_data(unswitched)
+    httpserver.expect_ordered_request("/login.html", method="GET").respond_with_data("", status=500)
+    driver = EnerGenie(host=f"127.0.0.1:{httpserver.port}", slot=2, verify=True, logout=True, lock_dir=lock_dir)
+    with serve(driver) as client:
+        with pytest.raises(DriverError, match="asked to switch on, but the strip reports the socket off"):
+            client.on()
+    httpserver.check_assertions()
+
+
+def test_losing_the_session_mid_operation_is_an_error(httpserver: HTTPServer, lock_dir: str) -> None:
+    login_page = "<html><head><title>EnerGenie Web: login</title></head><body>pw</body></html>"
+    httpserver.expect_ordered_request("/login.html", method="POST").respond_with_data("")
+    httpserver.expect_ordered_request("/", method="POST").respond_with_data(login_page)
+    with serve(EnerGenie(host=f"127.0.0.1:{httpserver.port}", lock_dir=lock_dir)) as client:
+        with pytest.raises(DriverError, match="POST / answered the login page: the web session ended"):
+            client.off()
+    httpserver.check_assertions()
 
 
 def test_http_error_status_is_an_error(httpserver: HTTPServer, lock_dir: str) -> None:
