@@ -47,7 +47,8 @@ BACKOFF_MAX = 4.0
 class EnerGenie(PowerInterface):
     """One socket (``slot``) of an EnerGenie EG-PMS2-LAN network power strip, over its web UI.
 
-    ``host`` may carry ``:port``. ``timeout`` bounds connecting and each read of every request;
+    ``host`` may carry ``:port``; ``slot`` is 1..4 (a digit string such as ``"1"`` is taken too, as
+    Jumpstarter's exporter files write it). ``timeout`` bounds connecting and each read of every request;
     a request that fails on the network (refused, reset, timed out) is tried ``retries`` more
     times with a doubling pause. A refused password is never retried. ``logout`` logs out after
     each operation so the strip's one web session is free for others; ``verify`` reads the
@@ -57,7 +58,7 @@ class EnerGenie(PowerInterface):
 
     host: str
     password: str = "1"
-    slot: int = 1
+    slot: int | str = 1
     timeout: float = 5.0
     retries: int = 2
     logout: bool = False
@@ -70,10 +71,14 @@ class EnerGenie(PowerInterface):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
-        if not 1 <= self.slot <= SOCKETS:
+        slot = self.slot.strip() if isinstance(self.slot, str) else self.slot
+        if isinstance(slot, str) and slot.isdigit():
+            slot = int(slot)  # Jumpstarter's exporter files write slot: "1"
+        if not isinstance(slot, int) or not 1 <= slot <= SOCKETS:
             raise ConfigurationError(
-                f"{name}: config field 'slot' is {self.slot}; the strip has sockets 1..{SOCKETS}"
+                f"{name}: config field 'slot' is {self.slot!r}; the strip has sockets 1..{SOCKETS}"
             )
+        self.slot = self._slot = slot
         if self.timeout <= 0:
             raise ConfigurationError(f"{name}: config field 'timeout' is {self.timeout}; give seconds > 0")
         if not 0 <= self.retries <= MAX_RETRIES:
@@ -114,7 +119,7 @@ class EnerGenie(PowerInterface):
     def state(self) -> bool:
         """Whether the slot's socket is on, as the strip reports it."""
         with self._operation() as http:
-            return self._read_states(http)[self.slot - 1]
+            return self._read_states(http)[self._slot - 1]
 
     @export
     def read(self) -> Generator[PowerReading, None, None]:
@@ -129,21 +134,21 @@ class EnerGenie(PowerInterface):
 
     @property
     def _where(self) -> str:
-        return f"EnerGenie {self.host} slot {self.slot}"
+        return f"EnerGenie {self.host} slot {self._slot}"
 
     def _switch(self, on: bool) -> None:
         with self._operation() as http:
-            reply = self._request(http, "POST", SWITCH_PATH, {switch_field(self.slot): "1" if on else "0"})
+            reply = self._request(http, "POST", SWITCH_PATH, {switch_field(self._slot): "1" if on else "0"})
             states = self._states(reply, f"POST {SWITCH_PATH}")
             if self.verify:
                 self._compare(on, states if states is not None else self._read_states(http))
-        self.logger.info("slot %d switched %s", self.slot, "on" if on else "off")
+        self.logger.info("slot %d switched %s", self._slot, "on" if on else "off")
 
     def _compare(self, on: bool, states: list[bool]) -> None:
-        if states[self.slot - 1] != on:
+        if states[self._slot - 1] != on:
             raise DriverError(
                 f"{self._where}: asked to switch {'on' if on else 'off'}, but the strip reports the socket "
-                f"{'on' if states[self.slot - 1] else 'off'} (sockstates {[int(s) for s in states]}); "
+                f"{'on' if states[self._slot - 1] else 'off'} (sockstates {[int(s) for s in states]}); "
                 "check the strip and its wiring"
             )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import select
 import subprocess
 import sys
@@ -183,12 +184,17 @@ def test_wrong_password_is_refused_and_not_retried(simulator, lock_dir: str) -> 
         ({"timeout": 0}, "'timeout' is 0"),
         ({"host": "http://10.0.0.9"}, "without a scheme or path"),
         ({"host": "strip:99999"}, "'host' is 'strip:99999'"),
-        ({"slot": "1"}, "'slot' expects int"),
+        ({"slot": "one"}, "'slot' is 'one'"),
+        ({"slot": 2.0}, "'slot' expects int | str, got 2.0"),
     ],
 )
 def test_bad_config_fails_at_construction(config: dict, problem: str) -> None:
-    with pytest.raises(ConfigurationError, match=problem.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
         EnerGenie(**({"host": "192.0.2.7"} | config))
+
+
+def test_slot_may_be_a_digit_string_as_in_jumpstarter_exporter_files() -> None:
+    assert EnerGenie(host="192.0.2.7", slot="3").slot == 3
 
 
 def test_host_may_carry_a_port() -> None:
