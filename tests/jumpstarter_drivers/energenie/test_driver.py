@@ -361,3 +361,25 @@ def test_lock_is_taken_with_flock_on_the_lock_file(simulator, lock_dir: str) -> 
         os.close(fd)
         worker.join(30)
     assert Path(driver.lock_path).read_text().strip() == str(os.getpid())
+
+
+def test_a_jumpstarter_exporter_file_drives_the_simulator(simulator, lock_dir: str) -> None:
+    """Jumpstarter's documented EnerGenie config (driver path, slot as a string) loads and works as is."""
+    from jumpstarter_drivers.core.config import loads
+
+    sim = simulator(password="password")
+    config = loads(
+        "export:\n"
+        "  power:\n"
+        "    type: jumpstarter_driver_energenie.driver.EnerGenie\n"
+        "    config:\n"
+        f'      host: "{sim.address}"\n'
+        '      password: "password"\n'
+        '      slot: "2"\n'
+        f'      lock_dir: "{lock_dir}"\n'
+    )
+    with serve(config.root) as client:
+        assert isinstance(client.power, EnerGenieClient)
+        client.power.on()
+        assert client.power.state() is True
+    assert sim.states == [False, True, False, False]
