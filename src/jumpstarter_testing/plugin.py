@@ -183,12 +183,8 @@ class LabManager:
             self.config.hook.pytest_jumpstarter_register_drivers(registry=registry)
             return Lab.start_local(settings.exporter, settings.allow, registry=registry)
         except (JumpstarterError, OSError) as exc:
-            hint = (
-                "check the address and that the exporter runs (--jumpstarter-host / JUMPSTARTER_HOST)"
-                if settings.host
-                else "fix the exporter file (--jumpstarter-exporter / JUMPSTARTER_EXPORTER)"
-            )
-            pytest.exit(f"jumpstarter: lab {where} is unusable: {exc} [{hint}]", returncode=pytest.ExitCode.USAGE_ERROR)
+            hint = "" if settings.host else " [fix the file, or choose another with --jumpstarter-exporter]"
+            pytest.exit(f"jumpstarter: lab {where} is unusable: {exc}{hint}", returncode=pytest.ExitCode.USAGE_ERROR)
 
     def _export_environment(self, lab: Lab) -> None:
         """Subprocesses of the tests (a ``jmp`` shell, scripts) find the lab through the environment."""

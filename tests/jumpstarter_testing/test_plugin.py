@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from jumpstarter_drivers import JMP_DRIVERS_ALLOW, JUMPSTARTER_HOST, Session
@@ -15,6 +20,31 @@ class TestSample(JumpstarterTest):
         client.on()
 """
 
+LAB_FILE = """
+export:
+  board:
+    children:
+      power: {type: MockPower}
+  flasher:
+    children:
+      power: {ref: board.power}
+"""
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No lab settings leak in from the environment of the outer run."""
+    for name in (JUMPSTARTER_HOST, JMP_DRIVERS_ALLOW, "JUMPSTARTER_EXPORTER", "JUMPSTARTER_LOG_DIR", "JUMPSTARTER_FLASHER"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def remote() -> Iterator[Path]:
+    """A session in this process on a unix socket: a 'remote' exporter for the inner run."""
+    with Session(root_device=MockPower(), labels={"board": "mock"}) as session, session.serve_unix() as path:
+        yield path
+
 
 def test_jumpstarter_test_class_uses_jumpstarter_host(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     with Session(root_device=MockPower()) as session:
@@ -23,3 +53,271 @@ def test_jumpstarter_test_class_uses_jumpstarter_host(pytester: pytest.Pytester,
             monkeypatch.setenv(JMP_DRIVERS_ALLOW, "UNSAFE")
             pytester.makepyfile(SAMPLE)
             pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_host_and_allow_options_instead_of_environment(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, remote: Path) -> None:
+    pytester.makepyfile(SAMPLE)
+    pytester.runpytest(f"--jumpstarter-host={remote}", "--jumpstarter-drivers-allow=jumpstarter_drivers.power.*").assert_outcomes(passed=1)
+    result = pytester.runpytest(f"--jumpstarter-host={remote}", "--jumpstarter-drivers-allow=other_vendor.*")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ClientNotAllowed: client class jumpstarter_drivers.power.client.PowerClient is not allowed by JMP_DRIVERS_ALLOW='other_vendor.*'*"])
+
+
+def test_ini_settings(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, remote: Path) -> None:
+    pytester.makeini(f"[pytest]\njumpstarter_host = {remote}\njumpstarter_drivers_allow = other_vendor.*\n")
+    pytester.makepyfile(SAMPLE)
+    pytester.runpytest().assert_outcomes(failed=1)
+    clean_env.setenv(JMP_DRIVERS_ALLOW, "UNSAFE")
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_local_lab_from_exporter_file(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makefile(".yaml", bench=LAB_FILE)
+    pytester.makepyfile(
+        """
+        import os, subprocess, sys
+        from jumpstarter_drivers.composite import CompositeClient
+
+        def test_tree(client, session):
+            assert isinstance(client, CompositeClient)
+            client.board.power.on()
+            client.flasher.power.off()
+            assert session.local is not None and session.status().name == "LEASE_READY"
+            assert [r.labels["jumpstarter.dev/name"] for r in session.report().reports[1:]] == ["board", "power", "flasher", "power"]
+
+        def test_subprocesses_find_the_lab(session):
+            code = "from jumpstarter_drivers import env\\nwith env() as c: c.board.power.on(); print('ok')"
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            assert out.stdout.strip() == "ok", out.stderr
+            assert os.environ["JUMPSTARTER_HOST"] == session.address
+        """
+    )
+    pytester.runpytest("--jumpstarter-exporter=bench.yaml").assert_outcomes(passed=2)
+    (pytester.path / "bench.yaml").rename(pytester.path / "exporter.yaml")
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_builtin_virtual_lab_by_default(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(
+        """
+        from jumpstarter_testing.lab import VIRTUAL_LAB
+
+        def test_virtual(session, client):
+            assert session.source == str(VIRTUAL_LAB)
+            client.power.on()
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_settings_are_fixtures_a_conftest_overrides(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makefile(".yaml", other="export:\n  relay: {type: SyncMockPower}\n")
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def jumpstarter_exporter(pytestconfig):
+            return pytestconfig.rootpath / "other.yaml"
+        """
+    )
+    pytester.makepyfile("def test_relay(client):\n    client.relay.on()\n")
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+FLASHER_MODULE = """
+from dataclasses import dataclass
+from jumpstarter_drivers import Driver, DriverClient, export
+
+@dataclass(kw_only=True)
+class DemoFlasher(Driver):
+    @classmethod
+    def client(cls):
+        return "demo_flasher.DemoFlasherClient"
+
+    @export
+    def flash(self, image: str) -> str:
+        self.logger.info("flashing %s", image)
+        return f"flashed {image}"
+
+class DemoFlasherClient(DriverClient):
+    def flash(self, image):
+        return self.call("flash", image)
+"""
+
+
+def test_flasher_fixture(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(demo_flasher=FLASHER_MODULE)
+    pytester.syspathinsert()
+    pytester.makefile(".yaml", one="export:\n  power: {type: MockPower}\n  dut:\n    children:\n      flasher: {type: demo_flasher.DemoFlasher}\n")
+    pytester.makefile(".yaml", two="export:\n  a: {type: demo_flasher.DemoFlasher}\n  b: {type: demo_flasher.DemoFlasher}\n")
+    pytester.makefile(".yaml", none="export:\n  power: {type: MockPower}\n")
+    pytester.makepyfile(test_flash="def test_flash(flasher):\n    assert flasher.flash('os.img') == 'flashed os.img'\n")
+    pytester.runpytest("--jumpstarter-exporter=one.yaml").assert_outcomes(passed=1)
+    pytester.runpytest("--jumpstarter-exporter=two.yaml", "--jumpstarter-flasher=b").assert_outcomes(passed=1)
+    result = pytester.runpytest("--jumpstarter-exporter=two.yaml")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*several flashers (a, b); choose one with --jumpstarter-flasher=NAME*"])
+    result = pytester.runpytest("--jumpstarter-exporter=none.yaml", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*has no flasher (no node with a *FlasherClient client class)*"])
+
+
+FAILING = """
+def test_fails(client):
+    client.power.on()
+    assert False, "board did not boot"
+
+def test_passes(client):
+    client.power.off()
+"""
+
+
+def test_failing_test_report_carries_driver_logs_local(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(FAILING)
+    logs = pytester.path / "logs"
+    result = pytester.runpytest(f"--jumpstarter-log-dir={logs}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- jumpstarter driver logs (call) -*",
+            "*INFO    power: power on",
+            "*- jumpstarter log file -*",
+            f"*{logs}/test_failing_test_report_carries_driver_logs_local.py__test_fails.log",
+        ]
+    )
+    assert "power off" not in result.stdout.str(), "a passing test's logs stay out of the report"
+    failed_log = (logs / "test_failing_test_report_carries_driver_logs_local.py__test_fails.log").read_text()
+    passed_log = (logs / "test_failing_test_report_carries_driver_logs_local.py__test_passes.log").read_text()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    power: power on\n", failed_log)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    power: power off\n", passed_log)
+
+
+def test_failing_test_report_carries_driver_logs_remote(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    from jumpstarter_drivers.composite import Composite
+
+    with Session(root_device=Composite(children={"power": MockPower()})) as lab, lab.serve_unix() as path:
+        pytester.makepyfile(FAILING)
+        result = pytester.runpytest(f"--jumpstarter-host={path}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*- jumpstarter driver logs (call) -*", "*INFO    power: power on"])
+    assert "power off" not in result.stdout.str()
+
+
+def test_console_records_are_captured(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(
+        """
+        import logging
+
+        def test_console(client):
+            logging.getLogger("jumpstarter.console.serial").info("U-Boot 2024.01", extra={"console": "serial"})
+            assert False
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*INFO    console[[]serial[]]: U-Boot 2024.01"])
+
+
+def test_junit_xml_carries_exporter_identity(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, remote: Path) -> None:
+    pytester.makepyfile(SAMPLE)
+    pytester.runpytest(f"--jumpstarter-host={remote}", "--junitxml=out.xml").assert_outcomes(passed=1)
+    xml = (pytester.path / "out.xml").read_text()
+    assert re.search(r'<property name="jumpstarter_exporter_uuid" value="[0-9a-f-]{36}" />', xml), xml
+    assert '<property name="jumpstarter_exporter_label:board" value="mock" />' in xml
+    assert f'<property name="jumpstarter_exporter_address" value="{remote}" />' in xml
+
+
+def test_requires_marker(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makefile(".yaml", exporter=LAB_FILE)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.jumpstarter_requires("board.power", "flasher.power")
+        def test_has(client):
+            client.board.power.on()
+
+        @pytest.mark.jumpstarter_requires("board.power", "board.serial")
+        def test_lacks():
+            raise AssertionError("must not run")
+        """
+    )
+    result = pytester.runpytest("-rs", "--strict-markers")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*the lab at * has no board.serial node (jumpstarter_requires)*"])
+
+
+def test_unreachable_host_fails_the_run_once(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytester.makepyfile(SAMPLE + "\n    def test_two(self, client):\n        pass\n\ndef test_plain():\n    pass\n")
+    result = pytester.runpytest(f"--jumpstarter-host={tmp_path}/nobody.sock")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in result.outlines if "jumpstarter: lab" in line]
+    assert len(lines) == 1, result.outlines
+    assert f"jumpstarter: lab {tmp_path}/nobody.sock is unusable: no exporter socket at {tmp_path}/nobody.sock" in lines[0]
+    assert "point JUMPSTARTER_HOST at its socket" in lines[0]
+    assert "Traceback" not in result.stdout.str() and "ExporterUnreachable" not in result.stdout.str()
+    result = pytester.runpytest("--jumpstarter-host=127.0.0.1:9", "-k", "test_simple")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*jumpstarter: lab 127.0.0.1:9 is unusable: cannot reach the exporter at 127.0.0.1:9*--jumpstarter-host*"])
+
+
+def test_lab_untouched_when_no_test_needs_it(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    pytester.runpytest(f"--jumpstarter-host={tmp_path}/nobody.sock").assert_outcomes(passed=1)
+
+
+def test_broken_exporter_file_fails_the_run_once(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makefile(".yaml", exporter="export:\n  board:\n    children:\n      power: {type: MockPower, config: {slot: 1}}\n")
+    pytester.makepyfile(SAMPLE + "\n    def test_two(self, client):\n        pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str()
+    assert text.count("jumpstarter: lab") == 1
+    assert "exporter.yaml: export.board.children.power.config.slot: MockPower: unknown config field 'slot'" in text
+    assert "Traceback" not in text
+
+
+def test_hooks_around_the_lab_and_each_test(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makeconftest(
+        """
+        events = []
+
+        def pytest_jumpstarter_lab_ready(session, client):
+            events.append(("ready", session.address == client.connection.address))
+
+        def pytest_jumpstarter_test_started(item, client):
+            events.append(("started", item.name))
+
+        def pytest_jumpstarter_test_finished(item, client, failed, reports):
+            events.append(("finished", item.name, failed, sorted(reports)))
+            if failed:
+                client.power.off()
+
+        def pytest_sessionfinish(session):
+            print("EVENTS", events)
+        """
+    )
+    pytester.makepyfile(FAILING + "\ndef test_plain():\n    pass\n")
+    result = pytester.runpytest("-s")
+    result.assert_outcomes(passed=2, failed=1)
+    assert (
+        "EVENTS [('ready', True), ('started', 'test_fails'), "
+        "('finished', 'test_fails', True, ['call', 'setup', 'teardown']), ('started', 'test_passes'), "
+        "('finished', 'test_passes', False, ['call', 'setup', 'teardown'])]"
+    ) in result.stdout.str()
+
+
+def test_help_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        ["jumpstarter: hardware in the loop:", "*--jumpstarter-host=ADDR*", "*--jumpstarter-drivers-allow=PATTERNS*",
+         "*--jumpstarter-exporter=PATH*", "*--jumpstarter-log-dir=DIR*", "*--jumpstarter-flasher=NAME*",
+         "*jumpstarter_host (linelist):*"]
+    )
+    result = pytester.runpytest("--fixtures")
+    result.stdout.fnmatch_lines(
+        ["jumpstarter_exporter [[]session scope[]]*", "*Exporter file of the local lab*",
+         "session [[]session scope[]]*", "*The lab of this run*", "client [[]session scope[]]*", "*The root client of the lab*",
+         "flasher [[]session scope[]]*", "*The client of the lab's flasher*"]
+    )

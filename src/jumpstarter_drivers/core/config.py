@@ -36,6 +36,7 @@ jumpstarter_drivers.core.errors.ConfigurationError: lab.yaml: export.power.confi
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -230,12 +231,33 @@ def load(path: str | os.PathLike, registry: DriverRegistry | None = None) -> Exp
     return loads(text, source=str(path), registry=registry)
 
 
+@functools.cache
+def _yaml_loader() -> type:
+    """A safe loader where only ``true``/``false`` are booleans (YAML 1.2), so ``on:`` stays a method name."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    return Loader
+
+
 def loads(text: str, source: str = "<string>", registry: DriverRegistry | None = None) -> ExporterConfig:
-    """Load an exporter configuration from YAML text; ``source`` names it in errors."""
+    """Load an exporter configuration from YAML text; ``source`` names it in errors.
+
+    Only ``true`` and ``false`` are booleans, as in YAML 1.2: ``on``, ``off``, ``yes`` and ``no`` are strings.
+    """
     import yaml
 
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -1,0 +1,231 @@
+"""Exporter configuration: tree building, Jumpstarter's document form, short names, errors."""
+
+from __future__ import annotations
+
+import importlib
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from jumpstarter_drivers.composite import Composite, Proxy
+from jumpstarter_drivers.core import config
+from jumpstarter_drivers.core.config import DriverRegistry, hookimpl, load, loads
+from jumpstarter_drivers.core.driver import Driver, export
+from jumpstarter_drivers.core.errors import ConfigurationError
+from jumpstarter_drivers.power import MockPower, SyncMockPower
+
+
+@dataclass(kw_only=True)
+class Lamp(Driver):
+    """A test driver with a required field and a validated one."""
+
+    watts: int
+    colour: str = "white"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.colour not in ("white", "red"):
+            raise ConfigurationError(f"Lamp: config field 'colour' must be white or red, got {self.colour!r}")
+
+    @export
+    def brightness(self) -> int:
+        return self.watts * 10
+
+
+def lamp_registry() -> DriverRegistry:
+    registry = DriverRegistry(entry_points=False)
+    registry.register("Lamp", Lamp)
+    return registry
+
+
+def test_short_names_children_and_descriptions() -> None:
+    loaded = loads(
+        textwrap.dedent(
+            """
+            export:
+              board:
+                description: the board on the desk
+                children:
+                  power:
+                    type: SyncMockPower
+                    description: bench supply
+                    methods_description: {on: switch the bench supply on}
+                  lamp: {type: Lamp, config: {watts: 40}}
+            """
+        ),
+        registry=lamp_registry(),
+    )
+    board = loaded.root.children["board"]
+    assert type(loaded.root) is Composite and type(board) is Composite
+    assert board.description == "the board on the desk"
+    power = board.children["power"]
+    assert type(power) is SyncMockPower and power.description == "bench supply"
+    assert power.describe_methods()["on"] == "switch the bench supply on"
+    assert board.children["lamp"].brightness() == 400
+    assert loaded.labels == {}
+
+
+def test_jumpstarter_exporter_config_document(tmp_path: Path) -> None:
+    path = tmp_path / "exporter.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            apiVersion: jumpstarter.dev/v1alpha1
+            kind: ExporterConfig
+            metadata:
+              namespace: lab
+              name: desk-1
+              labels: {board: rpi4, site: desk}
+            endpoint: grpc.example.com:443
+            token: not-used-here
+            export:
+              power:
+                type: jumpstarter_driver_power.driver.MockPower
+              storage:
+                type: jumpstarter_drivers.power.driver.SyncMockPower
+            """
+        )
+    )
+    loaded = load(path)
+    assert type(loaded.root.children["power"]) is MockPower
+    assert type(loaded.root.children["storage"]) is SyncMockPower
+    assert loaded.labels == {"board": "rpi4", "site": "desk"}
+    with loaded.session() as session:
+        assert session.labels == {"board": "rpi4", "site": "desk"}
+
+
+def test_ref_builds_a_proxy_bound_to_the_named_node() -> None:
+    loaded = loads("export:\n  flasher:\n    children:\n      power: {ref: board.power}\n  board:\n    children:\n      power: {type: MockPower}\n")
+    proxy = loaded.root.children["flasher"].children["power"]
+    assert isinstance(proxy, Proxy)
+    assert proxy.target is loaded.root.children["board"].children["power"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("export: [1, 2]", "lab.yaml: export: expected a mapping of names to driver nodes, got list [1, 2]"),
+        ("export:\n  power: {type: MockPower, config: {volts: 5}}", "lab.yaml: export.power.config.volts: MockPower: unknown config field 'volts'"),
+        ("export:\n  board:\n    children:\n      lamp: {type: Lamp}", "lab.yaml: export.board.children.lamp.config.watts: Lamp: missing required config field(s): watts"),
+        ("export:\n  lamp: {type: Lamp, config: {watts: bright}}", "lab.yaml: export.lamp.config.watts: Lamp: config field 'watts' expects int, got 'bright' (str)"),
+        ("export:\n  lamp: {type: Lamp, config: {watts: 1, colour: blue}}", "lab.yaml: export.lamp.config.colour: Lamp: config field 'colour' must be white or red, got 'blue'"),
+        ("export:\n  power: {type: NoSuchPower}", "lab.yaml: export.power.type: no driver named 'NoSuchPower'"),
+        ("export:\n  power: {type: no_such_pkg.driver.Power}", "lab.yaml: export.power.type: driver 'no_such_pkg.driver.Power' (no_such_pkg.driver.Power) is not installed"),
+        ("export:\n  power: {type: jumpstarter_drivers.power.driver.PowerReading}", "is <class 'jumpstarter_drivers.power.common.PowerReading'>, not a jumpstarter_drivers Driver class"),
+        ("export:\n  power: {typo: MockPower}", "lab.yaml: export.power.typo: unknown key; a node has type, config"),
+        ("export:\n  power: {config: {a: 1}}", "lab.yaml: export.power.config: config: needs a type:"),
+        ("export:\n  power: {}", "lab.yaml: export.power: expected type: (a driver), children: (a composite) or ref: (another node)"),
+        ("export:\n  power: {ref: board.power}", "lab.yaml: export.power.ref: ref 'board.power': the root has no child 'board'; children: power"),
+        ("export:\n  a: {ref: b}\n  b: {ref: a}", "point at each other in a cycle"),
+        ("export:\n  power: {ref: x, description: d}", "lab.yaml: export.power.description: a ref: node has nothing else"),
+        ("export:\n  power: {type: MockPower, config: {children: {}}}", "lab.yaml: export.power.config.children: set children: on the node"),
+        ("exports:\n  power: {type: MockPower}", "lab.yaml: exports: unknown top-level key"),
+        ("kind: ClientConfig\nexport: {}", "lab.yaml: kind: expected ExporterConfig, got 'ClientConfig'"),
+        ("labels: {a: 1}\nexport:\n  power: {type: MockPower}", "lab.yaml: labels: expected a mapping of strings to strings"),
+        ("export:\n  power: {type: MockPower\n", "lab.yaml: line 3, column 1: not valid YAML"),
+    ],
+)
+def test_errors_name_the_file_the_path_and_the_expectation(text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        loads(text, source="lab.yaml", registry=lamp_registry())
+    assert message in str(excinfo.value)
+
+
+def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"cannot read exporter configuration .*nope.yaml: No such file"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_import_path_of_a_driver_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bench_drivers.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from jumpstarter_drivers import Driver, export\n"
+        "@dataclass(kw_only=True)\n"
+        "class Fan(Driver):\n"
+        "    rpm: int = 1000\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = loads("export:\n  fan: {type: 'bench_drivers:Fan', config: {rpm: 5}}\n  fan2: {type: bench_drivers.Fan}\n")
+    assert loaded.root.children["fan"].rpm == 5 and loaded.root.children["fan2"].rpm == 1000
+    with pytest.raises(ConfigurationError, match="module bench_drivers has no class 'Fun'"):
+        loads("export:\n  fan: {type: bench_drivers.Fun}\n")
+
+
+def test_pluggy_plugin_registers_a_short_name() -> None:
+    class AcmePlugin:
+        @hookimpl
+        def jumpstarter_register_drivers(self, registry: DriverRegistry) -> None:
+            registry.register("AcmeLamp", Lamp)
+
+    registry = DriverRegistry(entry_points=False)
+    with pytest.raises(ConfigurationError, match="no driver named 'AcmeLamp'"):
+        registry.resolve("AcmeLamp")
+    registry.plugins.register(AcmePlugin())
+    loaded = loads("export:\n  lamp: {type: AcmeLamp, config: {watts: 2}}\n", registry=registry)
+    assert loaded.root.children["lamp"].brightness() == 20
+
+
+def make_distribution(site: Path, name: str, entry_points: str, modules: dict[str, str]) -> None:
+    """A minimal installed distribution: a dist-info with entry points, and its modules."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{config.ENTRY_POINT_GROUP}]\n{entry_points}\n")
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(source)
+    importlib.invalidate_caches()
+
+
+DRIVER_MODULE = (
+    "from dataclasses import dataclass\n"
+    "from jumpstarter_drivers import Driver, export\n"
+    "@dataclass(kw_only=True)\n"
+    "class {name}(Driver):\n"
+    "    @export\n"
+    "    def hello(self) -> str:\n"
+    "        return '{name}'\n"
+)
+
+
+def test_third_party_driver_through_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_distribution(
+        tmp_path,
+        "acme_drivers",
+        "AcmePower = acme_power:AcmePower\nacme = acme_plugin",
+        {
+            "acme_power": DRIVER_MODULE.format(name="AcmePower"),
+            "acme_relay": DRIVER_MODULE.format(name="AcmeRelay"),
+            "acme_plugin": (
+                "from jumpstarter_drivers.core.config import hookimpl\n"
+                "@hookimpl\n"
+                "def jumpstarter_register_drivers(registry):\n"
+                "    registry.register('AcmeRelay', 'acme_relay.AcmeRelay')\n"
+            ),
+        },
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = DriverRegistry()
+    loaded = loads("export:\n  power: {type: AcmePower}\n", registry=registry)
+    assert loaded.root.children["power"].hello() == "AcmePower"
+    import sys
+
+    assert "acme_plugin" not in sys.modules, "entry points other than the one named load only on a miss"
+    loaded = loads("export:\n  relay: {type: AcmeRelay}\n", registry=registry)
+    assert loaded.root.children["relay"].hello() == "AcmeRelay"
+
+
+def test_broken_entry_point_names_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_distribution(tmp_path, "broken_drivers", "Broken = broken_mod:Broken", {"broken_mod": "raise ImportError('no libfoo')\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigurationError, match=r"entry point 'Broken' = 'broken_mod:Broken' .* fails to load: ImportError\('no libfoo'\)"):
+        loads("export:\n  x: {type: Broken}\n", registry=DriverRegistry())
+
+
+def test_missing_family_breaks_only_files_that_name_it() -> None:
+    registry = DriverRegistry(entry_points=False)
+    registry.register("Ghost", "jumpstarter_drivers.ghost.driver.Ghost")
+    with pytest.raises(ConfigurationError, match="driver 'Ghost' .* is not installed"):
+        loads("export:\n  g: {type: Ghost}\n", registry=registry)
+    assert type(loads("export:\n  p: {type: MockPower}\n", registry=registry).root.children["p"]) is MockPower
