@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import requests
 
-from jumpstarter_drivers.core.connect import serve
+from jumpstarter_drivers.core import serve
 from jumpstarter_drivers.energenie import EnerGenie
 from jumpstarter_drivers.energenie.simulator import EnerGenieSimulator
 

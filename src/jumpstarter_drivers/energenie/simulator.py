@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -240,10 +242,18 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], simulator: EnerGenieSimulator):
         self.simulator = simulator
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
 
     def verify_request(self, request: object, client_address: object) -> bool:
         return self.simulator._take_connection()
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            logger.info("%s went away before its reply: %s", client_address[0], exc)
+        else:
+            logger.error("answering %s failed", client_address[0], exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

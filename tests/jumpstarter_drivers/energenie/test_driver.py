@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 
-from jumpstarter_drivers.core.connect import serve
+from jumpstarter_drivers.core import serve
 from jumpstarter_drivers.core.errors import (
     ConfigurationError,
     DriverError,
@@ -200,6 +200,18 @@ def test_slot_may_be_a_digit_string_as_in_jumpstarter_exporter_files() -> None:
 def test_host_may_carry_a_port() -> None:
     assert EnerGenie(host="192.0.2.7:8080").lock_path.name == "192.0.2.7_8080.lock"
     assert EnerGenie(host="192.0.2.7").lock_path.name == "192.0.2.7_80.lock"
+
+
+def test_ipv6_host_with_port(simulator, lock_dir: str) -> None:
+    try:
+        sim = simulator(host="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with serve(EnerGenie(host=sim.address, slot=4, verify=True, lock_dir=lock_dir)) as client:
+        client.on()
+        assert client.state() is True
+    assert sim.address.startswith("[::1]:")
+    assert sim.session_holder == "::1"
 
 
 def test_dead_host_fails_fast_with_a_clear_error(closed_port: int, lock_dir: str) -> None:
