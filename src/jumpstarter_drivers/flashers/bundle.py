@@ -39,6 +39,7 @@ import yaml
 
 from ..core.driver import conforms, type_name
 from ..core.errors import ConfigurationError, DriverError
+from .common import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Manifest:
     """A parsed ``manifest.yaml`` (``FlashBundleManifest``)."""
 
     spec: Spec
-    apiVersion: str = "jumpstarter.dev/v1alpha1"  # noqa: N815 - the manifest's own key
+    apiVersion: str = "jumpstarter.dev/v1alpha1"
     kind: str = "FlashBundleManifest"
     metadata: Metadata = field(default_factory=Metadata)
 
@@ -245,14 +246,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _publish(tmp: Path, final: Path) -> Path:
     """Move a filled temporary directory into the cache, tolerating a concurrent winner."""
     (tmp / _COMPLETE).touch()
@@ -266,7 +259,7 @@ def _publish(tmp: Path, final: Path) -> Path:
 
 
 def _extract_tar(archive: Path, cache_dir: Path) -> Path:
-    final = cache_dir / "tar" / _sha256_file(archive)
+    final = cache_dir / "tar" / sha256_file(archive)
     if (final / _COMPLETE).exists():
         logger.debug("bundle %s already unpacked at %s", archive, final)
         return final

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from jumpstarter_drivers.core.connect import serve
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
-from jumpstarter_drivers.core.connect import serve
 from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
 from jumpstarter_drivers.power import MockPower
 from jumpstarter_drivers.uboot import UBoot
@@ -29,9 +29,9 @@ def lab() -> Iterator:
 
 
 def test_boot_to_prompt_run_commands_and_environment(lab) -> None:
-    board, client = lab
+    _, client = lab
     client.uboot.reboot_to_console()
-    assert client.uboot.run_command("echo hello") .strip() == "hello"
+    assert client.uboot.run_command("echo hello").strip() == "hello"
     client.uboot.set_env("greeting", "hi there")
     assert client.uboot.get_env("greeting") == "hi there"
     assert client.uboot.get_env("nosuchvar") is None
@@ -57,7 +57,7 @@ def test_dhcp_and_static_network(lab) -> None:
 
 
 def test_panic_ends_the_wait_at_once_with_the_tail(lab) -> None:
-    board, client = lab
+    _, client = lab
     client.uboot.reboot_to_console()
     client.board.set_faults(panic_on="md5sum")
     with pytest.raises(DriverError, match=r"(?s)step 'md5sum 40000000 10' failed: the board failed: 'Synchronous Abort handler'.*console tail"):
@@ -78,9 +78,10 @@ def test_no_prompt_is_a_bounded_timeout() -> None:
     root = Composite(children={"board": board, "uboot": uboot})
     resolve_refs(root)
     try:
-        with serve(root) as client:
-            with pytest.raises(DriverError, match=r"(?s)step 'interrupt autoboot' failed: no 'NEVER'.*within 0.5 s.*U-Boot 2023"):
-                client.uboot.reboot_to_console()
+        with serve(root) as client, pytest.raises(
+            DriverError, match=r"(?s)step 'interrupt autoboot' failed: no 'NEVER'.*within 0.5 s.*U-Boot 2023"
+        ):
+            client.uboot.reboot_to_console()
     finally:
         root.close()
 

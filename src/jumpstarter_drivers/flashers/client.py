@@ -1,0 +1,91 @@
+"""The flasher client: what a test calls to flash a board and to ask about the bundle."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..core.client import DriverClient
+from .bundle import Manifest, parse_manifest
+from .common import FlashResult, sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+class FlasherClient(DriverClient):
+    """Client of a :class:`~jumpstarter_drivers.flashers.driver.BaseFlasher` (and its subclasses)."""
+
+    @property
+    def manifest(self) -> Manifest:
+        """The bundle's parsed manifest (``client.manifest.spec.kernel.file``)."""
+        return parse_manifest(self.get_flasher_manifest_yaml(), source=f"{self.name or 'flasher'} manifest")
+
+    def flash(self, path_or_url: str | os.PathLike, target: str | None = None, method: str | None = None) -> FlashResult:
+        """Write an image (a local file or an http(s) URL the exporter can fetch) to ``target``.
+
+        A local file is uploaded into the exporter's HTTP storage unless a file of the same name
+        and SHA-256 is already there. ``method`` is ``uboot`` or ``busybox`` (the driver's default
+        when ``None``). The exporter's progress and step logs appear on the logger ``exporter:driver``.
+        """
+        text = os.fspath(path_or_url)
+        if text.startswith(("http://", "https://")):
+            image = text
+        else:
+            path = Path(text)
+            if not path.is_file():
+                raise FileNotFoundError(f"image {text} does not exist or is not a file")
+            image = path.name
+            storage = self.http.storage
+            local = sha256_file(path)
+            if storage.exists(image) and storage.hash(image) == local:
+                logger.info("image %s is already on the exporter (sha256 %s), not uploading it", image, local[:12])
+            else:
+                storage.write_from_path(image, path)
+        with self.log_stream():
+            return self.call_as(FlashResult, "flash", image, target, method)
+
+    def setup_flasher_bundle(self, force_flash_bundle: str | None = None) -> None:
+        """Stage the bundle's kernel, initramfs and chosen DTB into the TFTP root."""
+        self.call("setup_flasher_bundle", force_flash_bundle)
+
+    def use_dtb_variant(self, name: str) -> None:
+        """Choose a DTB variant (``DriverInvalidArgument`` listing the variants when unknown)."""
+        self.call("use_dtb_variant", name)
+
+    def get_dtb_filename(self) -> str | None:
+        """The chosen DTB's file name."""
+        return self.call("get_dtb_filename")
+
+    def get_kernel_filename(self) -> str:
+        """The kernel's file name."""
+        return self.call("get_kernel_filename")
+
+    def get_initram_filename(self) -> str | None:
+        """The initramfs's file name, if any."""
+        return self.call("get_initram_filename")
+
+    def get_kernel_address(self) -> str:
+        """The kernel's load address."""
+        return self.call("get_kernel_address")
+
+    def get_initram_address(self) -> str | None:
+        """The initramfs's load address, if any."""
+        return self.call("get_initram_address")
+
+    def get_dtb_address(self) -> str | None:
+        """The DTB's load address, if any."""
+        return self.call("get_dtb_address")
+
+    def get_bootcmd(self) -> str:
+        """The U-Boot boot command for the chosen variant."""
+        return self.call("get_bootcmd")
+
+    def get_flasher_manifest_yaml(self) -> str:
+        """The manifest as written in the bundle."""
+        return self.call("get_flasher_manifest_yaml")
+
+    def get_default_target(self) -> str | None:
+        """The target flashed when none is named."""
+        return self.call("get_default_target")
+
