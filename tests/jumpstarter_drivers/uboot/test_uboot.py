@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from jumpstarter_drivers.core.connect import serve
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
+from jumpstarter_drivers.core.access import serve
 from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
 from jumpstarter_drivers.power import MockPower
 from jumpstarter_drivers.uboot import UBoot

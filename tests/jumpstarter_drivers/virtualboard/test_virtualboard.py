@@ -16,7 +16,7 @@ import pytest
 import tftpy
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
-from jumpstarter_drivers.core.connect import serve
+from jumpstarter_drivers.core.access import serve
 from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
 from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
