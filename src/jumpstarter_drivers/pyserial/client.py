@@ -68,8 +68,12 @@ class ConsoleSpawn(SpawnBase):
         capture: ConsoleLog | None = None,
     ) -> None:
         super().__init__(
-            timeout=timeout, maxread=maxread, searchwindowsize=searchwindowsize, logfile=logfile,
-            encoding=encoding, codec_errors=codec_errors,
+            timeout=timeout,
+            maxread=maxread,
+            searchwindowsize=searchwindowsize,
+            logfile=logfile,
+            encoding=encoding,
+            codec_errors=codec_errors,
         )
         self.stream = stream
         self.capture = capture

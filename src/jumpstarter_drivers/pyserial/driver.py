@@ -107,17 +107,27 @@ class SerialStream(anyio.abc.ByteStream):
                         self._waiting = None
 
     def _read_fd(self, max_bytes: int) -> bytes:
-        try:
-            data = os.read(self.fd, max_bytes)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                self._hung_up("the other end hung up (EIO)")
-            raise anyio.BrokenResourceError(f"reading {self.url} failed: {exc}") from exc
-        if not data:
-            self._hung_up("the other end closed it")
-        return data
+        """What the descriptor holds now, up to ``max_bytes`` (a tty hands out 4 KiB per read)."""
+        chunks: list[bytes] = []
+        have = 0
+        while have < max_bytes:
+            try:
+                data = os.read(self.fd, max_bytes - have)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if chunks:  # deliver what came before the error; the next read meets it again
+                    break
+                if exc.errno == errno.EIO:
+                    self._hung_up("the other end hung up (EIO)")
+                raise anyio.BrokenResourceError(f"reading {self.url} failed: {exc}") from exc
+            if not data:
+                if chunks:
+                    break
+                self._hung_up("the other end closed it")
+            chunks.append(data)
+            have += len(data)
+        return b"".join(chunks)
 
     async def _read_thread(self, max_bytes: int, wait: bool) -> bytes:
         def read() -> bytes:
@@ -201,7 +211,9 @@ class PySerial(Driver):
     check_present: bool = True
     disable_hupcl: bool = False
 
-    URL_HINT: ClassVar[str] = "use a device path such as /dev/ttyUSB0, or loop://, socket://HOST:PORT, rfc2217://HOST:PORT"
+    URL_HINT: ClassVar[str] = (
+        "use a device path such as /dev/ttyUSB0, or loop://, socket://HOST:PORT, rfc2217://HOST:PORT"
+    )
 
     _connections: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -212,7 +224,9 @@ class PySerial(Driver):
         try:
             serial.serial_for_url(self.url, baudrate=self.baudrate, do_not_open=True)
         except ValueError as exc:
-            raise ConfigurationError(f"PySerial: {self.url!r} is not a serial URL pyserial knows ({exc}); {self.URL_HINT}") from None
+            raise ConfigurationError(
+                f"PySerial: {self.url!r} is not a serial URL pyserial knows ({exc}); {self.URL_HINT}"
+            ) from None
         if self.check_present:
             self._open(ConfigurationError).close()
 
@@ -229,7 +243,8 @@ class PySerial(Driver):
         if self._connections > 1:
             self.logger.warning(
                 "serial port %s is open by %d clients; each byte from the board reaches only one of them",
-                self.url, self._connections,
+                self.url,
+                self._connections,
             )
         try:
             yield stream

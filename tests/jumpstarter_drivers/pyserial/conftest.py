@@ -102,7 +102,7 @@ class FakeShell(threading.Thread):
     def run(self) -> None:
         try:
             self._serve()
-        except BaseException as exc:  # reported by the fixture, so a broken shell fails the test
+        except Exception as exc:  # noqa: BLE001 - re-raised by the fixture, so a broken shell fails the test
             self.error = exc
 
     def _serve(self) -> None:

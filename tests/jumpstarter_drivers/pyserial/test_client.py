@@ -107,10 +107,10 @@ def test_socket_url() -> None:
 
 
 def test_connect_to_missing_device_is_a_driver_error() -> None:
-    with serve(PySerial(url="/dev/ttyUSB-nosuch", check_present=False)) as console:
-        with pytest.raises(DriverError, match="'/dev/ttyUSB-nosuch'.*plugged in"):
-            with console.stream():
-                pass
+    console = PySerial(url="/dev/ttyUSB-nosuch", check_present=False)
+    match = "'/dev/ttyUSB-nosuch'.*plugged in"
+    with serve(console) as client, pytest.raises(DriverError, match=match), client.stream():
+        pytest.fail("the stream opened without the device")
 
 
 def test_pexpect_against_a_shell(console, shell, board) -> None:

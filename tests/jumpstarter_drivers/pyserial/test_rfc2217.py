@@ -19,7 +19,9 @@ SER2NET = shutil.which("ser2net", path=os.environ.get("PATH", "") + os.pathsep +
 
 pytestmark = [
     pytest.mark.skipif(SER2NET is None, reason="ser2net is not installed (Debian: apt-get install ser2net)"),
-    pytest.mark.filterwarnings("ignore:setName:DeprecationWarning"),  # pyserial 3.5's RFC 2217 reader thread
+    pytest.mark.filterwarnings(
+        r"ignore:set(Name|Daemon)\(\) is deprecated:DeprecationWarning"
+    ),  # pyserial 3.5 RFC 2217
 ]
 
 CONFIG = """\
@@ -51,7 +53,8 @@ def rfc2217_url(board, tmp_path) -> Iterator[str]:
     config.write_text(CONFIG.format(port=port, device=board.path))
     server = subprocess.Popen(
         [SER2NET, "-n", "-u", "-P", str(tmp_path / "ser2net.pid"), "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 10
