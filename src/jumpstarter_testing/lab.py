@@ -83,7 +83,7 @@ class Lab:
         return lab
 
     def _connect(self, timeout: float) -> DriverClient:
-        from jumpstarter_drivers.core.connect import connect
+        from jumpstarter_drivers.core import connect
 
         return connect(self.address, allow=self.allow, timeout=timeout)
 

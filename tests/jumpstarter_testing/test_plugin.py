@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import textwrap
 from collections.abc import Iterator
@@ -321,3 +322,38 @@ def test_help_and_fixtures_are_documented(pytester: pytest.Pytester) -> None:
          "session [[]session scope[]]*", "*The lab of this run*", "client [[]session scope[]]*", "*The root client of the lab*",
          "flasher [[]session scope[]]*", "*The client of the lab's flasher*"]
     )
+
+
+def test_two_workers_two_boards(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    from jumpstarter_drivers.composite import Composite
+
+    records = pytester.mkdir("records")
+    pytester.makepyfile(
+        f"""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("n", range(8))
+        def test_board(n, client, session):
+            client.power.on()
+            worker = os.environ["PYTEST_XDIST_WORKER"]
+            with open(os.path.join({str(records)!r}, f"{{worker}}-{{n}}"), "w") as f:
+                f.write(session.address)
+        """
+    )
+    with contextlib.ExitStack() as stack:
+        paths = []
+        for _ in range(2):
+            lab = stack.enter_context(Session(root_device=Composite(children={"power": MockPower()})))
+            paths.append(str(stack.enter_context(lab.serve_unix())))
+        result = pytester.runpytest("-n", "2", f"--jumpstarter-host={paths[0]}", f"--jumpstarter-host={paths[1]}")
+        result.assert_outcomes(passed=8)
+        boards: dict[str, set[str]] = {}
+        for record in records.iterdir():
+            boards.setdefault(record.name.split("-")[0], set()).add(record.read_text())
+        assert sorted(boards) == ["gw0", "gw1"]
+        assert boards["gw0"] == {paths[0]} and boards["gw1"] == {paths[1]}, boards
+
+        result = pytester.runpytest("-n", "2", f"--jumpstarter-host={paths[0]}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*jumpstarter: 2 xdist workers but 1 board(s) (*); give one --jumpstarter-host per worker*"])

@@ -9,7 +9,7 @@ import pytest
 
 from jumpstarter_drivers.composite import Composite, CompositeClient, Proxy, resolve_refs
 from jumpstarter_drivers.core import config
-from jumpstarter_drivers.core.connect import serve
+from jumpstarter_drivers.core import serve
 from jumpstarter_drivers.core.driver import Driver
 from jumpstarter_drivers.core.errors import ConfigurationError
 from jumpstarter_drivers.power import MockPower, PowerClient, PowerReading
