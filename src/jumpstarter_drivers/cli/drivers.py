@@ -1,0 +1,128 @@
+"""Driver commands, generated from the client tree of a lab.
+
+Every node of the tree becomes a click command named after the node, with one subcommand per
+child: ``jumpstarter board power on``. What a node offers by itself comes, in this order, from
+
+1. a ``cli()`` method of its client class, returning a click command (a family can add one to
+   its client), or
+2. a builder registered for its client class or the nearest base class with
+   :func:`command_builder` (the bundled families are registered in
+   :mod:`jumpstarter_drivers.cli.families`), or
+3. nothing: a plain group of the node's children.
+
+>>> import click
+>>> @command_builder("example.client.LampClient")
+... def lamp(client):
+...     return click.Group(help="A lamp.")
+>>> builder_for(type("LampClient", (), {"__module__": "example.client"})) is lamp
+True
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import click
+
+from ..core.client import CLIENT_LABEL, TOOLKIT_CLIENT_LABEL, DriverClient, UnavailableClient
+
+#: Builds the click command of one client (without its children; those are added for it).
+CommandBuilder = Callable[[DriverClient], click.Command]
+
+_builders: dict[str, CommandBuilder] = {}
+
+
+def command_builder(client_path: str) -> Callable[[CommandBuilder], CommandBuilder]:
+    """Register the function that builds the commands of the client class at ``client_path``.
+
+    Subclasses of that class use it too, unless they have a builder of their own.
+    """
+
+    def register(builder: CommandBuilder) -> CommandBuilder:
+        _builders[client_path] = builder
+        return builder
+
+    return register
+
+
+def class_path(cls: type) -> str:
+    """The import path of a class, as reports and :func:`command_builder` name it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def builder_for(cls: type) -> CommandBuilder | None:
+    """The builder registered for ``cls`` or its nearest base class, if any."""
+    for base in cls.__mro__:
+        builder = _builders.get(class_path(base))
+        if builder is not None:
+            return builder
+    return None
+
+
+def client_path(client: DriverClient) -> str:
+    """The client class a node's report names (ours where both are given)."""
+    return client.labels.get(TOOLKIT_CLIENT_LABEL) or client.labels.get(CLIENT_LABEL) or class_path(type(client))
+
+
+def summary(client: DriverClient) -> str:
+    """One line saying what a node is, for help texts."""
+    if isinstance(client, UnavailableClient):
+        return f"{client_path(client)} (unavailable: {client.reason})"
+    if client.description:
+        return client.description
+    doc = (type(client).__doc__ or "").strip().split("\n\n")[0]
+    return plain(" ".join(doc.split())) if doc else client_path(client)
+
+
+_ROLE = re.compile(r":\w+:`~?(?:[^`]*\.)?([^`.]+)`")
+
+
+def plain(text: str) -> str:
+    """Docstring text without reST roles, for a terminal.
+
+    >>> plain("Client of a :class:`~jumpstarter_drivers.power.driver.PowerInterface` driver.")
+    'Client of a PowerInterface driver.'
+    """
+    return _ROLE.sub(r"\1", text)
+
+
+def own_command(client: DriverClient) -> click.Command:
+    """The command a node offers by itself (see the module docstring for where it comes from)."""
+    from . import families  # noqa: F401 - registers the bundled families' builders
+
+    if isinstance(client, UnavailableClient):
+        return click.Group(help=summary(client))
+    cli = getattr(type(client), "cli", None)
+    if callable(cli):
+        command = cli(client)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{class_path(type(client))}.cli() must return a click command, got {command!r}")
+        return command
+    builder = builder_for(type(client))
+    if builder is not None:
+        return builder(client)
+    return click.Group(help=summary(client))
+
+
+def client_command(client: DriverClient, name: str) -> click.Command:
+    """The command for ``client`` named ``name``: its own commands plus one subcommand per child."""
+    command = own_command(client)
+    command.name = name
+    if isinstance(command, click.Group):
+        for child_name, child in client.children.items():
+            if child_name not in command.commands:
+                command.add_command(client_command(child, child_name), child_name)
+    return command
+
+
+def report_lines(client: DriverClient, name: str = "root", depth: int = 0) -> Iterator[str]:
+    """The tree under ``client`` as indented lines: each node's name, client class, description
+    and methods with their descriptions."""
+    indent = "  " * depth
+    head = f"{indent}{name} ({client_path(client)})"
+    yield f"{head}: {client.description}" if client.description else head
+    for method, description in sorted(client.methods_description.items()):
+        yield f"{indent}    {method}(): {description}" if description else f"{indent}    {method}()"
+    for child_name, child in client.children.items():
+        yield from report_lines(child, child_name, depth + 1)

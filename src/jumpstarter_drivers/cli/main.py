@@ -1,0 +1,470 @@
+"""The ``jumpstarter`` command line.
+
+``serve`` runs a lab from its exporter YAML until SIGINT or SIGTERM; ``shell`` runs a command
+inside a lab (served locally, or a remote one); ``report`` prints a lab's driver tree; every
+other command comes from the lab's clients (``jumpstarter power on``), see
+:mod:`jumpstarter_drivers.cli.drivers`. Failures print one line on stderr and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..core.errors import JumpstarterError
+
+logger = logging.getLogger("jumpstarter_drivers.cli")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BUILTIN_ALLOW = "jumpstarter_drivers.*"
+CONNECTION_HELP = (
+    "Driver commands reach the lab at --host (default: $JUMPSTARTER_HOST, which `jumpstarter shell` sets): "
+    "a unix socket path or HOST:PORT. Over TCP the connection uses TLS (trusting --ca or $JMP_GRPC_CA, else "
+    "the system's CAs) unless --insecure or JMP_GRPC_INSECURE=1; the passphrase comes from --passphrase-file "
+    "or $JMP_GRPC_PASSPHRASE. Client classes are imported only when $JMP_DRIVERS_ALLOW allows them "
+    f"(default: {BUILTIN_ALLOW})."
+)
+
+
+class Failure(click.ClickException):
+    """A command failed for a reason the user can fix: one line on stderr, non-zero exit."""
+
+    def __init__(self, message: object, exit_code: int = 1) -> None:
+        super().__init__(" ".join(str(message).split()))
+        self.exit_code = exit_code
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr at ``level`` (driver logs included)."""
+    handler = logging.StreamHandler()
+    handler.setLevel(level.upper())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def read_passphrase(path: str | None) -> str | None:
+    """The passphrase in ``path`` (its first line), or ``None`` without a path."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Failure(f"cannot read the passphrase file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    lines = text.splitlines()
+    passphrase = lines[0].strip() if lines else ""
+    if not passphrase:
+        raise Failure(f"the passphrase file {path} is empty; put the shared passphrase on its first line")
+    return passphrase
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6).
+
+    >>> parse_listen("0.0.0.0:9000")
+    ('0.0.0.0', 9000)
+    >>> parse_listen("[::1]:0")
+    ('[::1]', 0)
+    """
+    host, sep, port = value.rpartition(":")
+    if not (sep and host and port.isdigit() and int(port) < 65536):
+        raise Failure(f"--listen {value!r}: expected HOST:PORT, e.g. 0.0.0.0:9000 (port 0 picks a free one)")
+    return host, int(port)
+
+
+def load_lab(path: str) -> Any:
+    """The :class:`~jumpstarter_drivers.core.config.ExporterConfig` in ``path`` (errors as one line)."""
+    from ..core import config
+
+    try:
+        return config.load(path)
+    except JumpstarterError as exc:
+        raise Failure(exc) from None
+
+
+@contextlib.contextmanager
+def signals_caught(*signums: int, on_signal: Callable[[int], None] | None = None) -> Iterator[threading.Event]:
+    """While inside, ``signums`` set the yielded event (and call ``on_signal``) instead of their default."""
+    received = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        received.set()
+        if on_signal is not None:
+            on_signal(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def connection_options(host_envvar: str | None) -> Callable[[Callable], Callable]:
+    """``--host``, ``--ca``, ``--insecure`` and ``--passphrase-file``: how a client reaches a lab."""
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(
+            (
+                click.option(
+                    "--host",
+                    envvar=host_envvar,
+                    metavar="ADDR",
+                    help="The lab's address: a unix socket path or HOST:PORT"
+                    + (f" (default: ${host_envvar})." if host_envvar else "."),
+                ),
+                click.option(
+                    "--ca",
+                    type=click.Path(dir_okay=False),
+                    help="PEM certificate(s) to trust for the lab's TLS (default: $JMP_GRPC_CA, else the system's).",
+                ),
+                click.option(
+                    "--insecure", is_flag=True, help="Plaintext TCP, for a lab served with --insecure (JMP_GRPC_INSECURE=1)."
+                ),
+                click.option(
+                    "--passphrase-file",
+                    type=click.Path(dir_okay=False),
+                    help="File whose first line is the lab's passphrase (default: $JMP_GRPC_PASSPHRASE).",
+                ),
+            )
+        ):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def connect_lab(host: str, ca: str | None, insecure: bool, passphrase: str | None, timeout: float = 5.0) -> Any:
+    """The root client of the lab at ``host`` (connection failures as one line)."""
+    from ..core.access import JMP_DRIVERS_ALLOW, connect
+
+    try:
+        return connect(
+            host,
+            allow=os.environ.get(JMP_DRIVERS_ALLOW),
+            ca=ca,
+            insecure=True if insecure else None,
+            passphrase=passphrase,
+            timeout=timeout,
+        )
+    except JumpstarterError as exc:
+        raise Failure(exc) from None
+
+
+LAB = "jumpstarter.lab"
+
+
+def lab_client(ctx: click.Context, timeout: float = 5.0) -> Any:
+    """The root client of the lab the top-level options name, connected once per invocation and
+    closed with the context."""
+    root = ctx.find_root()
+    if LAB not in root.meta:
+        params = root.params
+        host = params.get("host") or os.environ.get("JUMPSTARTER_HOST")
+        if not host:
+            raise click.UsageError(
+                "no lab to talk to: run inside `jumpstarter shell`, set JUMPSTARTER_HOST, or give --host", ctx
+            )
+        client = connect_lab(
+            host, params.get("ca"), bool(params.get("insecure")), read_passphrase(params.get("passphrase_file")), timeout
+        )
+        root.call_on_close(client.close)
+        root.meta[LAB] = client
+    return root.meta[LAB]
+
+
+class LabGroup(click.Group):
+    """The top-level group: built-in commands, then the commands of the lab's clients."""
+
+    def lab_group(self, ctx: click.Context, quiet: bool = False) -> click.Group | None:
+        from .drivers import client_command
+
+        try:
+            client = lab_client(ctx, timeout=2.0 if quiet else 5.0)
+        except click.ClickException as exc:
+            if quiet:
+                logger.debug("driver commands not listed: %s", exc.format_message())
+                return None
+            raise
+        command = client_command(client, "jumpstarter")
+        return command if isinstance(command, click.Group) else None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        lab = self.lab_group(ctx, quiet=True)
+        if lab is not None:
+            names += [name for name in lab.list_commands(ctx) if name not in names]
+        return names
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        builtin = super().list_commands(ctx)
+        rows = {"Commands": [], "Lab commands": []}
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                section = "Commands" if name in builtin else "Lab commands"
+                rows[section].append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        for section, items in rows.items():
+            if items:
+                with formatter.section(section):
+                    formatter.write_dl(items)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        lab = self.lab_group(ctx, quiet=ctx.resilient_parsing)
+        return lab.get_command(ctx, cmd_name) if lab is not None else None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JumpstarterError as exc:
+            raise Failure(exc) from None
+
+
+@click.group(cls=LabGroup, epilog=CONNECTION_HELP)
+@connection_options("JUMPSTARTER_HOST")
+@click.version_option(package_name="jumpstarter-toolkit", prog_name="jumpstarter")
+def main(host: str | None, ca: str | None, insecure: bool, passphrase_file: str | None) -> None:
+    """Serve labs of drivers, run commands inside them, and drive their hardware by hand.
+
+    Besides the commands below, each driver of the lab at --host is a command named after it:
+    `jumpstarter power on`, `jumpstarter board serial pipe`, ...
+    """
+
+
+@main.command()
+@click.argument("exporter", metavar="EXPORTER.yaml")
+@click.option("--unix", "unix_path", metavar="PATH", help="Serve on this unix socket (default: a private one).")
+@click.option("--listen", metavar="HOST:PORT", help="Serve on TCP (port 0 picks a free one); needs TLS or --insecure.")
+@click.option("--tls-cert", metavar="FILE", help="PEM certificate for --listen (see `jumpstarter tls-cert`).")
+@click.option("--tls-key", metavar="FILE", help="PEM private key of --tls-cert.")
+@click.option("--insecure", is_flag=True, help="Serve --listen in plaintext (only on a network you trust).")
+@click.option("--passphrase-file", metavar="FILE", help="Refuse TCP clients without the passphrase on its first line.")
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
+    help="Log to stderr from this level on (driver logs included).",
+)
+def serve(
+    exporter: str,
+    unix_path: str | None,
+    listen: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure: bool,
+    passphrase_file: str | None,
+    log_level: str,
+) -> None:
+    """Run the lab described by EXPORTER.yaml until SIGINT or SIGTERM.
+
+    Prints the address it serves on (a socket path or HOST:PORT) on stdout, logs to stderr, and on
+    a signal closes every driver and exits 0.
+    """
+    if unix_path and listen:
+        raise Failure("give either --unix PATH or --listen HOST:PORT, not both")
+    if bool(tls_cert) != bool(tls_key):
+        raise Failure("--tls-cert and --tls-key go together: give the certificate and its private key")
+    if not listen and (tls_cert or insecure or passphrase_file):
+        raise Failure(
+            "--tls-cert, --tls-key, --insecure and --passphrase-file apply to --listen HOST:PORT; "
+            "a unix socket is guarded by its directory's permissions"
+        )
+    if listen and tls_cert and insecure:
+        raise Failure("give either --tls-cert/--tls-key or --insecure, not both")
+    if listen and not (tls_cert or insecure):
+        raise Failure(
+            "--listen needs --tls-cert and --tls-key (see `jumpstarter tls-cert`), or --insecure to serve "
+            "plaintext on a network you trust"
+        )
+    setup_logging(log_level)
+    passphrase = read_passphrase(passphrase_file)
+    with signals_caught(signal.SIGINT, signal.SIGTERM) as stop:
+        lab = load_lab(exporter)
+        try:
+            with lab.session() as session, serving(session, unix_path, listen, tls_cert, tls_key, passphrase) as address:
+                logger.info("serving %s on %s; stop with Ctrl-C or SIGTERM", exporter, address)
+                click.echo(address)
+                stop.wait()
+                logger.info("stopping")
+        except (JumpstarterError, OSError) as exc:
+            raise Failure(exc) from None
+    logger.info("stopped")
+
+
+@contextlib.contextmanager
+def serving(
+    session: Any,
+    unix_path: str | None,
+    listen: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    passphrase: str | None,
+) -> Iterator[str]:
+    """Serve ``session`` as ``jumpstarter serve`` was told to; yield the address clients use."""
+    if listen:
+        host, port = parse_listen(listen)
+        with session.serve_tcp(
+            host, port, tls_cert=tls_cert, tls_key=tls_key, insecure=not tls_cert, passphrase=passphrase
+        ) as bound:
+            yield f"{host}:{bound}"
+    else:
+        with session.serve_unix(unix_path) as path:
+            yield str(path)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@connection_options(None)
+@click.option(
+    "--allow",
+    metavar="PATTERNS",
+    help="JMP_DRIVERS_ALLOW for the command (default: the lab's own client classes for EXPORTER.yaml, "
+    f"else $JMP_DRIVERS_ALLOW or {BUILTIN_ALLOW}).",
+)
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True,
+    help="Log to stderr from this level on (driver logs of a local lab included).",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[EXPORTER.yaml] [--] [CMD]...")
+def shell(
+    host: str | None,
+    ca: str | None,
+    insecure: bool,
+    passphrase_file: str | None,
+    allow: str | None,
+    log_level: str,
+    args: tuple[str, ...],
+) -> None:
+    """Run CMD (default: $SHELL) inside a lab and exit with its exit status.
+
+    The lab is EXPORTER.yaml, served on a private unix socket while CMD runs, or the lab at
+    --host. CMD gets JUMPSTARTER_HOST and JMP_DRIVERS_ALLOW (and JMP_GRPC_* for --host), so
+    `jumpstarter shell lab.yaml -- pytest` runs the tests against that lab.
+    """
+    setup_logging(log_level)
+    if host:
+        command = without_separator(args)
+        env = remote_env(host, ca, insecure, read_passphrase(passphrase_file), allow)
+        raise SystemExit(run_inside(command, env))
+    if args and args[0].startswith("-") and args[0] != "-":
+        raise click.NoSuchOption(args[0])
+    if not args:
+        raise click.UsageError("give EXPORTER.yaml (a lab to serve for CMD) or --host ADDR (a running lab)")
+    if ca or insecure or passphrase_file:
+        raise Failure("--ca, --insecure and --passphrase-file are for --host; a local lab is served on a unix socket")
+    exporter, command = args[0], without_separator(args[1:])
+    lab = load_lab(exporter)
+    try:
+        with lab.session() as session, session.serve_unix() as path:
+            env = {"JUMPSTARTER_HOST": str(path), "JMP_DRIVERS_ALLOW": allow or lab_allow(session)}
+            code = run_inside(command, env)
+    except (JumpstarterError, OSError) as exc:
+        raise Failure(exc) from None
+    raise SystemExit(code)
+
+
+def without_separator(args: tuple[str, ...]) -> list[str]:
+    """CMD without the ``--`` that separates it from the options (click leaves it there).
+
+    >>> without_separator(("--", "pytest", "--", "x"))
+    ['pytest', '--', 'x']
+    """
+    return list(args[1:] if args[:1] == ("--",) else args)
+
+
+def lab_allow(session: Any) -> str:
+    """JMP_DRIVERS_ALLOW naming exactly the client classes of a session's drivers (ours and Jumpstarter's)."""
+    from ..core.compat import jumpstarter_name_for
+
+    names: list[str] = []
+    for driver in session.drivers.values():
+        ours = driver.client()
+        for name in (ours, jumpstarter_name_for(ours)):
+            if name not in names:
+                names.append(name)
+    return ",".join(names)
+
+
+def remote_env(host: str, ca: str | None, insecure: bool, passphrase: str | None, allow: str | None) -> dict[str, str]:
+    """The environment for a command run against the lab at ``host``, once it answered."""
+    from ..core.access import JMP_DRIVERS_ALLOW
+
+    env = {"JUMPSTARTER_HOST": host, "JMP_DRIVERS_ALLOW": allow or os.environ.get(JMP_DRIVERS_ALLOW) or BUILTIN_ALLOW}
+    if ca:
+        env["JMP_GRPC_CA"] = str(Path(ca).resolve())
+    if insecure:
+        env["JMP_GRPC_INSECURE"] = "1"
+    if passphrase:
+        env["JMP_GRPC_PASSPHRASE"] = passphrase
+    connect_lab(host, ca, insecure, passphrase).close()
+    return env
+
+
+def run_inside(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` with ``env`` added; its exit status (128+N when killed by signal N).
+
+    SIGTERM and SIGHUP are passed on to it; SIGINT is left to it (a terminal sends it to both).
+    """
+    if not command:
+        command = [os.environ.get("SHELL") or "/bin/sh"]
+    logger.debug("running %s with %s", command, env)
+    try:
+        process = subprocess.Popen(command, env={**os.environ, **env})
+    except FileNotFoundError:
+        raise Failure(f"command not found: {command[0]}", exit_code=127) from None
+    except PermissionError:
+        raise Failure(f"command not executable: {command[0]}", exit_code=126) from None
+
+    def forward(signum: int) -> None:
+        if signum != signal.SIGINT and process.poll() is None:
+            process.send_signal(signum)
+
+    with signals_caught(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, on_signal=forward):
+        code = process.wait()
+    return 128 - code if code < 0 else code
+
+
+@main.command()
+@click.pass_context
+def report(ctx: click.Context) -> None:
+    """Print the lab's driver tree: names, client classes, descriptions and methods."""
+    from .drivers import report_lines
+
+    for line in report_lines(lab_client(ctx)):
+        click.echo(line)
+
+
+@main.command("tls-cert")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A host name or IP address clients use (repeatable; default: this machine's name, localhost, 127.0.0.1).",
+)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1), help="Validity.")
+def tls_cert(directory: str, hosts: tuple[str, ...], days: int) -> None:
+    """Write a self-signed cert.pem and key.pem into DIRECTORY for `serve --listen`.
+
+    Give clients cert.pem as their CA (--ca or JMP_GRPC_CA).
+    """
+    from .certs import write_self_signed
+
+    names = list(hosts) or [socket.gethostname(), "localhost", "127.0.0.1"]
+    try:
+        cert, key = write_self_signed(directory, names, days)
+    except (JumpstarterError, OSError) as exc:
+        raise Failure(exc) from None
+    click.echo(f"{cert}\n{key}")
