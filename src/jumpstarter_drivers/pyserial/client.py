@@ -247,4 +247,4 @@ class PySerialClient(DriverClient):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-        self.connection.close()
+        super().close()

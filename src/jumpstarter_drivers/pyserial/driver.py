@@ -238,7 +238,11 @@ class PySerial(Driver):
     async def connect(self) -> AsyncIterator[SerialStream]:
         """Open the serial port and stream its bytes both ways; the port closes when the client leaves."""
         port = await anyio.to_thread.run_sync(self._open, DriverError)
-        stream = SerialStream(port, self.logger)
+        try:
+            stream = SerialStream(port, self.logger)
+        except BaseException:
+            port.close()
+            raise
         self._connections += 1
         if self._connections > 1:
             self.logger.warning(
@@ -279,7 +283,10 @@ class PySerial(Driver):
                 "or set check_present: false if the board creates the device later"
             )
         if code == errno.EACCES:
-            return "check the device's permissions: the exporter's user needs read and write access (often the dialout group)"
+            return (
+                "check the device's permissions: the exporter's user needs read and write access "
+                "(often through the dialout group)"
+            )
         if code == errno.EBUSY:
             return "another program holds the device; close it (a terminal program, ModemManager, ser2net)"
         return "check that the device exists, is a serial port, and that the exporter's user may open it"

@@ -196,6 +196,23 @@ def test_closing_releases_the_port(board) -> None:
     anyio.run(main)
 
 
+@pytest.mark.parametrize("path", ["descriptor", "thread"])
+def test_cancelled_receive_closes_the_port(board, path: str) -> None:
+    async def main() -> None:
+        console = PySerial(url=board.path if path == "descriptor" else "loop://")
+        with anyio.fail_after(5), anyio.CancelScope() as scope:
+            async with console.connect() as stream:
+                port = stream.port
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream.receive)
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+        assert scope.cancelled_caught
+        assert not port.is_open
+
+    anyio.run(main)
+
+
 def test_socket_url_uses_the_descriptor() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         url = f"socket://127.0.0.1:{server.getsockname()[1]}"
