@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+import yaml
 
 from .driver import Driver
 from .errors import ConfigurationError
@@ -234,7 +235,6 @@ def load(path: str | os.PathLike, registry: DriverRegistry | None = None) -> Exp
 @functools.cache
 def _yaml_loader() -> type:
     """A safe loader where only ``true``/``false`` are booleans (YAML 1.2), so ``on:`` stays a method name."""
-    import yaml
 
     class Loader(yaml.SafeLoader):
         pass
@@ -254,8 +254,6 @@ def loads(text: str, source: str = "<string>", registry: DriverRegistry | None =
 
     Only ``true`` and ``false`` are booleans, as in YAML 1.2: ``on``, ``off``, ``yes`` and ``no`` are strings.
     """
-    import yaml
-
     try:
         document = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
