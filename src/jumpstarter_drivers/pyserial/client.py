@@ -4,45 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pexpect
 from pexpect.spawnbase import SpawnBase
 
-from ..core.client import ByteStream, Connection, DriverClient, translate
+from ..core.client import ByteStream, DriverClient
 from .common import ConsoleLog
-
-
-class _OpenStream(ByteStream):
-    """Workaround: core's ``ByteStream.open`` asks ``call.code()``, which blocks until the call ends.
-
-    This opener checks ``call.done()`` instead; remove it once core does the same.
-    """
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, connection: Connection, request: dict[str, Any], where: str) -> Iterator[ByteStream]:
-        import grpc
-
-        stream = cls(connection, request, where)
-        try:
-            try:
-                stream.initial_metadata = dict(stream._call.initial_metadata())
-            except grpc.RpcError as exc:
-                raise translate(exc, where) from None
-            if stream._call.done() and stream._call.code() != grpc.StatusCode.OK:
-                raise translate(stream._call, where)
-            reader = threading.Thread(target=stream._read, name="jumpstarter-stream-reader", daemon=True)
-            reader.start()
-            try:
-                yield stream
-            finally:
-                stream.close()
-                reader.join(5)
-        finally:
-            stream._call.cancel()
 
 
 class ConsoleSpawn(SpawnBase):
@@ -210,8 +179,7 @@ class PySerialClient(DriverClient):
     @contextlib.contextmanager
     def stream(self, method: str = "connect") -> Iterator[ByteStream]:
         """The console's raw byte stream (not captured in the console log)."""
-        request = {"kind": "driver", "uuid": self._uuid, "method": method}
-        with _OpenStream.open(self.connection, request, self._where(method)) as stream:
+        with super().stream(method) as stream:
             yield stream
 
     @contextlib.contextmanager
