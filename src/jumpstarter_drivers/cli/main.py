@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -243,6 +244,31 @@ def main(host: str | None, ca: str | None, insecure: bool, passphrase_file: str 
     Besides the commands below, each driver of the lab at --host is a command named after it:
     `jumpstarter power on`, `jumpstarter board serial pipe`, ...
     """
+    quiet_grpc()
+
+
+#: Set when this process silenced gRPC's own stderr logging (not passed on to `shell` commands).
+_SILENCED = "GRPC_VERBOSITY"
+_silenced = False
+
+
+def quiet_grpc() -> None:
+    """Keep gRPC's C core from writing its own multi-line logs on stderr (errors are reported by us).
+
+    ``GRPC_VERBOSITY`` set by the user wins, e.g. ``GRPC_VERBOSITY=debug`` to see them.
+    """
+    global _silenced
+    if _SILENCED not in os.environ:
+        os.environ[_SILENCED] = "NONE"
+        _silenced = True
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment for a child, with ``extra``, without what :func:`quiet_grpc` set."""
+    env = {**os.environ, **extra}
+    if _silenced:
+        env.pop(_SILENCED, None)
+    return env
 
 
 @main.command()
@@ -290,6 +316,11 @@ def serve(
         )
     setup_logging(log_level)
     passphrase = read_passphrase(passphrase_file)
+    if listen:
+        check_bindable(*parse_listen(listen))
+    if tls_cert and tls_key:
+        check_pem(tls_cert, "certificate", "CERTIFICATE")
+        check_pem(tls_key, "key", "PRIVATE KEY")
     with signals_caught(signal.SIGINT, signal.SIGTERM) as stop:
         lab = load_lab(exporter)
         try:
@@ -299,8 +330,41 @@ def serve(
                 stop.wait()
                 logger.info("stopping")
         except (JumpstarterError, OSError) as exc:
+            if tls_cert and "Failed to bind" in str(exc):
+                # The address was free a moment ago (check_bindable): gRPC refused the TLS pair.
+                raise Failure(
+                    f"cannot serve TLS on {listen}: gRPC refused the certificate and key; check that {tls_key} "
+                    f"is the private key of {tls_cert}"
+                ) from None
             raise Failure(exc) from None
     logger.info("stopped")
+
+
+def check_pem(path: str, what: str, label: str) -> None:
+    """Fail with one line unless ``path`` is a readable PEM file holding a ``label`` block."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise Failure(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+    if not re.search(rf"-----BEGIN [A-Z ]*{label}-----", text):
+        raise Failure(f"the TLS {what} {path} is not a PEM file with a {label} block")
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Fail with the OS's reason when ``host:port`` cannot be listened on (a port in use, say)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -420,7 +484,7 @@ def run_inside(command: list[str], env: dict[str, str]) -> int:
         command = [os.environ.get("SHELL") or "/bin/sh"]
     logger.debug("running %s with %s", command, env)
     try:
-        process = subprocess.Popen(command, env={**os.environ, **env})
+        process = subprocess.Popen(command, env=child_environment(env))
     except FileNotFoundError:
         raise Failure(f"command not found: {command[0]}", exit_code=127) from None
     except PermissionError:
