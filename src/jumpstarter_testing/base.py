@@ -28,7 +28,8 @@ class JumpstarterTest:
     """
 
     @pytest.fixture(scope="class")
-    def client(self, session: Lab) -> Iterator[DriverClient]:
+    @classmethod
+    def client(cls, session: Lab) -> Iterator[DriverClient]:
         """The root client of the lab, connected once for this test class."""
         with session.connect() as client:
             yield client

@@ -205,19 +205,32 @@ def test_failing_test_report_carries_driver_logs_remote(pytester: pytest.Pyteste
     assert "power off" not in result.stdout.str()
 
 
-def test_console_records_are_captured(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+def test_console_output_is_captured(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
     pytester.makepyfile(
         """
-        import logging
-
         def test_console(client):
-            logging.getLogger("jumpstarter.console.serial").info("U-Boot 2024.01", extra={"console": "serial"})
-            assert False
+            with client.serial.pexpect(timeout=10) as console:
+                console.sendline("U-Boot 2024.01")
+                console.expect("2024.01")
+            assert False, "no login prompt"
         """
     )
-    result = pytester.runpytest()
+    logs = pytester.path / "logs"
+    result = pytester.runpytest(f"--jumpstarter-log-dir={logs}")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*INFO    console[[]serial[]]: U-Boot 2024.01"])
+    result.stdout.fnmatch_lines(["*- jumpstarter driver logs (call) -*", "*INFO    console[[]serial[]]: U-Boot 2024.01"])
+    assert "console[serial]: U-Boot 2024.01" in (logs / "test_console_output_is_captured.py__test_console.log").read_text()
+
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def test_examples_pass_against_the_virtual_lab(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    for example in EXAMPLES.iterdir():
+        if example.suffix == ".py":
+            (pytester.path / example.name).write_text(example.read_text())
+    result = pytester.runpytest("-W", "error")
+    result.assert_outcomes(passed=7)
 
 
 def test_junit_xml_carries_exporter_identity(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, remote: Path) -> None:
