@@ -355,7 +355,7 @@ class ByteStream:
                 stream.initial_metadata = dict(stream._call.initial_metadata())
             except grpc.RpcError as exc:
                 raise translate(exc, where) from None
-            if stream._call.code() is not None and stream._call.code() != grpc.StatusCode.OK:
+            if stream._call.done() and stream._call.code() != grpc.StatusCode.OK:
                 raise translate(stream._call, where)
             reader = threading.Thread(target=stream._read, name="jumpstarter-stream-reader", daemon=True)
             reader.start()

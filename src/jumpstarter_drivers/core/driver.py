@@ -19,6 +19,7 @@ jumpstarter_drivers.core.errors.ConfigurationError: Lamp: config field 'watts' e
 
 from __future__ import annotations
 
+import collections.abc
 import enum
 import inspect
 import logging
@@ -55,12 +56,26 @@ def export(func: Callable) -> Callable:
     Sync and async functions become unary calls; sync and async generator functions become
     streaming calls. Sync code runs in a worker thread, so a slow driver never stalls others.
     """
-    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
-        kind = MethodKind.STREAMING
-    else:
-        kind = MethodKind.UNARY
-    setattr(func, _EXPORT_ATTR, kind)
+    setattr(func, _EXPORT_ATTR, MethodKind.UNARY)
     return func
+
+
+_GENERATOR_RETURNS = (
+    collections.abc.Generator,
+    collections.abc.AsyncGenerator,
+    collections.abc.Iterator,
+    collections.abc.AsyncIterator,
+)
+
+
+def _call_kind(func: Callable, hints: dict[str, Any]) -> MethodKind:
+    """Streaming for generator functions, and for abstract ones whose return annotation is a generator."""
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
+        return MethodKind.STREAMING
+    returns = typing.get_origin(hints.get("return")) or hints.get("return")
+    if isinstance(returns, type) and issubclass(returns, _GENERATOR_RETURNS):
+        return MethodKind.STREAMING
+    return MethodKind.UNARY
 
 
 def exportstream(func: Callable) -> Callable:
@@ -97,18 +112,19 @@ def _exported(cls: type) -> dict[str, ExportedMethod]:
     for name in dir(cls):
         func = getattr(cls, name, None)
         # An override of an exported method stays exported, with or without the decorator.
-        kind = next(
-            (getattr(base.__dict__[name], _EXPORT_ATTR, None) for base in cls.__mro__ if name in base.__dict__
-             and getattr(base.__dict__[name], _EXPORT_ATTR, None) is not None),
+        mark = next(
+            (getattr(base.__dict__[name], _EXPORT_ATTR) for base in cls.__mro__
+             if hasattr(base.__dict__.get(name), _EXPORT_ATTR)),
             None,
         )
-        if kind is None or not callable(func):
+        if mark is None or not callable(func):
             continue
         raw = inspect.unwrap(func)
         try:
             hints = typing.get_type_hints(raw)
         except Exception:  # noqa: BLE001 - unresolvable annotations fall back to "any type"
             hints = {}
+        kind = mark if mark is MethodKind.BYTESTREAM else _call_kind(raw, hints)
         signature = inspect.signature(func)
         params = tuple(
             (p.name, hints.get(p.name, Any), p.kind) for p in list(signature.parameters.values())[1:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,36 @@ class Address:
         return cls(text, f"unix://{os.path.abspath(text)}", False)
 
 
+def probe(address: Address, timeout: float) -> None:
+    """Fail fast with the OS's reason when nothing listens at ``address`` (before gRPC retries)."""
+    if address.tcp:
+        host, _, port = address.target.rpartition(":")
+        target: object = (host.strip("[]"), int(port))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if not host.replace(".", "").isdigit() and ":" not in host:
+            family = socket.AF_UNSPEC
+    else:
+        target, family = address.target.removeprefix("unix://"), socket.AF_UNIX
+    try:
+        if family == socket.AF_UNSPEC:
+            socket.create_connection(target, timeout=timeout).close()  # type: ignore[arg-type]
+        else:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(target)
+    except FileNotFoundError:
+        raise ExporterUnreachable(
+            f"no exporter socket at {target}; start the exporter (or `jumpstarter shell`) and point "
+            f"{JUMPSTARTER_HOST} at its socket"
+        ) from None
+    except (ConnectionRefusedError, socket.gaierror, TimeoutError, OSError) as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ExporterUnreachable(
+            f"cannot reach the exporter at {address.text}: {reason}; is it running, and is the address right "
+            f"({JUMPSTARTER_HOST} or --jumpstarter-host)?"
+        ) from None
+
+
 def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str | None) -> object:
     import grpc
 
@@ -68,14 +99,12 @@ def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str 
         ("grpc.keepalive_timeout_ms", int(keepalive * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # without these gRPC sends one ping per 5 minutes while no data flows: a frozen exporter would go unnoticed
+        ("grpc.http2.min_time_between_pings_ms", int(keepalive * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 1000)),
+        ("grpc.http2.ping_timeout_ms", int(keepalive * 1000)),
     ]
     if not address.tcp:
-        path = address.target.removeprefix("unix://")
-        if not Path(path).exists():
-            raise ExporterUnreachable(
-                f"no exporter socket at {path}; start the exporter (or `jumpstarter shell`) and point "
-                f"{JUMPSTARTER_HOST} at its socket"
-            )
         credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
         return grpc.secure_channel(address.target, credentials, options=options)
     if insecure is None:
@@ -116,6 +145,7 @@ def connect(
         keepalive = float(os.environ.get(JMP_GRPC_KEEPALIVE) or DEFAULT_KEEPALIVE)
     if passphrase is None:
         passphrase = os.environ.get(JMP_GRPC_PASSPHRASE) or None
+    probe(parsed, timeout)
     channel = _channel(parsed, keepalive, insecure, ca)
     metadata = (("x-jumpstarter-passphrase", passphrase),) if passphrase else ()
     connection = Connection(channel, parsed.text, metadata)
