@@ -15,6 +15,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -363,7 +364,7 @@ class ByteStream:
                 yield stream
             finally:
                 stream.close()
-                reader.join(5)
+                reader.join(1.0)  # the driver's end of stream, if it comes promptly; cancelled otherwise
         finally:
             stream._call.cancel()
 
@@ -382,19 +383,32 @@ class ByteStream:
         finally:
             self._inbox.put(None)
 
-    def send(self, data: bytes) -> None:
-        """Send bytes (split into frames of at most 1 MiB)."""
+    def _put(self, item: Any, timeout: float | None) -> None:
+        """Queue an outgoing frame; waits while the driver is slow, fails once the call is over."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._call.done():
+                raise self._error or ExporterUnreachable(f"{self.where}: the stream is closed")
+            try:
+                self._outbox.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.where}: the driver took no data for {timeout} s") from None
+
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        """Send bytes (split into frames of at most 1 MiB); ``TimeoutError`` if the driver stalls past ``timeout``."""
         if self._eof_sent:
             raise ValueError(f"{self.where}: cannot send after send_eof()")
         view = memoryview(data)
         for start in range(0, len(view), MAX_FRAME):
-            self._outbox.put(self._pb.StreamRequest(payload=bytes(view[start : start + MAX_FRAME])))
+            self._put(self._pb.StreamRequest(payload=bytes(view[start : start + MAX_FRAME])), timeout)
 
     def send_eof(self) -> None:
         """Tell the driver no more bytes will come from this side."""
         if not self._eof_sent:
             self._eof_sent = True
-            self._outbox.put(self._pb.StreamRequest(frame_type=FRAME_GOAWAY))
+            self._put(self._pb.StreamRequest(frame_type=FRAME_GOAWAY), 5.0)
 
     def receive(self, timeout: float | None = None) -> bytes:
         """The next bytes; ``b""`` once the driver ended the stream; ``TimeoutError`` past ``timeout``."""
@@ -432,11 +446,11 @@ class ByteStream:
             yield data
 
     def close(self) -> None:
-        """Half-close, then stop the call."""
-        try:
+        """Half-close, so the driver sees the end of what was sent, then end the request stream."""
+        with contextlib.suppress(Exception):
             self.send_eof()
-        finally:
-            self._outbox.put(None)
+        with contextlib.suppress(queue.Full):
+            self._outbox.put(None, timeout=1.0)
 
 
 # building the tree -------------------------------------------------------------------------

@@ -23,7 +23,12 @@ JUMPSTARTER_CLIENTS: dict[str, str] = {
     "jumpstarter_driver_opendal.client.StorageMuxClient": "jumpstarter_drivers.storage.client.StorageClient",
 }
 
-_OURS_TO_JUMPSTARTER = {ours: theirs for theirs, ours in JUMPSTARTER_CLIENTS.items()}
+#: Our clients that Jumpstarter serves with a more general client of its own (ours -> theirs only).
+GENERALISED: dict[str, str] = {
+    "jumpstarter_drivers.energenie.client.EnerGenieClient": "jumpstarter_driver_power.client.PowerClient",
+}
+
+_OURS_TO_JUMPSTARTER = {ours: theirs for theirs, ours in JUMPSTARTER_CLIENTS.items()} | GENERALISED
 
 
 def toolkit_name_for(path: str) -> str:
