@@ -89,9 +89,28 @@ def load_lab(path: str) -> Any:
     from ..core import config
 
     try:
-        return config.load(path)
+        lab = config.load(path)
     except JumpstarterError as exc:
         raise Failure(exc) from None
+    hold_grpc_aio()
+    return lab
+
+
+def hold_grpc_aio() -> None:
+    """Keep gRPC's asyncio poller alive for the whole process.
+
+    Workaround: a stopped server is released in the caller's thread, which shuts the poller down
+    there while the loop thread may still run its callback ("OSError: [Errno 9] Bad file
+    descriptor" logged at exit). Holding one reference from the loop thread keeps it up.
+    """
+    import grpc.aio
+
+    from ..core import loop
+
+    async def hold() -> None:
+        grpc.aio.init_grpc_aio()
+
+    loop.run(hold())
 
 
 @contextlib.contextmanager

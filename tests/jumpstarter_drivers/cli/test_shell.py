@@ -1,0 +1,170 @@
+"""`jumpstarter shell`: CMD runs inside a local or remote lab and its exit status comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from jumpstarter_drivers.cli.process import ServeProcess
+
+from .conftest import PASSPHRASE
+
+PYTHON = sys.executable
+
+USE_LAB = textwrap.dedent(
+    """
+    import os, sys
+    from jumpstarter_drivers.core.access import env
+    with env() as client:
+        client.power.on()
+        print(os.environ["JUMPSTARTER_HOST"], os.environ["JMP_DRIVERS_ALLOW"], sep="\\n")
+        print(str(list(client.power.read())[-1]))
+    sys.exit(int(sys.argv[1]))
+    """
+)
+
+
+def test_shell_returns_the_exit_status_and_sets_the_environment(jumpstarter, lab_file: Path) -> None:
+    result = jumpstarter("shell", str(lab_file), "--", PYTHON, "-c", USE_LAB, "3")
+    assert result.returncode == 3, result.stderr
+    host, allow, reading = result.stdout.splitlines()
+    assert host.endswith("/socket") and not Path(host).exists(), "the private socket is gone after the shell"
+    allowed = allow.split(",")
+    assert "jumpstarter_drivers.power.client.PowerClient" in allowed
+    assert "jumpstarter_drivers.pyserial.client.PySerialClient" in allowed
+    assert "jumpstarter_driver_power.client.PowerClient" in allowed, "Jumpstarter's own client may run inside too"
+    assert reading == "voltage=5.0 V  current=2.0 A  apparent_power=10.0 VA"
+
+
+def test_shell_allow_option(jumpstarter, lab_file: Path) -> None:
+    script = "import os; print(os.environ['JMP_DRIVERS_ALLOW'])"
+    result = jumpstarter("shell", "--allow", "UNSAFE", str(lab_file), "--", PYTHON, "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "UNSAFE"
+
+
+def test_shell_runs_pytest_against_the_lab(jumpstarter, lab_file: Path, tmp_path: Path) -> None:
+    tests = tmp_path / "test_bench.py"
+    tests.write_text(
+        textwrap.dedent(
+            """
+            import os
+
+            def test_power(client):
+                client.power.on()
+                assert str(list(client.power.read())[-1]) == "voltage=5.0 V  current=2.0 A  apparent_power=10.0 VA"
+
+            def test_runs_in_the_shell():
+                assert os.path.exists(os.environ["JUMPSTARTER_HOST"])
+            """
+        )
+    )
+    result = jumpstarter(
+        "shell", str(lab_file), "--", PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    failing = jumpstarter(
+        "shell", str(lab_file), "--", PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests),
+        "-k", "no_such_test", timeout=120,
+    )
+    assert failing.returncode == 5, "pytest's own 'no tests ran' status comes back unchanged"
+
+
+def test_shell_without_separator_and_shell_builtin_command(jumpstarter, lab_file: Path) -> None:
+    result = jumpstarter("shell", str(lab_file), "sh", "-c", "exit 7")
+    assert result.returncode == 7
+
+
+def test_shell_default_command_is_the_users_shell(jumpstarter, lab_file: Path) -> None:
+    result = jumpstarter("shell", str(lab_file), env={"SHELL": "/bin/sh"}, input='echo "in $JUMPSTARTER_HOST"; exit 4\n')
+    assert result.returncode == 4
+    assert result.stdout.startswith("in /")
+
+
+def test_command_killed_by_a_signal(jumpstarter, lab_file: Path) -> None:
+    result = jumpstarter("shell", str(lab_file), "--", "sh", "-c", "kill -TERM $$")
+    assert result.returncode == 128 + signal.SIGTERM
+
+
+def test_command_not_found(jumpstarter, lab_file: Path) -> None:
+    result = jumpstarter("shell", str(lab_file), "--", "no-such-command-here")
+    assert result.returncode == 127
+    assert result.stderr.strip().splitlines() == ["Error: command not found: no-such-command-here"]
+
+
+def test_sigterm_is_passed_on_to_the_command(lab_file: Path) -> None:
+    script = (
+        "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(9)); print('ready', flush=True); "
+        "signal.pause()"
+    )
+    with subprocess.Popen(
+        [PYTHON, "-m", "jumpstarter_drivers.cli", "shell", str(lab_file), "--", PYTHON, "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as shell:
+        assert shell.stdout.readline() == "ready\n"
+        shell.send_signal(signal.SIGTERM)
+        assert shell.wait(30) == 9, "the command got SIGTERM, handled it, and its status came back"
+        assert shell.stderr.read() == ""
+
+
+def test_shell_against_a_remote_lab_over_tls(
+    jumpstarter, lab_file: Path, tls_files: tuple[Path, Path], passphrase_file: Path
+) -> None:
+    cert, key = tls_files
+    options = ["--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+               "--passphrase-file", str(passphrase_file)]
+    clean = {"JMP_GRPC_PASSPHRASE": None, "JMP_GRPC_CA": None, "JMP_GRPC_INSECURE": None, "JMP_DRIVERS_ALLOW": None}
+    with ServeProcess(lab_file, *options) as lab:
+        result = jumpstarter(
+            "shell", "--host", lab.address, "--ca", str(cert), "--passphrase-file", str(passphrase_file),
+            "--", PYTHON, "-c", "import os; print(os.environ['JMP_GRPC_PASSPHRASE'])" + USE_LAB, "0", env=clean,
+        )
+        assert result.returncode == 0, result.stderr
+        passphrase, host, allow, reading = result.stdout.splitlines()
+        assert (host, allow, passphrase) == (lab.address, "jumpstarter_drivers.*", PASSPHRASE)
+        assert reading.startswith("voltage=5.0 V")
+
+        refused = jumpstarter("shell", "--host", lab.address, "--ca", str(cert), "--", "true", env=clean)
+        assert refused.returncode == 1
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert "missing passphrase" in refused.stderr
+
+
+def test_shell_usage_errors(jumpstarter, lab_file: Path) -> None:
+    nothing = jumpstarter("shell")
+    assert nothing.returncode == 2
+    assert "give EXPORTER.yaml" in nothing.stderr
+    bad_option = jumpstarter("shell", "--bogus", str(lab_file))
+    assert bad_option.returncode == 2
+    assert "No such option '--bogus'" in bad_option.stderr
+    local_tls = jumpstarter("shell", "--insecure", str(lab_file), "--", "true")
+    assert local_tls.returncode == 1
+    assert "are for --host" in local_tls.stderr
+    for result in (nothing, bad_option, local_tls):
+        assert "Traceback" not in result.stderr
+
+
+def test_shell_with_a_broken_lab(jumpstarter, tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("export:\n  power: {type: MockPower, config: {volts: 5}}\n")
+    result = jumpstarter("shell", str(lab), "--", "true")
+    assert result.returncode == 1
+    expected = (
+        f"Error: {lab}: export.power.config.volts: MockPower: unknown config field 'volts'; "
+        "expected one of: children, description, labels, methods_description"
+    )
+    assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_unreachable_remote_lab(jumpstarter, tmp_path: Path) -> None:
+    result = jumpstarter("shell", "--host", str(tmp_path / "nothing.sock"), "--", "true")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no exporter socket" in result.stderr
+    assert os.path.basename(str(tmp_path / "nothing.sock")) in result.stderr
