@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import textwrap
 from collections.abc import Iterator
@@ -94,8 +95,23 @@ def test_local_lab_from_exporter_file(pytester: pytest.Pytester, clean_env: pyte
         """
     )
     pytester.runpytest("--jumpstarter-exporter=bench.yaml").assert_outcomes(passed=2)
+    assert JUMPSTARTER_HOST not in os.environ, "the run restores the environment it changed"
     (pytester.path / "bench.yaml").rename(pytester.path / "exporter.yaml")
     pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_conftest_registers_driver_short_names(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(demo_flasher=FLASHER_MODULE)
+    pytester.syspathinsert()
+    pytester.makeconftest(
+        """
+        def pytest_jumpstarter_register_drivers(registry):
+            registry.register("DemoFlasher", "demo_flasher.DemoFlasher")
+        """
+    )
+    pytester.makefile(".yaml", exporter="export:\n  dut:\n    children:\n      flasher: {type: DemoFlasher}\n")
+    pytester.makepyfile(test_flash="def test_flash(flasher):\n    assert flasher.flash('a.img') == 'flashed a.img'\n")
+    pytester.runpytest().assert_outcomes(passed=1)
 
 
 def test_builtin_virtual_lab_by_default(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:

@@ -76,6 +76,10 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "Tftp": "jumpstarter_drivers.tftp.driver.Tftp",
     "HttpServer": "jumpstarter_drivers.http.driver.HttpServer",
     "Storage": "jumpstarter_drivers.storage.driver.Storage",
+    "BaseFlasher": "jumpstarter_drivers.flashers.driver.BaseFlasher",
+    "UBoot": "jumpstarter_drivers.uboot.driver.UBoot",
+    "VirtualBoard": "jumpstarter_drivers.virtualboard.driver.VirtualBoard",
+    "VirtualBoardPower": "jumpstarter_drivers.virtualboard.driver.VirtualBoardPower",
 }
 
 #: Jumpstarter's driver import paths that name a driver we have, so its exporter files load as they are.
@@ -88,6 +92,7 @@ JUMPSTARTER_DRIVERS: dict[str, str] = {
     "jumpstarter_driver_pyserial.driver.PySerial": "PySerial",
     "jumpstarter_driver_tftp.driver.Tftp": "Tftp",
     "jumpstarter_driver_http.driver.HttpServer": "HttpServer",
+    "jumpstarter_driver_flashers.driver.BaseFlasher": "BaseFlasher",
 }
 
 NODE_KEYS = ("type", "config", "description", "methods_description", "children", "ref")
@@ -111,7 +116,7 @@ class DriverRegistry:
     >>> registry.resolve("NoSuchDriver")
     Traceback (most recent call last):
     ...
-    jumpstarter_drivers.core.errors.ConfigurationError: no driver named 'NoSuchDriver'; give a Driver class's import path (package.module.Class) or one of: Composite, EnerGenie, HttpServer, MockPower, Proxy, PySerial, Storage, SyncMockPower, Tftp
+    jumpstarter_drivers.core.errors.ConfigurationError: no driver named 'NoSuchDriver'; give a Driver class's import path (package.module.Class) or one of: BaseFlasher, Composite, EnerGenie, HttpServer, MockPower, Proxy, PySerial, Storage, SyncMockPower, Tftp, UBoot, VirtualBoard, VirtualBoardPower
     """
 
     def __init__(self, *, entry_points: bool = True) -> None:

@@ -229,3 +229,17 @@ def test_missing_family_breaks_only_files_that_name_it() -> None:
     with pytest.raises(ConfigurationError, match="driver 'Ghost' .* is not installed"):
         loads("export:\n  g: {type: Ghost}\n", registry=registry)
     assert type(loads("export:\n  p: {type: MockPower}\n", registry=registry).root.children["p"]) is MockPower
+
+
+@pytest.mark.parametrize("name", sorted(config.BUILTIN_DRIVERS))
+def test_builtin_short_names_resolve_where_the_family_is_installed(name: str) -> None:
+    import importlib.util
+
+    module = config.BUILTIN_DRIVERS[name].rpartition(".")[0]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"family {module} is not in this tree")
+    assert config.DriverRegistry(entry_points=False).resolve(name).__name__ == name
+
+
+def test_jumpstarter_paths_map_to_registered_short_names() -> None:
+    assert set(config.JUMPSTARTER_DRIVERS.values()) <= set(config.BUILTIN_DRIVERS)

@@ -1,0 +1,60 @@
+"""The Lab works without pytest: a local lab from the virtual lab file, and remote connections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jumpstarter_drivers import ExporterUnreachable, Session
+from jumpstarter_drivers.power import MockPower, PowerClient
+from jumpstarter_testing import Lab, eventually
+from jumpstarter_testing.lab import VIRTUAL_LAB
+
+
+def test_local_virtual_lab() -> None:
+    with Lab.start_local(VIRTUAL_LAB) as lab:
+        assert Path(lab.address).exists()
+        assert isinstance(lab.find("power"), PowerClient)
+        assert lab.find("power.nothing") is None and lab.find("serial") is not None
+        assert lab.status().name == "LEASE_READY"
+        report = lab.report()
+        assert report.uuid == str(lab.local.uuid)
+        assert sorted(lab.node_names.values()) == ["power", "root", "serial"]
+        assert lab.flashers() == {} and lab.flasher() is None
+        with lab.connect() as second:
+            second.power.on()
+        address = lab.address
+    assert not Path(address).exists(), "closing a local lab stops its server"
+
+
+def test_remote_lab_and_unreachable(tmp_path: Path) -> None:
+    with Session(root_device=MockPower()) as session, session.serve_unix() as path:
+        with Lab.connect_remote(str(path)) as lab:
+            assert lab.local is None
+            lab.client.on()
+            assert "remote" in repr(lab)
+    with pytest.raises(ExporterUnreachable, match="no exporter socket"):
+        Lab.connect_remote(str(tmp_path / "none.sock"))
+
+
+def test_eventually_retries_only_the_given_exceptions() -> None:
+    calls = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("not yet")
+        return len(calls)
+
+    assert eventually(flaky, interval=0, exceptions=ConnectionError) == 3
+
+    def never() -> None:
+        raise AssertionError("still off")
+
+    with pytest.raises(AssertionError, match="still off"):
+        eventually(never, timeout=0.05, interval=0.01)
+    calls.clear()
+    with pytest.raises(ConnectionError, match="not yet"):
+        eventually(flaky)  # ConnectionError is not retried by default
+    assert len(calls) == 1
