@@ -11,6 +11,7 @@ child: ``jumpstarter board power on``. What a node offers by itself comes, in th
 3. nothing: a plain group of the node's children.
 
 >>> import click
+import logging
 >>> @command_builder("example.client.LampClient")
 ... def lamp(client):
 ...     return click.Group(help="A lamp.")
@@ -20,12 +21,15 @@ True
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator
 
 import click
 
 from ..core.client import CLIENT_LABEL, TOOLKIT_CLIENT_LABEL, DriverClient, UnavailableClient
+
+logger = logging.getLogger(__name__)
 
 #: Builds the click command of one client (without its children; those are added for it).
 CommandBuilder = Callable[[DriverClient], click.Command]
@@ -106,8 +110,16 @@ def own_command(client: DriverClient) -> click.Command:
 
 
 def client_command(client: DriverClient, name: str) -> click.Command:
-    """The command for ``client`` named ``name``: its own commands plus one subcommand per child."""
-    command = own_command(client)
+    """The command for ``client`` named ``name``: its own commands plus one subcommand per child.
+
+    A node whose commands cannot be built (a family's ``cli()`` failing) gets an empty group
+    saying why, so the rest of the tree stays usable.
+    """
+    try:
+        command = own_command(client)
+    except Exception as exc:  # noqa: BLE001 - one family's broken cli() must not take the others down
+        logger.warning("no commands for %s (%s): %s", name, client_path(client), exc)
+        command = click.Group(help=f"{summary(client)} (commands unavailable: {exc})")
     command.name = name
     if isinstance(command, click.Group):
         for child_name, child in client.children.items():
