@@ -1,0 +1,261 @@
+"""A threaded HTTP/1.1 file server for boards: GET and HEAD, single byte ranges, sendfile.
+
+It works without a session: the :class:`~jumpstarter_drivers.http.driver.HttpServer` driver
+wraps it. Files go out with ``socket.sendfile`` (zero copy, constant memory, any size).
+
+>>> import tempfile
+>>> server = FileServer(root=tempfile.mkdtemp())
+>>> server.start()
+>>> server.url.startswith("http://127.0.0.1:")
+True
+>>> server.stop()
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import mimetypes
+import os
+import re
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive ``(first, last)`` byte range a ``Range`` header asks of a ``size``-byte file.
+
+    ``None`` means "serve the whole file" (no usable single range); ``ValueError`` means the
+    range cannot be satisfied (answer 416).
+
+    >>> parse_range("bytes=0-99", 1000), parse_range("bytes=900-", 1000), parse_range("bytes=-100", 1000)
+    ((0, 99), (900, 999), (900, 999))
+    >>> parse_range("bytes=0-1,5-6", 1000) is None
+    True
+    >>> parse_range("bytes=1000-", 1000)
+    Traceback (most recent call last):
+    ...
+    ValueError: range bytes=1000- starts past the end of a 1000-byte file
+    """
+    match = _RANGE.match(header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        length = int(last)
+        if length == 0 or size == 0:
+            raise ValueError(f"range {header} asks for no bytes of a {size}-byte file")
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        raise ValueError(f"range {header} starts past the end of a {size}-byte file")
+    return start, min(end, size - 1)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "jumpstarter-http"
+    timeout = 60
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        raw = urllib.parse.urlsplit(self.path).path
+        name = urllib.parse.unquote(raw).lstrip("/")
+        try:
+            path = self.server.resolve(name)
+        except ValueError:
+            self._refuse(HTTPStatus.FORBIDDEN, f"{raw} is outside the served directory")
+            return
+        if not path.is_file():
+            self._refuse(HTTPStatus.NOT_FOUND, f"{raw} not found")
+            return
+        try:
+            file = path.open("rb")
+        except PermissionError:
+            self._refuse(HTTPStatus.FORBIDDEN, f"{raw} is not readable")
+            return
+        with file:
+            stat = os.fstat(file.fileno())
+            size = stat.st_size
+            first, last = 0, size - 1
+            status = HTTPStatus.OK
+            if (header := self.headers.get("Range")) and self._range_applies(stat.st_mtime):
+                try:
+                    wanted = parse_range(header, size)
+                except ValueError:
+                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if wanted is not None:
+                    (first, last), status = wanted, HTTPStatus.PARTIAL_CONTENT
+            length = last - first + 1
+            self.send_response(status)
+            self.send_header("Content-Type", mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+            self.send_header("Content-Length", str(length))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
+            if status == HTTPStatus.PARTIAL_CONTENT:
+                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+            self.end_headers()
+            if body and length > 0:
+                self.wfile.flush()
+                self.connection.sendfile(file, first, length)
+        self.server.log.debug("%s %s %s (%d bytes)", self.command, raw, status.value, length)
+
+    def _range_applies(self, mtime: float) -> bool:
+        """A ``Range`` counts unless an ``If-Range`` names another version (we only send Last-Modified)."""
+        condition = self.headers.get("If-Range")
+        return not condition or condition.strip() == email.utils.formatdate(mtime, usegmt=True)
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        body = f"{status.value} {status.phrase}: {message}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        self.server.log.debug("%s - %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple, resolve: Callable[[str], Path], log: Any, family: int) -> None:
+        self.address_family = family
+        self.resolve = resolve
+        self.log = log
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # Plain bind: HTTPServer.server_bind would look up the host name (slow, and useless here).
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            self.log.debug("HTTP client %s went away: %s", client_address, exc)
+        else:
+            self.log.exception("HTTP request from %s failed", client_address)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection, so their threads end now."""
+        with self.connections_lock:
+            connections = list(self.connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError as exc:
+                self.log.debug("closing a connection: %s", exc)
+
+
+@dataclass
+class FileServer:
+    """Serves files under ``root`` over HTTP on ``host``:``port`` (0 picks a free port).
+
+    ``resolve`` maps a request path to a path inside ``root`` or raises ``ValueError``
+    (default: :func:`~jumpstarter_drivers.storage.driver.resolve_inside`).
+    """
+
+    root: str | os.PathLike
+    host: str = "127.0.0.1"
+    port: int = 0
+    resolve: Callable[[str], Path] | None = None
+    log: logging.Logger | logging.LoggerAdapter = logger
+
+    def __post_init__(self) -> None:
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        if self.resolve is None:
+            from ..storage.driver import resolve_inside
+
+            root = Path(os.path.realpath(self.root))
+            self.resolve = lambda name: resolve_inside(root, name, self.log)
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is accepting connections."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def bound_port(self) -> int:
+        """The TCP port the server listens on (0 when stopped)."""
+        return self._server.server_address[1] if self._server is not None else 0
+
+    @property
+    def url(self) -> str:
+        """The base URL of the served directory (ends without a slash)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.bound_port}"
+
+    def start(self) -> None:
+        """Bind and start serving; ``OSError`` when the address cannot be bound."""
+        if self.running:
+            return
+        family, _, _, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        assert self.resolve is not None
+        self._server = _Server(address, self.resolve, self.log, family)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"http-{self.bound_port}", daemon=True
+        )
+        self._thread.start()
+        self.log.info("HTTP server on %s serving %s", self.url, self.root)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, cut open connections and wait (at most ``timeout`` s) for their threads."""
+        if self._server is None:
+            return
+        server, thread = self._server, self._thread
+        server.shutdown()
+        server.drop_connections()
+        assert thread is not None
+        thread.join(timeout)
+        closer = threading.Thread(target=server.server_close, name="http-close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            self.log.warning("HTTP connection threads still running after %g s", timeout)
+        self._server = self._thread = None
+        self.log.info("HTTP server stopped")

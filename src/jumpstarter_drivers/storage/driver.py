@@ -1,0 +1,327 @@
+"""Storage: files in one directory on the exporter, reachable from tests and from other drivers.
+
+TFTP and HTTP servers and flashers keep a ``Storage`` child rooted where they serve from. Every
+path a client names is relative to ``root_dir`` and must stay inside it; bytes move through
+protocol resources, so a multi-GB image moves with constant memory.
+
+>>> import tempfile
+>>> root = tempfile.mkdtemp()
+>>> storage = Storage(root_dir=root)
+>>> storage.resolve("images/kernel").relative_to(storage.root).as_posix()
+'images/kernel'
+>>> storage.resolve("../etc/passwd")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+jumpstarter_drivers.core.errors.DriverInvalidArgument: '../etc/passwd' leaves the storage root ...; name a path inside it
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+
+from ..core.driver import Driver, export
+from ..core.errors import ConfigurationError, DriverError, DriverInvalidArgument
+from .common import CHUNK, FileStat
+
+#: Largest file ``read_bytes`` returns; bigger ones go through ``read_into_path``.
+MAX_INLINE = 16 << 20
+
+_END = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+def resolve_inside(root: Path, name: str, logger: logging.Logger | logging.LoggerAdapter | None = None) -> Path:
+    """The real path of ``name`` under ``root``, refusing anything that would leave ``root``.
+
+    ``name`` is relative (a leading ``/`` is refused); ``..`` components, NUL bytes and symbolic
+    links that point outside the root raise :class:`DriverInvalidArgument`, logged at WARNING.
+    ``root`` must already be a real (resolved) path.
+    """
+    reason = None
+    parts = PurePosixPath(name).parts
+    if "\0" in name:
+        reason = "contains a NUL byte"
+    elif name.startswith("/") or os.path.isabs(name):
+        reason = "is absolute"
+    elif ".." in parts:
+        reason = "contains '..'"
+    else:
+        path = Path(os.path.realpath(root.joinpath(*parts)))
+        if path == root or path.is_relative_to(root):
+            return path
+        reason = "leads through a symbolic link to a place outside the root"
+    if logger is not None:
+        logger.warning("refused path %r (it %s): paths must stay inside %s", name, reason, root)
+    raise DriverInvalidArgument(f"{name!r} leaves the storage root ({reason}); name a path inside it")
+
+
+@dataclass(kw_only=True)
+class Storage(Driver):
+    """Files under ``root_dir`` on the exporter (created if missing).
+
+    With ``cleanup``, files written during the session are deleted when the driver closes.
+    Writes land in a temporary file beside the target and are renamed over it, so a reader
+    (a TFTP or HTTP server) never sees half a file.
+    """
+
+    root_dir: str
+    cleanup: bool = False
+
+    _created: set[Path] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        root = Path(self.root_dir).expanduser()
+        if root.exists() and not root.is_dir():
+            raise ConfigurationError(f"{type(self).__name__}: root_dir {self.root_dir!r} exists and is not a directory")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{type(self).__name__}: cannot create root_dir {self.root_dir!r}: {exc.strerror}"
+            ) from None
+        self.root = self.real_root(root)
+
+    @staticmethod
+    def real_root(root_dir: str | os.PathLike) -> Path:
+        """The real path a ``root_dir`` names (user and symbolic links expanded)."""
+        return Path(os.path.realpath(Path(root_dir).expanduser()))
+
+    @classmethod
+    def client(cls) -> str:
+        return "jumpstarter_drivers.storage.client.StorageClient"
+
+    def resolve(self, path: str) -> Path:
+        """The real path of ``path`` inside the root; traversal raises :class:`DriverInvalidArgument`."""
+        return resolve_inside(self.root, path, self.logger)
+
+    def _file(self, path: str) -> Path:
+        target = self.resolve(path)
+        if not target.is_file():
+            raise FileNotFoundError(f"no file {path!r} in the storage root {self.root}")
+        return target
+
+    # writing --------------------------------------------------------------------------------
+
+    def _begin_write(self, path: str) -> tuple[Path, Path, Any]:
+        target = self.resolve(path)
+        if target == self.root or target.is_dir():
+            raise DriverInvalidArgument(f"{path!r} is a directory in the storage root; name a file")
+        missing = [p for p in reversed(target.parents) if p.is_relative_to(self.root) and not p.exists()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.cleanup:
+            self._created.update(missing)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.fchmod(fd, 0o644)
+        return target, Path(temp), os.fdopen(fd, "wb")
+
+    def _commit(self, target: Path, temp: Path) -> None:
+        existed = target.exists()
+        os.replace(temp, target)
+        if self.cleanup and not existed:
+            self._created.add(target)
+
+    def write_local(self, path: str, data: bytes) -> int:
+        """Write ``data`` to ``path`` atomically (for drivers on the exporter); returns its length."""
+        target, temp, out = self._begin_write(path)
+        try:
+            with out:
+                out.write(data)
+            self._commit(target, temp)
+        finally:
+            temp.unlink(missing_ok=True)
+        return len(data)
+
+    @export
+    def write_bytes(self, path: str, data: str) -> int:
+        """Write a small file; ``data`` is the content in base64 (the wire carries text only)."""
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise DriverInvalidArgument(
+                f"write_bytes({path!r}): data must be base64 text; StorageClient.write_bytes encodes it for you"
+            ) from None
+        return self.write_local(path, raw)
+
+    @export
+    async def write_from_resource(self, path: str, handle: dict, size: int = -1) -> int:
+        """Write ``path`` from a client resource stream (``StorageClient.write_from_path``); returns bytes written.
+
+        With ``size`` (not -1) a stream that ends early or runs long leaves ``path`` untouched.
+        On failure the rest of the stream is read and dropped, so the sender never stalls.
+        """
+        from ..core.session import current_session
+
+        async with current_session.get().open_resource(handle) as stream:
+            try:
+                target, temp, out = self._begin_write(path)
+            except Exception:
+                await _drain(stream)
+                raise
+            written = 0
+            try:
+                try:
+                    with out:
+                        while True:
+                            try:
+                                chunk = await stream.receive(CHUNK)
+                            except _END:
+                                break
+                            await anyio.to_thread.run_sync(out.write, chunk)
+                            written += len(chunk)
+                except Exception:
+                    await _drain(stream)
+                    raise
+                if size >= 0 and written != size:
+                    raise DriverError(
+                        f"write {path!r}: the stream ended after {written} of {size} bytes; {path!r} is unchanged"
+                    )
+                self._commit(target, temp)
+            finally:
+                temp.unlink(missing_ok=True)
+        self.logger.info("wrote %s (%d bytes)", path, written)
+        return written
+
+    # reading --------------------------------------------------------------------------------
+
+    @export
+    def read_bytes(self, path: str) -> str:
+        """A small file's content in base64 (at most 16 MiB; use ``read_into_path`` for more)."""
+        target = self._file(path)
+        size = target.stat().st_size
+        if size > MAX_INLINE:
+            raise DriverInvalidArgument(
+                f"{path!r} is {size} bytes, more than read_bytes returns ({MAX_INLINE}); use read_into_path"
+            )
+        return base64.b64encode(target.read_bytes()).decode("ascii")
+
+    @export
+    async def read_into_resource(self, path: str, handle: dict) -> int:
+        """Send ``path`` into a client resource stream (``StorageClient.read_into_path``); returns bytes sent."""
+        from ..core.session import current_session
+
+        async with current_session.get().open_resource(handle) as stream:
+            target = self._file(path)
+            sent = 0
+            with target.open("rb") as source:
+                while chunk := await anyio.to_thread.run_sync(source.read, CHUNK):
+                    await stream.send(chunk)
+                    sent += len(chunk)
+            with contextlib.suppress(*_END):
+                await stream.send_eof()
+        self.logger.info("read %s (%d bytes)", path, sent)
+        return sent
+
+    # facts ----------------------------------------------------------------------------------
+
+    @export
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists in the root."""
+        return self.resolve(path).exists()
+
+    @export
+    def stat(self, path: str) -> FileStat:
+        """Size, modification time and kind of ``path``."""
+        target = self.resolve(path)
+        if not target.exists():
+            raise FileNotFoundError(f"no file {path!r} in the storage root {self.root}")
+        st = target.stat()
+        return FileStat(size=st.st_size, mtime=st.st_mtime, is_dir=target.is_dir())
+
+    @export
+    def list(self, path: str = ".", recursive: bool = False) -> builtins.list[str]:
+        """Names under the directory ``path``, relative to the root, sorted (files only when ``recursive``)."""
+        target = self.resolve(path)
+        if not target.is_dir():
+            raise NotADirectoryError(f"{path!r} is not a directory in the storage root {self.root}")
+        if recursive:
+            entries = (p for p in target.rglob("*") if p.is_file())
+        else:
+            entries = target.iterdir()
+        return sorted(p.relative_to(self.root).as_posix() for p in entries if not _is_partial(p))
+
+    @export
+    def hash(self, path: str, algo: str = "sha256") -> str:
+        """Hex digest of a file (``algo``: any of hashlib's guaranteed algorithms)."""
+        if algo not in hashlib.algorithms_guaranteed:
+            raise DriverInvalidArgument(
+                f"unknown hash algorithm {algo!r}; use one of {', '.join(sorted(hashlib.algorithms_guaranteed))}"
+            )
+        target = self._file(path)
+        digest = hashlib.new(algo)
+        with target.open("rb") as source:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest(*(() if not algo.startswith("shake") else (32,)))
+
+    @export
+    def delete(self, path: str) -> bool:
+        """Delete a file or a directory tree; ``False`` when nothing was there. The root cannot go."""
+        target = self.resolve(path)
+        if target == self.root:
+            raise DriverInvalidArgument("refusing to delete the storage root itself; name a path inside it")
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        else:
+            return False
+        self.logger.info("deleted %s", path)
+        return True
+
+    def close(self) -> None:
+        """Delete what this session created when ``cleanup`` is set, then close children."""
+        try:
+            if self.cleanup and self._created:
+                removed = 0
+                for path in sorted(self._created, key=lambda p: len(p.parts), reverse=True):
+                    try:
+                        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+                        removed += 1
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        self.logger.warning("cleanup: kept %s: %s", path, exc.strerror)
+                self.logger.info("cleanup: removed %d path(s) created in %s", removed, self.root)
+                self._created.clear()
+        finally:
+            super().close()
+
+
+def storage_child(driver: Driver, root_dir: str) -> Storage:
+    """The ``storage`` child of a server driver: the configured one (checked) or a new one on ``root_dir``."""
+    storage = driver.children.get("storage")
+    name = type(driver).__name__
+    if storage is None:
+        storage = driver.children["storage"] = Storage(root_dir=root_dir)
+    elif not isinstance(storage, Storage):
+        raise ConfigurationError(f"{name}: child 'storage' must be Storage, got {type(storage).__name__}")
+    elif storage.root != Storage.real_root(root_dir):
+        raise ConfigurationError(
+            f"{name}: child 'storage' is rooted at {storage.root}, not at root_dir {root_dir!r}; "
+            "give both the same directory"
+        )
+    return storage
+
+
+def _is_partial(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".part")
+
+
+async def _drain(stream: Any) -> None:
+    """Read and drop the rest of a stream, so the peer's sender finishes."""
+    with contextlib.suppress(*_END):
+        while await stream.receive(CHUNK):
+            pass
