@@ -104,6 +104,14 @@ def _path_setting(config: pytest.Config, name: str, env: str) -> Path | None:
     return config.rootpath / value if value else None
 
 
+def _exporter(config: pytest.Config) -> Path:
+    path = _path_setting(config, "jumpstarter_exporter", JUMPSTARTER_EXPORTER)
+    if path is not None:
+        return path
+    default = config.rootpath / "exporter.yaml"
+    return default if default.is_file() else VIRTUAL_LAB
+
+
 def _hosts(config: pytest.Config) -> list[str]:
     hosts = config.getoption("jumpstarter_host")
     if hosts:
@@ -134,6 +142,26 @@ def pytest_configure(config: pytest.Config) -> None:
     manager = LabManager(config)
     config.stash[MANAGER] = manager
     config.add_cleanup(manager.close)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, check the labs once here: a worker that stops the run crashes xdist."""
+    config = session.config
+    if not config.pluginmanager.has_plugin("dsession"):
+        return
+    from .lab import Lab
+
+    hosts = _hosts(config)
+    try:
+        for host in hosts:
+            Lab.connect_remote(host, _setting(config, "jumpstarter_drivers_allow", JMP_DRIVERS_ALLOW)).close()
+        if not hosts:
+            from jumpstarter_drivers.core import config as exporter_config
+
+            exporter_config.load(_exporter(config)).root.close()
+    except (JumpstarterError, OSError) as exc:
+        raise pytest.UsageError(f"jumpstarter: lab is unusable: {exc}") from None
 
 
 # the lab of a run ------------------------------------------------------------------------------
@@ -260,11 +288,7 @@ def jumpstarter_hosts(pytestconfig: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def jumpstarter_exporter(pytestconfig: pytest.Config) -> Path:
     """Exporter file of the local lab: ``--jumpstarter-exporter``, else ./exporter.yaml at the rootdir, else the virtual lab."""
-    path = _path_setting(pytestconfig, "jumpstarter_exporter", JUMPSTARTER_EXPORTER)
-    if path is not None:
-        return path
-    default = pytestconfig.rootpath / "exporter.yaml"
-    return default if default.is_file() else VIRTUAL_LAB
+    return _exporter(pytestconfig)
 
 
 @pytest.fixture(scope="session")

@@ -386,3 +386,8 @@ def test_two_workers_two_boards(pytester: pytest.Pytester, clean_env: pytest.Mon
         result = pytester.runpytest("-n", "2", f"--jumpstarter-host={paths[0]}")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(["*jumpstarter: 2 xdist workers but 1 board(s) (*); give one --jumpstarter-host per worker*"])
+
+        result = pytester.runpytest("-n", "2", f"--jumpstarter-host={paths[0]}", f"--jumpstarter-host={records}/gone.sock")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"ERROR: jumpstarter: lab is unusable: no exporter socket at {records}/gone.sock*"])
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
