@@ -31,6 +31,7 @@ from .lab import VIRTUAL_LAB
 
 if TYPE_CHECKING:
     from jumpstarter_drivers.core.client import DriverClient
+    from jumpstarter_drivers.core.config import DriverRegistry
 
     from .lab import Lab
 
@@ -159,12 +160,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if not hosts:
             from jumpstarter_drivers.core import config as exporter_config
 
-            exporter_config.load(_exporter(config)).root.close()
+            exporter_config.load(_exporter(config), registry=_registry(config)).root.close()
     except (JumpstarterError, OSError) as exc:
         raise pytest.UsageError(f"jumpstarter: lab is unusable: {exc}") from None
 
 
 # the lab of a run ------------------------------------------------------------------------------
+
+
+def _registry(config: pytest.Config) -> DriverRegistry:
+    """Driver short names: the built-ins, entry points, and what conftests register through the hook."""
+    from jumpstarter_drivers.core.config import DriverRegistry
+
+    registry = DriverRegistry()
+    config.hook.pytest_jumpstarter_register_drivers(registry=registry)
+    return registry
 
 
 @dataclass(frozen=True)
@@ -205,11 +215,7 @@ class LabManager:
         try:
             if settings.host:
                 return Lab.connect_remote(settings.host, settings.allow)
-            from jumpstarter_drivers.core.config import DriverRegistry
-
-            registry = DriverRegistry()
-            self.config.hook.pytest_jumpstarter_register_drivers(registry=registry)
-            return Lab.start_local(settings.exporter, settings.allow, registry=registry)
+            return Lab.start_local(settings.exporter, settings.allow, registry=_registry(self.config))
         except (JumpstarterError, OSError) as exc:
             hint = "" if settings.host else " [fix the file, or choose another with --jumpstarter-exporter]"
             pytest.exit(f"jumpstarter: lab {where} is unusable: {exc}{hint}", returncode=pytest.ExitCode.USAGE_ERROR)
@@ -376,7 +382,7 @@ USED_LAB = pytest.StashKey["Lab"]()
 # reporting: driver logs and console output of each test ------------------------------------------
 
 
-class TestLogCapture(logging.Handler):
+class LogCapture(logging.Handler):
     """Collects the driver log and console records of one test, from the lab's log source only."""
 
     def __init__(self, manager: LabManager) -> None:
@@ -424,7 +430,7 @@ class TestLogCapture(logging.Handler):
                 return
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator[TestLogCapture]:
+    def attached(self) -> Iterator[LogCapture]:
         loggers = [logging.getLogger(name) for name in (DRIVER_LOGGER, STREAMED_LOGGER, CONSOLE_LOGGER)]
         for log in loggers:
             log.addHandler(self)
@@ -435,13 +441,13 @@ class TestLogCapture(logging.Handler):
                 log.removeHandler(self)
 
 
-CAPTURE = pytest.StashKey[TestLogCapture]()
+CAPTURE = pytest.StashKey[LogCapture]()
 REPORTS = pytest.StashKey[dict]()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    capture = TestLogCapture(item.config.stash[MANAGER])
+    capture = LogCapture(item.config.stash[MANAGER])
     item.stash[CAPTURE] = capture
     item.stash[REPORTS] = {}
     with capture.attached():
