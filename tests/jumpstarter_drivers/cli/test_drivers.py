@@ -15,6 +15,8 @@ from jumpstarter_drivers.cli.drivers import client_command, command_builder, rep
 from jumpstarter_drivers.cli.main import main
 from jumpstarter_drivers.core.client import DriverClient
 from jumpstarter_drivers.core.session import Session
+from jumpstarter_drivers.flashers.client import FlasherClient
+from jumpstarter_drivers.flashers.common import FlashResult
 from jumpstarter_drivers.power import MockPower
 
 HERE = __name__
@@ -64,6 +66,15 @@ def ticker_commands(client: TickerClient) -> click.Group:
     return group
 
 
+class RecordingFlasherClient(FlasherClient):
+    """A FlasherClient that skips the upload: the command's wiring is under test, not the flasher."""
+
+    def flash(self, path_or_url: str, target: str | None = None, method: str | None = None) -> FlashResult:
+        if not Path(path_or_url).is_file():
+            raise FileNotFoundError(f"image {path_or_url} does not exist or is not a file")
+        return self.call_as(FlashResult, "flash", Path(path_or_url).name, target, method)
+
+
 class BrokenClient(DriverClient):
     def cli(self) -> str:
         return "not a command"
@@ -110,6 +121,18 @@ class BrokenTicker(Ticker):
 
 
 @dataclass(kw_only=True)
+class FakeFlasher(Driver):
+    @classmethod
+    def client(cls) -> str:
+        return f"{HERE}.RecordingFlasherClient"
+
+    @export
+    def flash(self, image: str, target: str | None, method: str | None) -> FlashResult:
+        self.logger.info("writing %s", image)
+        return FlashResult(image, target or "usd", method or "uboot", 1024, {"load": 1.5, "write": 0.25})
+
+
+@dataclass(kw_only=True)
 class Bench(Driver):
     """A bench."""
 
@@ -123,6 +146,7 @@ def bench() -> Iterator[str]:
             "ticker": Ticker(children={"power": MockPower()}),
             "fast": FastTicker(),
             "broken": BrokenTicker(),
+            "flasher": FakeFlasher(),
         },
     )
     with Session(root_device=root) as session, session.serve_unix() as path:
@@ -171,13 +195,28 @@ def test_client_command_builds_the_whole_tree(bench: str) -> None:
     with connect(bench, allow="UNSAFE") as client:
         root = client_command(client, "jumpstarter")
         assert isinstance(root, click.Group)
-        assert sorted(root.commands) == ["broken", "fast", "lamp", "ticker"]
+        assert sorted(root.commands) == ["broken", "fast", "flasher", "lamp", "ticker"]
         assert root.help == "the test bench"
         lines = list(report_lines(client))
     assert lines[0] == f"root ({Bench.client()}): the test bench"
     assert f"  lamp ({HERE}.LampClient)" in lines
     assert "      brightness(): How bright." in lines
     assert "    power (jumpstarter_drivers.power.client.PowerClient)" in lines
+
+
+def test_flasher_flash(bench: str, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * 1024)
+    result = run(bench, "flasher", "flash", str(image), "--method", "busybox")
+    assert result.exit_code == 0, result.output
+    summary, steps = result.stdout.splitlines()[-1].split(": ")
+    assert summary == "flashed disk.img (1024 bytes) to usd with busybox"
+    assert sorted(steps.split(", ")) == ["load 1.5 s", "write 0.2 s"]
+    missing = run(bench, "flasher", "flash", str(tmp_path / "nope.img"))
+    assert missing.exit_code == 1
+    assert missing.output.strip() == f"Error: image {tmp_path / 'nope.img'} does not exist or is not a file"
+    bad_method = run(bench, "flasher", "flash", str(image), "--method", "dd")
+    assert bad_method.exit_code == 2
 
 
 def test_module_is_importable_by_its_test_name() -> None:
