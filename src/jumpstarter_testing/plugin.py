@@ -390,7 +390,6 @@ class LogCapture(logging.Handler):
         self.manager = manager
         self.lines: list[str] = []
         self._arrived = threading.Event()
-        self.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
         lab = self.manager.current
@@ -407,11 +406,12 @@ class LogCapture(logging.Handler):
                 return
             source = self._node(lab, record)
         try:
-            text = self.format(record)
+            message = record.getMessage()
         except Exception:  # noqa: BLE001 - logging's contract: a bad record must not fail the test
             self.handleError(record)
             return
-        self.lines.append(text.replace(record.levelname.ljust(7), f"{record.levelname:<7} {source}:", 1))
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        self.lines.append(f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {source}: {message}")
         self._arrived.set()
 
     @staticmethod
