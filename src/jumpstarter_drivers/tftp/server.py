@@ -309,7 +309,8 @@ class _Transfer:
         if (value := _int(options.get("timeout"))) is not None and 1 <= value <= 255:
             self.timeout_ms = value * 1000
             accepted["timeout"] = str(value)
-        if "tsize" in options and request.mode == "octet":
+        if "tsize" in options and request.mode == "octet" and size > 0:
+            # Some clients (curl) refuse a tsize of 0, so an empty file goes without one.
             accepted["tsize"] = str(size)
         if (value := _int(options.get("windowsize"))) is not None and value >= 1:
             window = min(value, self.server.max_windowsize)

@@ -1,0 +1,203 @@
+"""Storage through a real session: every export, traversal refusal, cleanup, large files."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from jumpstarter_drivers.core import ConfigurationError, DriverError, DriverInvalidArgument, serve
+from jumpstarter_drivers.storage import FileStat, ProgressBar, Storage, StorageClient
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def client(root: Path) -> StorageClient:
+    with serve(Storage(root_dir=str(root))) as client:
+        assert isinstance(client, StorageClient)
+        yield client
+
+
+def test_bytes_round_trip_binary(client: StorageClient, root: Path) -> None:
+    payload = b"\x00" * 1024 + bytes(range(256))
+    assert client.write_bytes("boot/kernel", payload) == len(payload)
+    assert (root / "boot" / "kernel").read_bytes() == payload
+    assert client.read_bytes("boot/kernel") == payload
+
+
+def test_write_bytes_refuses_text_that_is_not_base64(client: StorageClient) -> None:
+    with pytest.raises(DriverInvalidArgument, match="base64"):
+        client.call("write_bytes", "a", "not base64!")
+
+
+def test_exists_stat_list_hash_delete(client: StorageClient, root: Path) -> None:
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / "dir" / "sub" / "deep").write_bytes(b"deep")
+    (root / "top").write_bytes(b"0123456789")
+    assert client.exists("top") and client.exists("dir/sub") and not client.exists("missing")
+
+    stat = client.stat("top")
+    assert stat == FileStat(size=10, mtime=(root / "top").stat().st_mtime, is_dir=False)
+    assert client.stat("dir").is_dir
+
+    assert client.list() == ["dir", "top"]
+    assert client.list("dir") == ["dir/sub"]
+    assert client.list(".", recursive=True) == ["dir/sub/deep", "top"]
+
+    assert client.hash("top") == hashlib.sha256(b"0123456789").hexdigest()
+    assert client.hash("top", "md5") == hashlib.md5(b"0123456789").hexdigest()
+    with pytest.raises(DriverInvalidArgument, match="unknown hash algorithm 'crc'"):
+        client.hash("top", "crc")
+
+    assert client.delete("top") is True
+    assert client.delete("top") is False
+    assert client.delete("dir") is True
+    assert list(root.iterdir()) == []
+    with pytest.raises(DriverInvalidArgument, match="root itself"):
+        client.delete(".")
+
+
+def test_missing_files_are_named(client: StorageClient, tmp_path: Path) -> None:
+    with pytest.raises(DriverError, match="no file 'ghost'"):
+        client.read_bytes("ghost")
+    with pytest.raises(DriverError, match="no file 'ghost'"):
+        client.stat("ghost")
+    with pytest.raises(DriverError, match="no file 'ghost'"):
+        client.read_into_path("ghost", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("path", ["../outside", "a/../../outside", "/etc/passwd", "nul\0byte"])
+def test_traversal_is_refused_and_logged(
+    client: StorageClient, root: Path, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="driver.Storage")
+    for call in (
+        lambda: client.write_bytes(path, b"x"),
+        lambda: client.read_bytes(path),
+        lambda: client.exists(path),
+        lambda: client.delete(path),
+        lambda: client.stat(path),
+        lambda: client.hash(path),
+        lambda: client.list(path),
+    ):
+        with pytest.raises(DriverInvalidArgument, match="leaves the storage root"):
+            call()
+    refusals = [r for r in caplog.records if r.levelno == logging.WARNING and "refused path" in r.getMessage()]
+    assert len(refusals) == 7
+    assert not (root.parent / "outside").exists()
+
+
+def test_symlink_out_of_the_root_is_refused(client: StorageClient, root: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"secret")
+    (root / "link").symlink_to(secret)
+    (root / "dirlink").symlink_to(tmp_path)
+    with pytest.raises(DriverInvalidArgument, match="symbolic link"):
+        client.read_bytes("link")
+    with pytest.raises(DriverInvalidArgument, match="symbolic link"):
+        client.write_bytes("dirlink/planted", b"x")
+    assert not (tmp_path / "planted").exists()
+    (root / "inner").write_bytes(b"inside")
+    (root / "innerlink").symlink_to(root / "inner")
+    assert client.read_bytes("innerlink") == b"inside"
+
+
+def test_upload_refused_by_the_driver_does_not_stall(client: StorageClient, tmp_path: Path) -> None:
+    source = tmp_path / "image"
+    source.write_bytes(os.urandom(40 << 20))
+    with pytest.raises(DriverInvalidArgument, match="leaves the storage root"):
+        client.write_from_path("../image", source)
+    client.write_bytes("dir/file", b"x")
+    with pytest.raises(DriverInvalidArgument, match="is a directory"):
+        client.write_from_path("dir", source)
+    # The session is still usable afterwards.
+    assert client.exists("dir/file")
+
+
+def test_large_file_through_resources(client: StorageClient, root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "image"
+    digest = hashlib.sha256()
+    with source.open("wb") as out:
+        for _ in range(64):
+            chunk = os.urandom(1 << 20)
+            digest.update(chunk)
+            out.write(chunk)
+    seen: list[tuple[int, int | None]] = []
+    assert client.write_from_path("images/big.img", source, progress=lambda d, t: seen.append((d, t))) == 64 << 20
+    assert seen[0] == (0, 64 << 20) and seen[-1] == (64 << 20, 64 << 20)
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert client.hash("images/big.img") == digest.hexdigest()
+    assert [p.name for p in (root / "images").iterdir()] == ["big.img"]  # no temporary file left
+
+    back = tmp_path / "back.img"
+    assert client.read_into_path("images/big.img", back) == 64 << 20
+    with back.open("rb") as file:
+        assert hashlib.file_digest(file, "sha256").hexdigest() == digest.hexdigest()
+
+
+def test_write_replaces_atomically(client: StorageClient, root: Path, tmp_path: Path) -> None:
+    (root / "file").write_bytes(b"old")
+    source = tmp_path / "new"
+    source.write_bytes(b"new content")
+    client.write_from_path("file", source)
+    assert (root / "file").read_bytes() == b"new content"
+    assert sorted(p.name for p in root.iterdir()) == ["file"]
+
+
+def test_short_stream_leaves_the_file_unchanged(client: StorageClient, root: Path) -> None:
+    (root / "file").write_bytes(b"old")
+    with client.resource() as (handle, stream):
+        stream.send(b"only part")
+        stream.send_eof()
+        with pytest.raises(DriverError, match="ended after 9 of 100 bytes"):
+            client.call("write_from_resource", "file", handle, 100)
+    assert (root / "file").read_bytes() == b"old"
+    assert sorted(p.name for p in root.iterdir()) == ["file"]
+
+
+def test_cleanup_removes_what_the_session_created(root: Path, tmp_path: Path) -> None:
+    (root / "kept").write_bytes(b"was here before")
+    (root / "existing").mkdir()
+    source = tmp_path / "src"
+    source.write_bytes(b"payload")
+    with serve(Storage(root_dir=str(root), cleanup=True)) as client:
+        client.write_bytes("new/deep/file", b"x")
+        client.write_from_path("existing/upload", source)
+        client.write_bytes("kept", b"overwritten, but not created")
+        assert client.exists("new/deep/file") and client.exists("existing/upload")
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["existing", "kept"]
+    assert (root / "kept").read_bytes() == b"overwritten, but not created"
+
+
+def test_without_cleanup_files_stay(root: Path) -> None:
+    with serve(Storage(root_dir=str(root))) as client:
+        client.write_bytes("stays", b"x")
+    assert (root / "stays").read_bytes() == b"x"
+
+
+def test_root_is_created_and_must_be_a_directory(tmp_path: Path) -> None:
+    storage = Storage(root_dir=str(tmp_path / "new" / "root"))
+    assert storage.root.is_dir()
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="not a directory"):
+        Storage(root_dir=str(tmp_path / "file"))
+
+
+def test_progress_bar_draws_to_its_stream() -> None:
+    import io
+
+    out = io.StringIO()
+    bar = ProgressBar(stream=out, width=4)
+    bar(0, 8)
+    bar(8, 8)
+    assert out.getvalue() == "\r[....]   0%  0 B\r[####] 100%  8 B\n"

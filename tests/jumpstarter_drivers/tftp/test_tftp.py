@@ -1,0 +1,274 @@
+"""The TFTP server against real clients: curl, tftp-hpa and tftpy; plus protocol-level checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jumpstarter_drivers.core import ConfigurationError, DriverError, serve
+from jumpstarter_drivers.storage import Storage
+from jumpstarter_drivers.tftp import Tftp, TftpClient, TftpServer
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+needs_hpa = pytest.mark.skipif(shutil.which("tftp") is None, reason="tftp-hpa (Debian tftp-hpa) is not installed")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    (path / "boot").mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def payload(root: Path) -> bytes:
+    data = os.urandom(300_000)
+    (root / "boot" / "kernel").write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def tftp(root: Path) -> Iterator[Tftp]:
+    driver = Tftp(root_dir=str(root))
+    driver.start()
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+def curl(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", "20", *extra, "-o", str(out), url], capture_output=True, text=True)
+
+
+def hpa(port: int, *command: str, mode: str = "binary", cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["tftp", "-m", mode, "127.0.0.1", str(port), "-c", *command],
+        capture_output=True, text=True, timeout=20, cwd=cwd,
+    )
+
+
+@needs_curl
+@pytest.mark.parametrize("blksize", [None, 512, 1468, 8192])
+def test_curl_downloads_byte_for_byte(tftp: Tftp, payload: bytes, tmp_path: Path, blksize: int | None) -> None:
+    extra = ("--tftp-blksize", str(blksize)) if blksize else ()
+    result = curl(f"tftp://127.0.0.1:{tftp.get_port()}/boot/kernel", tmp_path / "out", *extra)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out").read_bytes() == payload
+
+
+@needs_curl
+def test_file_size_multiple_of_blksize_and_empty_file(tftp: Tftp, root: Path, tmp_path: Path) -> None:
+    exact = os.urandom(512 * 7)
+    (root / "exact").write_bytes(exact)
+    (root / "empty").write_bytes(b"")
+    assert curl(f"tftp://127.0.0.1:{tftp.get_port()}/exact", tmp_path / "exact").returncode == 0
+    assert (tmp_path / "exact").read_bytes() == exact
+    assert curl(f"tftp://127.0.0.1:{tftp.get_port()}/empty", tmp_path / "empty").returncode == 0
+    assert (tmp_path / "empty").read_bytes() == b""
+
+
+@needs_curl
+def test_block_numbers_roll_over(tftp: Tftp, root: Path, tmp_path: Path) -> None:
+    # 65536 * 8 bytes: block numbers pass 65535 and wrap to 0 with the smallest block size.
+    data = os.urandom(8 * 65536 + 100)
+    (root / "long").write_bytes(data)
+    result = curl(f"tftp://127.0.0.1:{tftp.get_port()}/long", tmp_path / "long", "--tftp-blksize", "8")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "long").read_bytes() == data
+
+
+@needs_hpa
+def test_tftp_hpa_binary_and_netascii(tftp: Tftp, root: Path, payload: bytes, tmp_path: Path) -> None:
+    result = hpa(tftp.get_port(), "get", "boot/kernel", str(tmp_path / "kernel"))
+    assert result.returncode == 0 and not result.stdout and not result.stderr, result
+    assert (tmp_path / "kernel").read_bytes() == payload
+
+    text = b"line one\nline two\r\nbare cr\r end\n" * 500
+    (root / "boot" / "script.txt").write_bytes(text)
+    result = hpa(tftp.get_port(), "get", "/boot/script.txt", str(tmp_path / "script.txt"), mode="netascii")
+    assert result.returncode == 0 and not result.stdout, result
+    assert (tmp_path / "script.txt").read_bytes() == text
+
+
+def test_tftpy_client_with_options(tftp: Tftp, payload: bytes, tmp_path: Path) -> None:
+    import tftpy
+
+    sizes: list[int] = []
+    client = tftpy.TftpClient("127.0.0.1", tftp.get_port(), options={"blksize": 1024, "tsize": 0})
+    client.download("boot/kernel", str(tmp_path / "kernel"), packethook=lambda p: sizes.append(len(getattr(p, "data", b""))))
+    assert (tmp_path / "kernel").read_bytes() == payload
+    assert max(sizes) == 1024
+
+
+@needs_hpa
+def test_write_requests_are_refused(tftp: Tftp, root: Path, tmp_path: Path) -> None:
+    (tmp_path / "upload").write_bytes(b"should not land")
+    result = hpa(tftp.get_port(), "put", str(tmp_path / "upload"), "upload", cwd=tmp_path)
+    assert "Error code 2: this TFTP server is read-only" in result.stdout + result.stderr
+    assert not (root / "upload").exists()
+
+
+def test_tftpy_upload_is_refused(tftp: Tftp, root: Path, tmp_path: Path) -> None:
+    import tftpy
+
+    (tmp_path / "upload").write_bytes(b"x")
+    client = tftpy.TftpClient("127.0.0.1", tftp.get_port())
+    with pytest.raises(tftpy.TftpException, match="errorcode = 2"):
+        client.upload("upload", str(tmp_path / "upload"), timeout=2, retries=1)
+    assert not (root / "upload").exists()
+
+
+@needs_hpa
+def test_paths_outside_the_root_are_refused(tftp: Tftp, root: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"secret")
+    (root / "escape").symlink_to(tmp_path / "secret")
+    for name in ("../secret", "boot/../../secret", "escape"):
+        result = hpa(tftp.get_port(), "get", name, str(tmp_path / "got"))
+        assert "Error code 2" in result.stdout + result.stderr and "outside the TFTP root" in result.stdout, result
+        assert not (tmp_path / "got").exists() or (tmp_path / "got").read_bytes() != b"secret"
+    result = hpa(tftp.get_port(), "get", "boot/missing", str(tmp_path / "missing"))
+    assert "Error code 1: boot/missing: file not found" in result.stdout + result.stderr
+
+
+def test_bind_failure_is_raised_by_start(root: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        driver = Tftp(root_dir=str(root), port=port)
+        with pytest.raises(DriverError, match=f"cannot bind 127.0.0.1:{port}/udp: Address already in use"):
+            driver.start()
+        with serve(Tftp(root_dir=str(root), port=port)) as client, pytest.raises(DriverError, match="in use"):
+            client.start()
+    driver.start()  # the port is free now
+    assert driver.get_port() == port
+    driver.close()
+
+
+def test_client_api_and_close_stops_the_server(root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "zImage"
+    source.write_bytes(os.urandom(70_000))
+    driver = Tftp(root_dir=str(root))
+    with serve(driver) as client:
+        assert isinstance(client, TftpClient)
+        client.start()
+        client.start()  # already running: no error
+        port = client.get_port()
+        assert port > 0 and client.get_host() == "127.0.0.1"
+        assert client.put_file("images/zImage", source) == "images/zImage"
+        assert client.storage.hash("images/zImage")
+        got = _fetch(port, "images/zImage")
+        assert got == source.read_bytes()
+        client.stop()
+        assert not driver.server.running
+        client.start()
+        assert driver.server.running
+    assert not driver.server.running
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", port))  # released by close()
+
+
+def test_storage_child_must_share_the_root(root: Path, tmp_path: Path) -> None:
+    shared = Storage(root_dir=str(root))
+    assert Tftp(root_dir=str(root), children={"storage": shared}).storage is shared
+    with pytest.raises(ConfigurationError, match="rooted at"):
+        Tftp(root_dir=str(root), children={"storage": Storage(root_dir=str(tmp_path / "other"))})
+    with pytest.raises(ConfigurationError, match="port 70000"):
+        Tftp(root_dir=str(root), port=70000)
+
+
+# protocol-level checks with a raw socket (windowsize: no installed client speaks RFC 7440) -------
+
+
+def _request(name: str, **options: int) -> bytes:
+    fields = [name, "octet"] + [x for k, v in options.items() for x in (k, str(v))]
+    return struct.pack("!H", 1) + b"".join(f.encode() + b"\0" for f in fields)
+
+
+def _fetch(port: int, name: str, ack_every: int = 1, **options: int) -> bytes:
+    """Download with a minimal client that ACKs every ``ack_every`` blocks (its window)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(_request(name, **options), ("127.0.0.1", port))
+        blksize, data, expected = options.get("blksize", 512), [], 1
+        packet, server = sock.recvfrom(70000)
+        if packet[:2] == b"\x00\x06":
+            sock.sendto(struct.pack("!HH", 4, 0), server)
+            packet, server = sock.recvfrom(70000)
+        while True:
+            opcode, block = struct.unpack("!HH", packet[:4])
+            assert opcode == 3, packet
+            if block == expected & 0xFFFF:
+                data.append(packet[4:])
+                last = len(packet) - 4 < blksize
+                if last or expected % ack_every == 0:
+                    sock.sendto(struct.pack("!HH", 4, block), server)
+                if last:
+                    return b"".join(data)
+                expected += 1
+            packet = sock.recvfrom(70000)[0]
+
+
+def test_windowsize_option(tftp: Tftp, payload: bytes) -> None:
+    assert _fetch(tftp.get_port(), "boot/kernel", ack_every=8, windowsize=8, blksize=1024) == payload
+
+
+def test_window_resent_from_the_last_acknowledged_block(tftp: Tftp, payload: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(_request("boot/kernel", windowsize=4, tsize=0), ("127.0.0.1", tftp.get_port()))
+        oack, server = sock.recvfrom(70000)
+        fields = oack[2:].split(b"\0")[:-1]
+        assert oack[:2] == b"\x00\x06" and dict(zip(fields[::2], fields[1::2])) == {b"windowsize": b"4", b"tsize": b"300000"}
+        sock.sendto(struct.pack("!HH", 4, 0), server)
+        blocks = [struct.unpack("!HH", sock.recv(70000)[:4])[1] for _ in range(4)]
+        assert blocks == [1, 2, 3, 4]
+        sock.sendto(struct.pack("!HH", 4, 2), server)  # blocks 3 and 4 "lost"
+        blocks = [struct.unpack("!HH", sock.recv(70000)[:4])[1] for _ in range(4)]
+        assert blocks == [3, 4, 5, 6]
+        sock.sendto(struct.pack("!HHH", 5, 0, 0), server)  # cancel
+
+
+def test_unanswered_data_is_retransmitted(root: Path, payload: bytes) -> None:
+    server = TftpServer(root=root, timeout=0.2, retries=2)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(_request("boot/kernel"), ("127.0.0.1", server.bound_port))
+            first, again = sock.recv(70000), sock.recv(70000)
+            assert first == again and first[:4] == b"\x00\x03\x00\x01"
+    finally:
+        server.stop()
+
+
+def test_stop_ends_transfers_in_progress(root: Path, payload: bytes) -> None:
+    server = TftpServer(root=root, timeout=30)
+    server.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(_request("boot/kernel"), ("127.0.0.1", server.bound_port))
+        assert sock.recv(70000)[:4] == b"\x00\x03\x00\x01"  # a transfer thread now waits for our ACK
+        assert server._active_transfers()
+        server.stop(timeout=5)
+    assert not server.running and not server._active_transfers()
+
+
+def test_malformed_and_unexpected_packets_get_errors(tftp: Tftp) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        for packet, message in (
+            (b"\x00\x01no-terminator", b"malformed request"),
+            (b"\x00\x04\x00\x01", b"expected a read request"),
+            (b"\x00\x01file\x00mail\x00", b"unsupported mode 'mail'"),
+        ):
+            sock.sendto(packet, ("127.0.0.1", tftp.get_port()))
+            reply = sock.recv(70000)
+            assert reply[:4] in (b"\x00\x05\x00\x04",) and message in reply, reply
