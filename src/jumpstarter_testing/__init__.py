@@ -16,7 +16,7 @@ _EXPORTS = {
     "Lab": "lab",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["JumpstarterTest", "Lab", "eventually"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from jumpstarter_drivers.core.errors import ConfigurationError
 
@@ -95,7 +95,7 @@ class Lab:
         """Disconnect, and stop a local lab's server and drivers."""
         self._stack.close()
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

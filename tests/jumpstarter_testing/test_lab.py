@@ -29,8 +29,7 @@ def test_local_virtual_lab() -> None:
 
 
 def test_remote_lab_and_unreachable(tmp_path: Path) -> None:
-    with Session(root_device=MockPower()) as session, session.serve_unix() as path:
-        with Lab.connect_remote(str(path)) as lab:
+    with Session(root_device=MockPower()) as session, session.serve_unix() as path, Lab.connect_remote(str(path)) as lab:
             assert lab.local is None
             lab.client.on()
             assert "remote" in repr(lab)

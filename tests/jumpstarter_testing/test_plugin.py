@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def remote() -> Iterator[Path]:
 
 
 def test_jumpstarter_test_class_uses_jumpstarter_host(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Session(root_device=MockPower()) as session:
+    with Session(root_device=MockPower()) as session:  # noqa: SIM117 - the issue's test, as written
         with session.serve_unix() as path:
             monkeypatch.setenv(JUMPSTARTER_HOST, str(path))
             monkeypatch.setenv(JMP_DRIVERS_ALLOW, "UNSAFE")

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from jumpstarter_drivers.composite import Composite, CompositeClient, Proxy, resolve_refs
-from jumpstarter_drivers.core import config
-from jumpstarter_drivers.core import serve
+from jumpstarter_drivers.core import config, serve
 from jumpstarter_drivers.core.driver import Driver
 from jumpstarter_drivers.core.errors import ConfigurationError
 from jumpstarter_drivers.power import MockPower, PowerClient, PowerReading
