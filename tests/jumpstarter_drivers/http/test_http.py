@@ -1,0 +1,217 @@
+"""The HTTP file server against real clients: requests, curl and raw HTTP/1.1."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from jumpstarter_drivers.core import ConfigurationError, DriverError, serve
+from jumpstarter_drivers.http import FileServer, HttpServer, HttpServerClient
+from jumpstarter_drivers.storage import Storage
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    (path / "images").mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def payload(root: Path) -> bytes:
+    data = os.urandom(3 << 20)
+    (root / "images" / "rootfs.img").write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def server(root: Path) -> Iterator[HttpServer]:
+    driver = HttpServer(root_dir=str(root))
+    driver.start()
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+def test_get_head_and_content_length(server: HttpServer, payload: bytes) -> None:
+    url = f"{server.get_url()}/images/rootfs.img"
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Length"] == str(len(payload))
+    assert response.headers["Accept-Ranges"] == "bytes"
+    assert response.content == payload
+    head = requests.head(url, timeout=10)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(payload)) and head.content == b""
+
+
+@pytest.mark.parametrize(
+    ("header", "first", "last"),
+    [("bytes=0-0", 0, 0), ("bytes=100-1099", 100, 1099), ("bytes=1000-", 1000, (3 << 20) - 1),
+     ("bytes=-512", (3 << 20) - 512, (3 << 20) - 1), ("bytes=10-99999999", 10, (3 << 20) - 1)],
+)
+def test_ranges(server: HttpServer, payload: bytes, header: str, first: int, last: int) -> None:
+    response = requests.get(f"{server.get_url()}/images/rootfs.img", headers={"Range": header}, timeout=10)
+    assert response.status_code == 206
+    assert response.headers["Content-Range"] == f"bytes {first}-{last}/{len(payload)}"
+    assert response.headers["Content-Length"] == str(last - first + 1)
+    assert response.content == payload[first : last + 1]
+
+
+def test_unsatisfiable_range_is_416(server: HttpServer, payload: bytes) -> None:
+    response = requests.get(f"{server.get_url()}/images/rootfs.img", headers={"Range": "bytes=99999999-"}, timeout=10)
+    assert response.status_code == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(payload)}"
+
+
+def test_stale_if_range_gets_the_whole_file(server: HttpServer, payload: bytes) -> None:
+    headers = {"Range": "bytes=0-9", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"}
+    response = requests.get(f"{server.get_url()}/images/rootfs.img", headers=headers, timeout=10)
+    assert response.status_code == 200 and response.content == payload
+    current = requests.head(f"{server.get_url()}/images/rootfs.img", timeout=10).headers["Last-Modified"]
+    headers["If-Range"] = current
+    assert requests.get(f"{server.get_url()}/images/rootfs.img", headers=headers, timeout=10).status_code == 206
+
+
+@needs_curl
+def test_curl_download_and_resume(server: HttpServer, payload: bytes, tmp_path: Path) -> None:
+    url = f"{server.get_url()}/images/rootfs.img"
+    out = tmp_path / "rootfs.img"
+    out.write_bytes(payload[:1_000_000])  # an interrupted download
+    result = subprocess.run(["curl", "-sS", "-f", "-C", "-", "-o", str(out), url], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == payload
+    result = subprocess.run(
+        ["curl", "-sS", "-f", "-r", "5-14", url], capture_output=True, timeout=30
+    )
+    assert result.returncode == 0 and result.stdout == payload[5:15]
+
+
+def test_missing_files_and_directories_are_404(server: HttpServer) -> None:
+    for path in ("/missing", "/images", "/images/"):
+        response = requests.get(server.get_url() + path, timeout=10)
+        assert response.status_code == 404
+        assert response.headers["Content-Length"] == str(len(response.content))
+
+
+def _raw_get(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_traversal_is_refused(server: HttpServer, root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "secret").write_bytes(b"secret")
+    (root / "escape").symlink_to(tmp_path / "secret")
+    for path in ("/../secret", "/images/../../secret", "/%2e%2e/secret", "/..%2fsecret", "/escape", "/x%00y"):
+        assert _raw_get(server.get_port(), path) == 403, path
+    assert any("refused path" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+@needs_curl
+def test_curl_path_as_is_traversal(server: HttpServer) -> None:
+    result = subprocess.run(
+        ["curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", f"{server.get_url()}/../../etc/passwd"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.stdout == "403"
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server: HttpServer, payload: bytes) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.get_port(), timeout=10)
+    try:
+        for first in (0, 4096, 1 << 20):
+            connection.request("GET", "/images/rootfs.img", headers={"Range": f"bytes={first}-{first + 99}"})
+            response = connection.getresponse()
+            assert response.status == 206 and response.read() == payload[first : first + 100]
+        connection.request("GET", "/nope")
+        response = connection.getresponse()
+        assert response.status == 404 and response.read()
+        connection.request("GET", "/images/rootfs.img")
+        assert connection.getresponse().read() == payload
+    finally:
+        connection.close()
+
+
+def test_sparse_file_larger_than_memory_budget(server: HttpServer, root: Path) -> None:
+    # A 6 GiB sparse file: served with sendfile, so neither side holds it; check the tail via a range.
+    big = root / "images" / "huge.img"
+    with big.open("wb") as file:
+        file.truncate(6 << 30)
+        file.seek((6 << 30) - 4)
+        file.write(b"tail")
+    head = requests.head(f"{server.get_url()}/images/huge.img", timeout=10)
+    assert head.headers["Content-Length"] == str(6 << 30)
+    response = requests.get(f"{server.get_url()}/images/huge.img", headers={"Range": "bytes=-8"}, timeout=10)
+    assert response.status_code == 206 and response.content == b"\0\0\0\0tail"
+    assert response.headers["Content-Range"] == f"bytes {(6 << 30) - 8}-{(6 << 30) - 1}/{6 << 30}"
+
+
+def test_client_put_file_returns_a_working_url(root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "kernel"
+    source.write_bytes(os.urandom(100_000))
+    driver = HttpServer(root_dir=str(root))
+    with serve(driver) as client:
+        assert isinstance(client, HttpServerClient)
+        with pytest.raises(DriverError, match="not running"):
+            client.get_url()
+        client.start()
+        url = client.put_file("boards/a b/kernel", source)
+        assert url == f"http://127.0.0.1:{client.get_port()}/boards/a%20b/kernel"
+        assert client.get_host() == "127.0.0.1"
+        assert requests.get(url, timeout=10).content == source.read_bytes()
+        assert client.storage.list("boards", recursive=True) == ["boards/a b/kernel"]
+        port = client.get_port()
+        client.stop()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url, timeout=10)
+        client.start()
+        assert requests.get(f"{client.get_url()}/boards/a%20b/kernel", timeout=10).status_code == 200
+    assert not driver.server.running
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_stop_cuts_a_download_in_progress(root: Path) -> None:
+    with (root / "huge.img").open("wb") as file:
+        file.truncate(4 << 30)
+    server = FileServer(root=root)
+    server.start()
+    with socket.create_connection(("127.0.0.1", server.bound_port), timeout=10) as sock:
+        sock.sendall(b"GET /huge.img HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")  # the rest waits on our socket buffer
+        server.stop(timeout=5)
+        assert not server.running
+        received = 0
+        while data := sock.recv(1 << 20):
+            received += len(data)
+        assert received < 4 << 30
+
+
+def test_bind_failure_is_raised_by_start(root: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DriverError, match=f"cannot bind 127.0.0.1:{port}/tcp: Address already in use"):
+            HttpServer(root_dir=str(root), port=port).start()
+
+
+def test_storage_child_must_share_the_root(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="rooted at"):
+        HttpServer(root_dir=str(root), children={"storage": Storage(root_dir=str(tmp_path / "elsewhere"))})
