@@ -151,15 +151,15 @@ def connect(
     connection = Connection(channel, parsed.text, metadata)
     try:
         try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise ExporterUnreachable(
-                f"cannot reach the exporter at {parsed.text} within {timeout:g} s; is it running, and is the "
-                f"address right ({JUMPSTARTER_HOST} or --jumpstarter-host)?"
-            ) from None
-        try:
-            report = connection.exporter.GetReport(connection.empty(), metadata=metadata, timeout=timeout)
+            report = connection.exporter.GetReport(
+                connection.empty(), metadata=metadata, timeout=timeout, wait_for_ready=True
+            )
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ExporterUnreachable(
+                    f"the exporter at {parsed.text} did not answer within {timeout:g} s; is it running (and not "
+                    f"frozen), and is the address right ({JUMPSTARTER_HOST} or --jumpstarter-host)?"
+                ) from None
             raise translate(exc, f"GetReport on {parsed.text}") from None
         return build_tree(connection, report, allow)
     except BaseException:

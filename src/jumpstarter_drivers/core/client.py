@@ -46,6 +46,7 @@ CLIENT_LABEL = "jumpstarter.dev/client"
 NAME_LABEL = "jumpstarter.dev/name"
 TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
 ERROR_TYPE_KEY = "x-jmp-error-type"
+BATCH_KEY = "x-jmp-batch"
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
@@ -217,10 +218,18 @@ class DriverClient:
         request = self.connection.pb.StreamingDriverCallRequest(uuid=self._uuid, method=method)
         for arg in args:
             encode_into(request.args.add(), arg)
-        responses = self.connection.exporter.StreamingDriverCall(request, metadata=self.connection.metadata)
+        responses = self.connection.exporter.StreamingDriverCall(
+            request, metadata=self.connection.metadata + ((BATCH_KEY, "1"),)
+        )
+        batched = None
         try:
             for response in responses:
-                yield decode(response.result)
+                if batched is None:
+                    batched = dict(responses.initial_metadata()).get(BATCH_KEY) == "1"
+                if batched:
+                    yield from (decode(value) for value in response.result.list_value.values)
+                else:
+                    yield decode(response.result)
         except grpc.RpcError as exc:
             raise translate(exc, self._where(method)) from None
         finally:

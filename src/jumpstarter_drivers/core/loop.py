@@ -10,7 +10,7 @@ import asyncio
 import atexit
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,25 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         raise
 
 
+_cleanups: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+
+def at_shutdown(cleanup: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``cleanup()`` on the loop when the process exits, before the loop stops."""
+    _cleanups.append(cleanup)
+
+
 def _shutdown() -> None:
     loop = _loop
     if loop is None or loop.is_closed():
         return
 
     async def cancel_all() -> None:
+        for cleanup in reversed(_cleanups):
+            try:
+                await cleanup()
+            except Exception as exc:  # noqa: BLE001 - one failing cleanup must not stop the others
+                logger.debug("shutdown cleanup %r failed: %s", cleanup, exc)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()

@@ -49,6 +49,10 @@ NAME_LABEL = "jumpstarter.dev/name"
 TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
 
 ERROR_TYPE_KEY = "x-jmp-error-type"
+#: Our own extension: a client that sends this metadata accepts several items per streaming message
+#: (a list); the session confirms it in its initial metadata. Other peers get one message per item.
+BATCH_KEY = "x-jmp-batch"
+MAX_BATCH = 4096
 MAX_MESSAGE = 64 << 20
 
 SERVER_OPTIONS = (
@@ -239,6 +243,7 @@ class Session:
     async def _start(
         self, address: str, credentials: grpc.ServerCredentials | None, interceptors: tuple
     ) -> tuple[grpc.aio.Server, int]:
+        _hold_grpc_aio()
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
         jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(_ExporterService(self), server)
         router_pb2_grpc.add_RouterServiceServicer_to_server(_RouterService(self), server)
@@ -369,6 +374,25 @@ class Session:
         return args
 
 
+_aio_anchor: list[grpc.aio.Server] = []
+
+
+def _hold_grpc_aio() -> None:
+    """Keep grpc.aio initialised on the background loop for the life of the process.
+
+    grpc.aio shuts its poller down when its last server goes away and starts it again with the
+    next one; a session per test would pay for that each time and race the poller's teardown.
+    """
+    if not _aio_anchor:
+        _aio_anchor.append(grpc.aio.server())
+        loop.at_shutdown(_release_grpc_aio)
+
+
+async def _release_grpc_aio() -> None:
+    while _aio_anchor:
+        await _aio_anchor.pop().stop(None)
+
+
 def server_credentials(cert: str | os.PathLike, key: str | os.PathLike) -> grpc.ServerCredentials:
     """TLS credentials from PEM files; unreadable files fail with a ConfigurationError naming them."""
     pems = []
@@ -460,12 +484,13 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             token = current_session.set(session)
             items = getattr(driver, method.name)(*args)
             try:
-                if method.is_async:
-                    async for item in items:
-                        yield _streaming_response(request.uuid, item)
+                source = _iterate(method, items)
+                if dict(context.invocation_metadata() or ()).get(BATCH_KEY) == "1":
+                    await context.send_initial_metadata(((BATCH_KEY, "1"),))
+                    async for batch in _batches(source):
+                        yield _streaming_response(request.uuid, batch)
                 else:
-                    done = object()
-                    while (item := await anyio.to_thread.run_sync(next, items, done)) is not done:
+                    async for item in source:
                         yield _streaming_response(request.uuid, item)
             finally:
                 current_session.reset(token)
@@ -506,6 +531,52 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
         except Exception as exc:  # noqa: BLE001 - reported to the client as a status
             await _abort(context, exc)
         return jumpstarter_pb2.ResetResponse()
+
+
+async def _iterate(method: ExportedMethod, items: Any) -> AsyncIterator[Any]:
+    """The items of a sync or async generator; each step of a sync one runs in a worker thread."""
+    if method.is_async:
+        async for item in items:
+            yield item
+    else:
+        done = object()
+        while (item := await anyio.to_thread.run_sync(next, items, done)) is not done:
+            yield item
+
+
+async def _batches(source: AsyncIterator[Any]) -> AsyncIterator[list[Any]]:
+    """Group the items already waiting into one list; a slow source still yields each item at once."""
+    queue: asyncio.Queue = asyncio.Queue(MAX_BATCH)
+    end = object()
+
+    async def produce() -> None:
+        try:
+            async for item in source:
+                await queue.put((item, None))
+            await queue.put((end, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it after the items
+            await queue.put((end, exc))
+
+    producer = asyncio.create_task(produce())
+    try:
+        while True:
+            batch: list[Any] = []
+            item, error = await queue.get()
+            while item is not end:
+                batch.append(item)
+                if len(batch) >= MAX_BATCH or queue.empty():
+                    break
+                item, error = queue.get_nowait()
+            if batch:
+                yield batch
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
 
 
 def _streaming_response(uuid: str, item: Any) -> Any:
