@@ -114,6 +114,8 @@ class _Commands:
         consumed = self.expecter.tail[: len(self.expecter.tail) - len(self.expecter.buffer)]
         status = int(match.group(1))
         output = _command_output(consumed, n)
+        # Typing before the prompt is back loses characters on real boards (U-Boot polls for ^C).
+        await self.expecter.expect([re.escape(self.prompt.rstrip())], 10)
         if check and status != 0:
             raise StepFailed(
                 self.expecter.step, f"command {command!r} failed with status {status}", self.expecter.console_tail()
