@@ -8,8 +8,8 @@ stays flat whatever the size, and progress is reported as they go.
 from __future__ import annotations
 
 import base64
-import contextlib
 import builtins
+import contextlib
 import os
 import tempfile
 import time
@@ -47,7 +47,10 @@ class StorageClient(DriverClient):
         src = Path(src)
         total = src.stat().st_size
         progress = progress or ProgressLog(f"upload {src.name} -> {dst}")
-        with self.resource() as (handle, stream), _background(self.call_as, int, "write_from_resource", dst, handle, total) as call:
+        with (
+            self.resource() as (handle, stream),
+            _background(self.call_as, int, "write_from_resource", dst, handle, total) as call,
+        ):
             done = 0
             progress(0, total)
             with src.open("rb") as source:
@@ -74,27 +77,30 @@ class StorageClient(DriverClient):
         progress = progress or ProgressLog(f"download {src} -> {dst}")
         fd, temp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, self.resource() as (handle, stream):
-                with _background(self.call_as, int, "read_into_resource", src, handle) as call:
-                    done = 0
-                    progress(0, total)
+            with (
+                os.fdopen(fd, "wb") as out,
+                self.resource() as (handle, stream),
+                _background(self.call_as, int, "read_into_resource", src, handle) as call,
+            ):
+                done = 0
+                progress(0, total)
+                stalled_since = time.monotonic()
+                while True:
+                    try:
+                        data = stream.receive(_POLL)
+                    except TimeoutError:
+                        if call.done() and call.exception() is not None:
+                            raise call.exception() from None
+                        if time.monotonic() - stalled_since > timeout:
+                            raise DriverTimeout(f"download of {src}: no data for {timeout:g} s") from None
+                        continue
+                    if not data:
+                        break
+                    out.write(data)
+                    done += len(data)
                     stalled_since = time.monotonic()
-                    while True:
-                        try:
-                            data = stream.receive(_POLL)
-                        except TimeoutError:
-                            if call.done() and call.exception() is not None:
-                                raise call.exception() from None
-                            if time.monotonic() - stalled_since > timeout:
-                                raise DriverTimeout(f"download of {src}: no data for {timeout:g} s") from None
-                            continue
-                        if not data:
-                            break
-                        out.write(data)
-                        done += len(data)
-                        stalled_since = time.monotonic()
-                        progress(done, max(total, done))
-                    sent = _result(call, timeout, f"download of {src}")
+                    progress(done, max(total, done))
+                sent = _result(call, timeout, f"download of {src}")
             if sent != done:
                 raise DriverError(f"download of {src}: the driver sent {sent} bytes but {done} arrived")
             os.replace(temp, dst)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -135,7 +136,7 @@ def test_large_file_through_resources(client: StorageClient, root: Path, tmp_pat
     seen: list[tuple[int, int | None]] = []
     assert client.write_from_path("images/big.img", source, progress=lambda d, t: seen.append((d, t))) == 64 << 20
     assert seen[0] == (0, 64 << 20) and seen[-1] == (64 << 20, 64 << 20)
-    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
     assert client.hash("images/big.img") == digest.hexdigest()
     assert [p.name for p in (root / "images").iterdir()] == ["big.img"]  # no temporary file left
 

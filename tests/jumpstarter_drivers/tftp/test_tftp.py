@@ -45,13 +45,13 @@ def tftp(root: Path) -> Iterator[Tftp]:
 
 
 def curl(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--max-time", "20", *extra, "-o", str(out), url], capture_output=True, text=True)
+    return subprocess.run(["curl", "-sS", "--max-time", "20", *extra, "-o", str(out), url], check=False, capture_output=True, text=True)
 
 
 def hpa(port: int, *command: str, mode: str = "binary", cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["tftp", "-m", mode, "127.0.0.1", str(port), "-c", *command],
-        capture_output=True, text=True, timeout=20, cwd=cwd,
+        check=False, capture_output=True, text=True, timeout=20, cwd=cwd,
     )
 
 
