@@ -1,0 +1,189 @@
+"""BaseFlasher with the reference bundle, flashing the virtual board end to end."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
+from jumpstarter_drivers.core import serve
+from jumpstarter_drivers.core.errors import ConfigurationError, DriverError, DriverInvalidArgument
+from jumpstarter_drivers.flashers.client import FlasherClient
+from jumpstarter_drivers.flashers.driver import BaseFlasher
+from jumpstarter_drivers.power import MockPower
+from jumpstarter_drivers.pyserial.driver import PySerial
+from jumpstarter_drivers.uboot import UBoot
+from jumpstarter_drivers.virtualboard import VirtualBoard
+
+
+def make_lab(tmp_path: Path, bundle: Path, **flasher: object) -> Composite:
+    board = VirtualBoard(autoboot_delay=1, disk=str(tmp_path / "disk.img"), disk_size=8 << 20)
+    config = {"flasher_bundle": str(bundle), "cache_dir": str(tmp_path / "cache"),
+              "uboot_targets": {"usd": "mmc 0"}, "chunk_size": 1 << 20} | flasher
+    children = {
+        "serial": Proxy(ref="board.serial"),
+        "power": Proxy(ref="board.power"),
+        "uboot": UBoot(boot_timeout=10, power_off_time=0),
+    }
+    root = Composite(children={"board": board, "flasher": BaseFlasher(children=children, **config)})
+    resolve_refs(root)
+    return root
+
+
+@pytest.fixture
+def lab(tmp_path: Path, reference_bundle: Path) -> Iterator[tuple[Composite, object]]:
+    root = make_lab(tmp_path, reference_bundle)
+    try:
+        with serve(root) as client:
+            yield root, client
+    finally:
+        root.close()
+
+
+@pytest.mark.parametrize("missing", ["serial", "power"])
+def test_missing_child_is_named(tmp_path: Path, reference_bundle: Path, missing: str) -> None:
+    children = {"serial": PySerial(url="loop://"), "power": MockPower()}
+    del children[missing]
+    with pytest.raises(ConfigurationError, match=f"BaseFlasher: missing required child '{missing}'"):
+        BaseFlasher(flasher_bundle=str(reference_bundle), children=children)
+
+
+def test_bad_uboot_target_is_a_configuration_error(reference_bundle: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"uboot_targets.usd.*'sdcard' is not a U-Boot block device"):
+        BaseFlasher(flasher_bundle=str(reference_bundle), uboot_targets={"usd": "sdcard"},
+                    children={"serial": PySerial(url="loop://"), "power": MockPower()})
+
+
+def test_servers_and_uboot_children_are_created(lab) -> None:
+    _, client = lab
+    assert isinstance(client.flasher, FlasherClient)
+    assert set(client.flasher.children) == {"serial", "power", "uboot", "tftp", "http"}
+    assert set(client.flasher.tftp.children) == {"storage"} and set(client.flasher.http.children) == {"storage"}
+
+
+def test_getters_with_the_reference_bundle(lab) -> None:
+    _, client = lab
+    flasher = client.flasher
+    assert flasher.manifest.spec.kernel.file == "data/kernel"
+    assert flasher.get_kernel_filename() == "kernel"
+    assert flasher.get_initram_filename() == "initramfs"
+    assert flasher.get_dtb_filename() == "test-dtb.dtb"
+    assert flasher.get_kernel_address() == "0x82000000"
+    assert flasher.get_initram_address() == "0x83000000"
+    assert flasher.get_dtb_address() == "0x84000000"
+    assert flasher.get_bootcmd() == "booti 0x82000000 - 0x84000000"
+    assert flasher.get_default_target() == "usd"
+    assert "kind: FlashBundleManifest" in flasher.get_flasher_manifest_yaml()
+
+
+def test_staging_puts_files_in_the_tftp_root(lab) -> None:
+    _, client = lab
+    flasher = client.flasher
+    flasher.setup_flasher_bundle()
+    storage = flasher.tftp.storage
+    assert storage.read_bytes("kernel") == b"\x00" * 1024
+    assert storage.read_bytes("initramfs") == b"\x00" * 2048
+    assert storage.read_bytes("test-dtb.dtb") == b"\x00" * 3072
+    flasher.use_dtb_variant("alternate")
+    flasher.setup_flasher_bundle()
+    assert storage.read_bytes("alternate.dtb") == b"\x00" * 4096
+
+
+def test_variant_switching_back_and_forth(lab) -> None:
+    _, client = lab
+    flasher = client.flasher
+    for _ in range(2):
+        flasher.use_dtb_variant("alternate")
+        assert (flasher.get_dtb_filename(), flasher.get_bootcmd()) == ("alternate.dtb", "booti 0x82000000 - 0x84000000")
+        flasher.use_dtb_variant("othercmd")
+        assert (flasher.get_dtb_filename(), flasher.get_bootcmd()) == ("test-dtb.dtb", "bootm")
+        flasher.use_dtb_variant("test-dtb")
+        assert (flasher.get_dtb_filename(), flasher.get_bootcmd()) == ("test-dtb.dtb", "booti 0x82000000 - 0x84000000")
+
+
+def test_unknown_variant_lists_the_variants(lab) -> None:
+    _, client = lab
+    with pytest.raises(DriverInvalidArgument, match="'nosuch' is not in the bundle; available variants: test-dtb, alternate, othercmd"):
+        client.flasher.use_dtb_variant("nosuch")
+    assert client.flasher.get_dtb_filename() == "test-dtb.dtb"
+
+
+def test_configured_unknown_variant_fails_on_first_use(tmp_path: Path, reference_bundle: Path) -> None:
+    root = make_lab(tmp_path, reference_bundle, variant="nosuch")
+    try:
+        with pytest.raises(ValueError, match="available variants: test-dtb, alternate, othercmd"):
+            root.children["flasher"].get_dtb_filename()
+    finally:
+        root.close()
+
+
+def image_file(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "image.raw"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_flash_with_uboot_writes_the_disk(lab, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, client = lab
+    image = image_file(tmp_path, 3 * (1 << 20) + 100)
+    result = client.flasher.flash(image, method="uboot")
+    assert (result.target, result.method, result.size) == ("usd", "uboot", image.stat().st_size)
+    assert {"stage", "boot", "network", "load", "write", "verify", "total"} <= set(result.steps)
+    disk = Path(root.children["board"].disk).read_bytes()
+    assert disk[: image.stat().st_size] == image.read_bytes()
+    assert not root.children["board"].powered, "the board is left powered off"
+    with caplog.at_level(logging.INFO):
+        client.flasher.flash(image, target="mmc 0")
+    assert "already on the exporter" in caplog.text
+
+
+def test_flash_retries_a_transient_tftp_timeout(lab, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, client = lab
+    image = image_file(tmp_path, 200_000)
+    client.board.set_faults(tftp_timeout_once=True)
+    with caplog.at_level(logging.WARNING):
+        client.flasher.flash(image)
+    assert "transient failure, retrying" in caplog.text
+    assert Path(root.children["board"].disk).read_bytes()[:200_000] == image.read_bytes()
+
+
+def test_panic_during_flash_names_the_step_and_is_not_retried(lab, tmp_path: Path) -> None:
+    root, client = lab
+    client.board.set_faults(panic_on="mmc")
+    with pytest.raises(DriverError, match=r"(?s)step 'select mmc 0' failed: the board failed.*console tail.*Synchronous Abort"):
+        client.flasher.flash(image_file(tmp_path, 4096))
+    assert not root.children["board"].powered
+
+
+def test_flash_to_an_unmapped_target_is_refused(lab, tmp_path: Path) -> None:
+    _, client = lab
+    with pytest.raises(DriverInvalidArgument, match="'emmc' is not a U-Boot block device"):
+        client.flasher.flash(image_file(tmp_path, 4096), target="emmc")
+
+
+def test_flash_with_busybox_boots_linux_and_writes_over_http(lab, tmp_path: Path) -> None:
+    root, client = lab
+    image = image_file(tmp_path, 2 * (1 << 20) + 7)
+    client.flasher.use_dtb_variant("alternate")
+    result = client.flasher.flash(image, method="busybox")
+    assert {"load", "boot linux", "write", "verify"} <= set(result.steps)
+    assert Path(root.children["board"].disk).read_bytes()[: image.stat().st_size] == image.read_bytes()
+
+
+def test_failed_tftpboot_is_detected_and_not_retried(tmp_path: Path, reference_bundle: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    manifest = reference_bundle / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace('address: "0x82000000"', 'address: "0x10000000"'))
+    root = make_lab(tmp_path, reference_bundle)
+    try:
+        expected = (r"(?s)step 'tftpboot kernel' failed: tftpboot of kernel failed "
+                    r"\(status 1; TFTP error: trying to overwrite reserved memory.*console tail")
+        with serve(root) as client, caplog.at_level(logging.WARNING), pytest.raises(DriverError, match=expected):
+            client.flasher.flash(image_file(tmp_path, 4096), method="busybox")
+        assert "retrying" not in caplog.text
+    finally:
+        root.close()
