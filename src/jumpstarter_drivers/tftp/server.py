@@ -77,8 +77,8 @@ def error_packet(code: ErrorCode, message: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class ReadRequest:
-    """A parsed RRQ or WRQ: file name, transfer mode and options (names lower-cased)."""
+class TftpRequest:
+    """A parsed read (RRQ) or write (WRQ) request: file name, mode and options (names lower-cased)."""
 
     opcode: Opcode
     filename: str
@@ -86,11 +86,11 @@ class ReadRequest:
     options: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, packet: bytes) -> ReadRequest:
+    def parse(cls, packet: bytes) -> TftpRequest:
         """Parse a request packet; :class:`TftpRefusal` when it is malformed.
 
-        >>> ReadRequest.parse(b"\\x00\\x01kernel\\x00octet\\x00blksize\\x001468\\x00")
-        ReadRequest(opcode=<Opcode.RRQ: 1>, filename='kernel', mode='octet', options={'blksize': '1468'})
+        >>> TftpRequest.parse(b"\\x00\\x01kernel\\x00octet\\x00blksize\\x001468\\x00")
+        TftpRequest(opcode=<Opcode.RRQ: 1>, filename='kernel', mode='octet', options={'blksize': '1468'})
         """
         if len(packet) < 4:
             raise TftpRefusal(ErrorCode.ILLEGAL_OPERATION, "packet too short")
@@ -274,7 +274,7 @@ class _Transfer:
 
     def run(self, packet: bytes) -> None:
         try:
-            request = ReadRequest.parse(packet)
+            request = TftpRequest.parse(packet)
             if request.opcode is Opcode.WRQ:
                 self.log.info("TFTP: refused write request for %r from %s", request.filename, self.peer)
                 raise TftpRefusal(ErrorCode.ACCESS_VIOLATION, "this TFTP server is read-only; write requests are refused")
@@ -299,7 +299,7 @@ class _Transfer:
             raise TftpRefusal(ErrorCode.ACCESS_VIOLATION, f"{name}: not readable")
         return path
 
-    def _negotiate(self, request: ReadRequest, size: int) -> tuple[dict[str, str], int, int]:
+    def _negotiate(self, request: TftpRequest, size: int) -> tuple[dict[str, str], int, int]:
         accepted: dict[str, str] = {}
         blksize, window = DEFAULT_BLKSIZE, 1
         options = request.options
@@ -317,7 +317,7 @@ class _Transfer:
             accepted["windowsize"] = str(window)
         return accepted, blksize, window
 
-    def _send(self, request: ReadRequest, file: BinaryIO, size: int) -> None:
+    def _send(self, request: TftpRequest, file: BinaryIO, size: int) -> None:
         accepted, blksize, window = self._negotiate(request, size)
         started = time.monotonic()
         if accepted:
