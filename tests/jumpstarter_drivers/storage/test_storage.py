@@ -202,3 +202,15 @@ def test_progress_bar_draws_to_its_stream() -> None:
     bar(0, 8)
     bar(8, 8)
     assert out.getvalue() == "\r[....]   0%  0 B\r[####] 100%  8 B\n"
+
+
+def test_default_progress_is_logged(client: StorageClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="jumpstarter_drivers.storage")
+    source = tmp_path / "initramfs"
+    source.write_bytes(b"\x00" * 2048)
+    client.write_from_path("initramfs", source)
+    client.read_into_path("initramfs", tmp_path / "copy")
+    messages = [r.getMessage() for r in caplog.records if r.name == "jumpstarter_drivers.storage"]
+    assert any(m.startswith("upload initramfs -> initramfs: 2048/2048 bytes (100%)") for m in messages), messages
+    assert any(m.startswith(f"download initramfs -> {tmp_path / 'copy'}: 2048/2048 bytes (100%)") for m in messages)
+    assert (tmp_path / "copy").read_bytes() == b"\x00" * 2048
