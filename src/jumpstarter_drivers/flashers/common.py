@@ -25,10 +25,12 @@ class FlashResult:
     steps: dict[str, float] = field(default_factory=dict)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB pieces."""
+def sha256_file(path: str | os.PathLike, length: int = -1) -> str:
+    """Hex SHA-256 of a file's first ``length`` bytes (all of it when negative), read in 1 MiB pieces."""
     digest = hashlib.sha256()
+    remaining = length if length >= 0 else float("inf")
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+        while remaining > 0 and (chunk := f.read(int(min(remaining, 1 << 20)))):
             digest.update(chunk)
+            remaining -= len(chunk)
     return digest.hexdigest()

@@ -7,7 +7,6 @@ flasher drives it exactly as it drives a board on a USB serial adapter and a pow
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import threading
@@ -19,6 +18,7 @@ from typing import Literal
 
 from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError
+from ..flashers.common import sha256_file
 from ..power.common import PowerReading
 from ..power.driver import PowerInterface
 from ..pyserial.driver import PySerial
@@ -136,13 +136,7 @@ class VirtualBoard(Driver):
     @export
     def disk_sha256(self, length: int = -1) -> str:
         """SHA-256 of the first ``length`` bytes of the disk (all of it when negative)."""
-        digest = hashlib.sha256()
-        remaining = self.disk_size if length < 0 else int(length)
-        with open(self.disk, "rb") as f:
-            while remaining > 0 and (chunk := f.read(min(remaining, 1 << 20))):
-                digest.update(chunk)
-                remaining -= len(chunk)
-        return digest.hexdigest()
+        return sha256_file(self.disk, int(length))
 
     @export
     def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False) -> None:

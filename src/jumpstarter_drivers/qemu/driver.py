@@ -1,0 +1,184 @@
+"""A QEMU board: ``qemu-system-aarch64`` running Debian's U-Boot, its serial on a pseudo-terminal.
+
+Power on starts the QEMU process, power off kills it. QEMU's serial port is its stdio, connected
+to the master end of a pty the board keeps for its whole life, so the ``serial`` child (a
+:class:`~jumpstarter_drivers.pyserial.driver.PySerial` on the slave end) stays open across power
+cycles exactly as a USB serial adapter does. The disk is a raw file on ``virtio-blk-device``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import tty
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..core.driver import Driver, export
+from ..core.errors import ConfigurationError, DriverError
+from ..flashers.common import sha256_file
+from ..power.common import PowerReading
+from ..power.driver import PowerInterface
+from ..pyserial.driver import PySerial
+
+DEFAULT_BIOS = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
+#: How long power-off waits for QEMU to exit after SIGTERM, then after SIGKILL.
+STOP_TIMEOUT = 5.0
+
+
+@dataclass(kw_only=True)
+class QemuBoard(Driver):
+    """An arm64 ``virt`` machine booting ``bios`` (U-Boot), with a raw ``disk`` file.
+
+    ``network`` is ``user`` (QEMU's own NAT, which answers TFTP on 10.0.2.2 itself), ``tap``
+    (the tap device ``tap``; give it an address and run the TFTP server there) or ``none``.
+    The disk file is created (sparse, ``disk_size`` bytes) when missing.
+    """
+
+    qemu: str = "qemu-system-aarch64"
+    bios: str = DEFAULT_BIOS
+    machine: str = "virt"
+    cpu: str = "cortex-a57"
+    memory_mb: int = 1024
+    disk: str | None = None
+    disk_size: int = 256 << 20
+    network: Literal["user", "tap", "none"] = "user"
+    tap: str = "tap0"
+    extra_args: list[str] = field(default_factory=list)
+
+    _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if set(self.children) - {"serial", "power"}:
+            raise ConfigurationError("QemuBoard: makes its own children 'serial' and 'power'; give it no children")
+        if shutil.which(self.qemu) is None:
+            raise ConfigurationError(f"QemuBoard: {self.qemu!r} is not installed (Debian package qemu-system-arm)")
+        if not Path(self.bios).is_file():
+            raise ConfigurationError(f"QemuBoard: config field 'bios': {self.bios} does not exist (Debian package u-boot-qemu)")
+        if self.disk_size <= 0 or self.disk_size % 512:
+            raise ConfigurationError(f"QemuBoard: config field 'disk_size' must be a positive multiple of 512, got {self.disk_size}")
+        self._own_dir = None
+        if self.disk is None:
+            self._own_dir = tempfile.TemporaryDirectory(prefix="qemuboard-")
+            self.disk = str(Path(self._own_dir.name) / "disk.img")
+        disk = Path(self.disk)
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        if not disk.exists():
+            with disk.open("wb") as f:
+                f.truncate(self.disk_size)
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        tty.setraw(self.master)
+        os.set_blocking(self.master, False)
+        self.slave_path = os.ttyname(self._slave)
+        self.children["serial"] = PySerial(url=self.slave_path)
+        power = QemuPower()
+        power.board = self
+        self.children["power"] = power
+
+    @classmethod
+    def client(cls) -> str:
+        return "jumpstarter_drivers.qemu.client.QemuBoardClient"
+
+    def command(self) -> list[str]:
+        """The QEMU command line."""
+        args = [
+            self.qemu, "-M", self.machine, "-cpu", self.cpu, "-m", str(self.memory_mb), "-nodefaults",
+            "-display", "none", "-monitor", "none", "-bios", self.bios,
+            "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+            "-drive", f"if=none,file={self.disk},format=raw,id=disk0", "-device", "virtio-blk-device,drive=disk0",
+        ]
+        if self.network == "user":
+            args += ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
+        elif self.network == "tap":
+            args += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
+                     "-device", "virtio-net-device,netdev=net0"]
+        return args + self.extra_args
+
+    @property
+    def powered(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def power_on(self) -> None:
+        """Start QEMU (a no-op while it runs)."""
+        if self.powered:
+            return
+        try:  # what was typed while the board was off is lost, as on a real UART
+            while os.read(self.master, 65536):
+                continue
+        except (BlockingIOError, OSError):
+            self.logger.debug("console input flushed")
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - QEMU writes it while running; closed at power off
+        self._process = subprocess.Popen(
+            self.command(), stdin=self.master, stdout=self.master, stderr=self._log, start_new_session=True
+        )
+        self.logger.info("QEMU started (pid %d)", self._process.pid)
+
+    def power_off(self) -> None:
+        """Stop QEMU: SIGTERM, then SIGKILL if it lingers."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT)
+        self._log.seek(0)
+        errors = self._log.read().decode(errors="replace").strip()
+        self._log.close()
+        if process.returncode not in (0, -15) and errors and "terminating on signal" not in errors:
+            raise DriverError(f"QEMU exited with status {process.returncode}: {errors[-2000:]}")
+        self.logger.info("QEMU stopped")
+
+    @export
+    def disk_sha256(self, length: int = -1) -> str:
+        """SHA-256 of the first ``length`` bytes of the disk file (all of it when negative)."""
+        return sha256_file(self.disk, int(length))
+
+    def close(self) -> None:
+        try:
+            self.power_off()
+        finally:
+            super().close()
+            for fd in (self.master, self._slave):
+                try:
+                    os.close(fd)
+                except OSError:
+                    continue
+            if self._own_dir is not None:
+                self._own_dir.cleanup()
+
+
+@dataclass(kw_only=True)
+class QemuPower(PowerInterface):
+    """The QEMU board's power: on starts the process, off ends it."""
+
+    board: QemuBoard | None = field(default=None, init=False, repr=False)
+
+    def _board(self) -> QemuBoard:
+        if self.board is None:
+            raise ConfigurationError("QemuPower belongs to a QemuBoard; it is created by it")
+        return self.board
+
+    @export
+    def on(self) -> None:
+        """Power on: start QEMU."""
+        self._board().power_on()
+
+    @export
+    def off(self) -> None:
+        """Power off: stop QEMU."""
+        self._board().power_off()
+
+    @export
+    def read(self) -> Generator[PowerReading, None, None]:
+        """One reading: 5 V, and 1 A while QEMU runs."""
+        yield PowerReading(voltage=5.0, current=1.0 if self._board().powered else 0.0)
