@@ -9,12 +9,6 @@ the memory our server process gains while serving is reported too.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is called http.py: keep its directory off the import path, so ``http`` is the stdlib's.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import hashlib
 import os
@@ -23,10 +17,13 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-from jumpstarter_drivers.http import HttpServer
+# This file is called http.py: keep its directory off the import path, so ``http`` is the stdlib's.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def free_tcp_port() -> int:
@@ -109,16 +106,21 @@ def main() -> int:
         expected = digest.hexdigest()
         size = image.stat().st_size
 
+        from jumpstarter_drivers.http import HttpServer
+
         rss_before = max_rss_mib()
         ours = HttpServer(root_dir=str(root))
         ours.start()
         servers = {"ours": ours.get_url()}
         processes = []
         port = free_tcp_port()
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "-d", str(root), str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "-d", str(root), str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         servers["python http.server"] = f"http://127.0.0.1:{port}"
         nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if nginx:

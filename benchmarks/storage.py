@@ -64,7 +64,9 @@ def main() -> int:
         socket_path = Path(tmp) / "exporter.sock"
         exporter = subprocess.Popen(
             [sys.executable, "-c", EXPORTER, str(Path(tmp) / "root"), str(socket_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             assert exporter.stdout is not None

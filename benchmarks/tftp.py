@@ -34,8 +34,17 @@ def fetch(port: int, name: str, blksize: int, out: Path) -> float:
     """Seconds curl takes to download ``name``; raises if curl fails."""
     started = time.perf_counter()
     subprocess.run(
-        ["curl", "-sS", "--max-time", "300", "--tftp-blksize", str(blksize), "-o", str(out),
-         f"tftp://127.0.0.1:{port}/{name}"],
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "300",
+            "--tftp-blksize",
+            str(blksize),
+            "-o",
+            str(out),
+            f"tftp://127.0.0.1:{port}/{name}",
+        ],
         check=True,
     )
     return time.perf_counter() - started
@@ -107,8 +116,10 @@ def main() -> int:
                 ours_best, ours_med = max(rates["ours"]), statistics.median(rates["ours"])
                 if "tftpd-hpa" in rates:
                     hpa_best, hpa_med = max(rates["tftpd-hpa"]), statistics.median(rates["tftpd-hpa"])
-                    print(f"  {blksize:>8} {ours_best:>10.1f} {ours_med:>9.1f} {hpa_best:>10.1f} {hpa_med:>9.1f}"
-                          f" {ours_med / hpa_med:>8.2f}x")
+                    print(
+                        f"  {blksize:>8} {ours_best:>10.1f} {ours_med:>9.1f} {hpa_best:>10.1f} {hpa_med:>9.1f}"
+                        f" {ours_med / hpa_med:>8.2f}x"
+                    )
                 else:
                     print(f"  {blksize:>8} {ours_best:>10.1f} {ours_med:>9.1f} {'(tftpd-hpa not installed)':>30}")
         finally:

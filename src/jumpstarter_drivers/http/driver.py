@@ -25,7 +25,9 @@ class HttpServer(Driver):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.port <= 65535:
-            raise ConfigurationError(f"{type(self).__name__}: port {self.port} is not in 0..65535 (0 picks a free port)")
+            raise ConfigurationError(
+                f"{type(self).__name__}: port {self.port} is not in 0..65535 (0 picks a free port)"
+            )
         self.storage = storage_child(self, self.root_dir)
         self.server = FileServer(
             root=self.storage.root, host=self.host, port=self.port, resolve=self.storage.resolve, log=self.logger
@@ -77,4 +79,3 @@ class HttpServer(Driver):
             self.server.stop()
         finally:
             super().close()
-

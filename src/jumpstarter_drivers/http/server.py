@@ -238,7 +238,10 @@ class FileServer:
         assert self.resolve is not None
         self._server = _Server(address, self.resolve, self.log, family)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"http-{self.bound_port}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"http-{self.bound_port}",
+            daemon=True,
         )
         self._thread.start()
         self.log.info("HTTP server on %s serving %s", self.url, self.root)

@@ -12,7 +12,7 @@ protocol resources, so a multi-GB image moves with constant memory.
 >>> storage.resolve("../etc/passwd")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-jumpstarter_drivers.core.errors.DriverInvalidArgument: '../etc/passwd' leaves the storage root ...; name a path inside it
+jumpstarter_drivers.core.errors.DriverInvalidArgument: '../etc/passwd' leaves the storage root (contains '..'); ...
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ class Tftp(Driver):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.port <= 65535:
-            raise ConfigurationError(f"{type(self).__name__}: port {self.port} is not in 0..65535 (0 picks a free port)")
+            raise ConfigurationError(
+                f"{type(self).__name__}: port {self.port} is not in 0..65535 (0 picks a free port)"
+            )
         self.storage = storage_child(self, self.root_dir)
         self.server = TftpServer(
             root=self.storage.root,
@@ -78,5 +80,3 @@ class Tftp(Driver):
             self.server.stop()
         finally:
             super().close()
-
-

@@ -277,9 +277,13 @@ class _Transfer:
             request = TftpRequest.parse(packet)
             if request.opcode is Opcode.WRQ:
                 self.log.info("TFTP: refused write request for %r from %s", request.filename, self.peer)
-                raise TftpRefusal(ErrorCode.ACCESS_VIOLATION, "this TFTP server is read-only; write requests are refused")
+                raise TftpRefusal(
+                    ErrorCode.ACCESS_VIOLATION, "this TFTP server is read-only; write requests are refused"
+                )
             if request.mode not in ("octet", "netascii"):
-                raise TftpRefusal(ErrorCode.ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}; use octet or netascii")
+                raise TftpRefusal(
+                    ErrorCode.ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}; use octet or netascii"
+                )
             path = self._open_path(request.filename)
             with path.open("rb") as file:
                 self._send(request, file, path.stat().st_size)
@@ -333,7 +337,13 @@ class _Transfer:
         elapsed = max(time.monotonic() - started, 1e-6)
         self.log.info(
             "TFTP: sent %r (%d bytes, blksize %d, window %d) to %s in %.2f s (%.1f MB/s)",
-            request.filename, sent, blksize, window, self.peer, elapsed, sent / elapsed / 1e6,
+            request.filename,
+            sent,
+            blksize,
+            window,
+            self.peer,
+            elapsed,
+            sent / elapsed / 1e6,
         )
 
     def _stream(self, source: _Source, blksize: int, window: int, name: str) -> int | None:

@@ -57,8 +57,13 @@ def test_get_head_and_content_length(server: HttpServer, payload: bytes) -> None
 
 @pytest.mark.parametrize(
     ("header", "first", "last"),
-    [("bytes=0-0", 0, 0), ("bytes=100-1099", 100, 1099), ("bytes=1000-", 1000, (3 << 20) - 1),
-     ("bytes=-512", (3 << 20) - 512, (3 << 20) - 1), ("bytes=10-99999999", 10, (3 << 20) - 1)],
+    [
+        ("bytes=0-0", 0, 0),
+        ("bytes=100-1099", 100, 1099),
+        ("bytes=1000-", 1000, (3 << 20) - 1),
+        ("bytes=-512", (3 << 20) - 512, (3 << 20) - 1),
+        ("bytes=10-99999999", 10, (3 << 20) - 1),
+    ],
 )
 def test_ranges(server: HttpServer, payload: bytes, header: str, first: int, last: int) -> None:
     response = requests.get(f"{server.get_url()}/images/rootfs.img", headers={"Range": header}, timeout=10)
@@ -127,7 +132,10 @@ def test_traversal_is_refused(server: HttpServer, root: Path, tmp_path: Path, ca
 def test_curl_path_as_is_traversal(server: HttpServer) -> None:
     result = subprocess.run(
         ["curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", f"{server.get_url()}/../../etc/passwd"],
-        check=False, capture_output=True, text=True, timeout=30,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.stdout == "403"
 

@@ -45,13 +45,19 @@ def tftp(root: Path) -> Iterator[Tftp]:
 
 
 def curl(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--max-time", "20", *extra, "-o", str(out), url], check=False, capture_output=True, text=True)
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "20", *extra, "-o", str(out), url], check=False, capture_output=True, text=True
+    )
 
 
 def hpa(port: int, *command: str, mode: str = "binary", cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["tftp", "-m", mode, "127.0.0.1", str(port), "-c", *command],
-        check=False, capture_output=True, text=True, timeout=20, cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=cwd,
     )
 
 
@@ -103,7 +109,9 @@ def test_tftpy_client_with_options(tftp: Tftp, payload: bytes, tmp_path: Path) -
 
     sizes: list[int] = []
     client = tftpy.TftpClient("127.0.0.1", tftp.get_port(), options={"blksize": 1024, "tsize": 0})
-    client.download("boot/kernel", str(tmp_path / "kernel"), packethook=lambda p: sizes.append(len(getattr(p, "data", b""))))
+    client.download(
+        "boot/kernel", str(tmp_path / "kernel"), packethook=lambda p: sizes.append(len(getattr(p, "data", b"")))
+    )
     assert (tmp_path / "kernel").read_bytes() == payload
     assert max(sizes) == 1024
 
@@ -226,7 +234,10 @@ def test_window_resent_from_the_last_acknowledged_block(tftp: Tftp, payload: byt
         sock.sendto(_request("boot/kernel", windowsize=4, tsize=0), ("127.0.0.1", tftp.get_port()))
         oack, server = sock.recvfrom(70000)
         fields = oack[2:].split(b"\0")[:-1]
-        assert oack[:2] == b"\x00\x06" and dict(zip(fields[::2], fields[1::2])) == {b"windowsize": b"4", b"tsize": b"300000"}
+        assert oack[:2] == b"\x00\x06" and dict(zip(fields[::2], fields[1::2], strict=True)) == {
+            b"windowsize": b"4",
+            b"tsize": b"300000",
+        }
         sock.sendto(struct.pack("!HH", 4, 0), server)
         blocks = [struct.unpack("!HH", sock.recv(70000)[:4])[1] for _ in range(4)]
         assert blocks == [1, 2, 3, 4]
