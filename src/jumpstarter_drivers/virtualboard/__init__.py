@@ -1,5 +1,5 @@
-"""A board in pure Python: power, a U-Boot-like serial console on a pseudo-terminal, a disk file."""
+"""A board in pure Python (power, a U-Boot-like serial console on a pseudo-terminal, a disk file) and its flasher."""
 
-from .driver import VirtualBoard, VirtualBoardPower
+from .driver import VirtualBoard, VirtualBoardPower, VirtualFlasher
 
-__all__ = ["VirtualBoard", "VirtualBoardPower"]
+__all__ = ["VirtualBoard", "VirtualBoardPower", "VirtualFlasher"]

@@ -19,9 +19,12 @@ from typing import Literal
 from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError
 from ..flashers.common import sha256_file
+from ..flashers.driver import BaseFlasher
+from ..flashers.testing import make_reference_bundle
 from ..power.common import PowerReading
 from ..power.driver import PowerInterface
 from ..pyserial.driver import PySerial
+from ..uboot.driver import UBoot
 from .simulator import BlockDevice, Faults, PoweredOff, Uart, VirtualUBoot
 
 #: How long power-off waits for the board's thread to notice.
@@ -184,3 +187,20 @@ class VirtualBoardPower(PowerInterface):
     def read(self) -> Generator[PowerReading, None, None]:
         """One reading: 5 V, and 0.4 A while powered."""
         yield PowerReading(voltage=5.0, current=0.4 if self._board().powered else 0.0)
+
+
+@dataclass(kw_only=True)
+class VirtualFlasher(BaseFlasher):
+    """The flasher of the virtual board: the reference test bundle unless another is given, and
+    target ``usd`` written with ``mmc 0``. Its children ``serial`` and ``power`` are the board's."""
+
+    flasher_bundle: str = ""
+    uboot_targets: dict[str, str] = field(default_factory=lambda: {"usd": "mmc 0"})
+
+    def __post_init__(self) -> None:
+        if not self.flasher_bundle:
+            bundle = tempfile.TemporaryDirectory(prefix="virtual-bundle-")
+            self._temp_dirs.append(bundle)
+            self.flasher_bundle = str(make_reference_bundle(bundle.name))
+        self.children.setdefault("uboot", UBoot(power_off_time=0.1))
+        super().__post_init__()

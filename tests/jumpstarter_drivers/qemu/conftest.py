@@ -39,7 +39,7 @@ class Netns:
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
 
 
 @pytest.fixture

@@ -164,3 +164,22 @@ def test_split_commands_keeps_quotes() -> None:
 def test_board_refuses_children_and_odd_disks() -> None:
     with pytest.raises(ConfigurationError, match="multiple of 512"):
         VirtualBoard(disk_size=1000)
+
+
+def test_virtual_flasher_brings_the_reference_bundle(tmp_path: Path) -> None:
+    from jumpstarter_drivers.virtualboard import VirtualFlasher
+
+    board = VirtualBoard(autoboot_delay=1, disk=str(tmp_path / "disk.img"), disk_size=1 << 20)
+    flasher = VirtualFlasher(children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")})
+    root = Composite(children={"board": board, "flasher": flasher})
+    resolve_refs(root)
+    try:
+        with serve(root) as client:
+            assert client.flasher.manifest.metadata.name == "test-bundle"
+            image = tmp_path / "image.raw"
+            image.write_bytes(b"virtual" * 1000)
+            client.flasher.flash(image)
+            assert Path(board.disk).read_bytes()[:7000] == image.read_bytes()
+    finally:
+        root.close()
+    assert not Path(flasher.flasher_bundle).exists(), "the generated bundle is removed on close"
