@@ -94,7 +94,7 @@ class _Abort(Exception):
 class _Resource:
     driver_end: PipeStream
     wire_end: PipeStream
-    claimed: bool = False
+    claimed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _LogHandler(logging.Handler):
@@ -131,6 +131,8 @@ class Session:
     root_device: Driver
     labels: dict[str, str] = field(default_factory=dict)
     uuid: UUID = field(default_factory=uuid4)
+    #: Seconds a client's resource stream may wait for a driver call to use it.
+    resource_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_device, Driver):
@@ -310,9 +312,9 @@ class Session:
             resource = self._resources[UUID(str(handle.get("uuid")))]
         except (KeyError, ValueError) as exc:
             raise ValueError(f"unknown resource {handle.get('uuid')!r}; open it with the client first") from exc
-        if resource.claimed:
+        if resource.claimed.is_set():
             raise ValueError(f"resource {handle['uuid']} is already in use by another call")
-        resource.claimed = True
+        resource.claimed.set()
         try:
             yield resource.driver_end
         finally:
@@ -436,6 +438,8 @@ def _refusal(method: str, message: str) -> grpc.RpcMethodHandler:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # a task group's single failure is the failure
     if isinstance(exc, _Abort):
         code, details, error_type = exc.code, exc.details, exc.error_type
     else:
@@ -579,6 +583,17 @@ async def _batches(source: AsyncIterator[Any]) -> AsyncIterator[list[Any]]:
             await producer
 
 
+async def _expire_unclaimed(resource: _Resource, timeout: float) -> None:
+    """End a resource stream that no driver call claims in time, so an unused one cannot live for ever."""
+    with anyio.move_on_after(timeout):
+        await resource.claimed.wait()
+        return
+    raise _Abort(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"no driver call used this resource within {timeout:g} s; pass its handle to a call after opening it",
+    )
+
+
 def _streaming_response(uuid: str, item: Any) -> Any:
     response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=uuid)
     encode_into(response.result, item)
@@ -628,7 +643,10 @@ class _RouterService(router_pb2_grpc.RouterServiceServicer):
                 }
                 await context.send_initial_metadata((("resource", json.dumps(handle)),))
                 try:
-                    await pump(resource.wire_end, context, router_pb2.StreamResponse)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_expire_unclaimed, resource, session.resource_timeout)
+                        await pump(resource.wire_end, context, router_pb2.StreamResponse)
+                        tg.cancel_scope.cancel()
                 finally:
                     await resource.wire_end.aclose()
                     del session._resources[uuid]

@@ -254,3 +254,12 @@ def _wait_for(predicate, timeout: float = 5.0) -> bool:
         event.wait(0.005)
         deadline -= 0.005
     return predicate()
+
+
+def test_unused_resource_streams_expire():
+    with Session(root_device=Sample(), resource_timeout=0.2) as session, session.serve_unix() as path:
+        with connect(path) as client, client.resource() as (handle, stream):
+            stream.send_eof()
+            with pytest.raises(DriverTimeout, match="no driver call used this resource within 0.2 s"):
+                stream.receive(timeout=10)
+            assert client.call("add", 1, 2) == 3
