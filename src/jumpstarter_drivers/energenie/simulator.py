@@ -184,6 +184,7 @@ class EnerGenieSimulator:
         with self._mutex:
             self._active += 1
             self.max_concurrent = max(self.max_concurrent, self._active)
+        in_flight = True
         try:
             with self._device:
                 if self.delay and self._stopping.wait(self.delay):
@@ -194,10 +195,15 @@ class EnerGenieSimulator:
                 status, page = self._answer(client, request.command, path, form)
                 with self._mutex:
                     self.exchanges.append(Exchange(client, request.command, path, form, status))
+                    # The exchange ends before the reply leaves: a client may send its next request
+                    # as soon as it has the reply, and that must not count as an overlap.
+                    self._active -= 1
+                    in_flight = False
             request.reply(status, page)
         finally:
-            with self._mutex:
-                self._active -= 1
+            if in_flight:
+                with self._mutex:
+                    self._active -= 1
 
     def _answer(self, client: str, method: str, path: str, form: dict[str, str]) -> tuple[int, str]:
         """Status and page for one request; the caller holds the device lock."""
