@@ -373,7 +373,9 @@ class ByteStream:
                 yield stream
             finally:
                 stream.close()
-                reader.join(1.0)  # the driver's end of stream, if it comes promptly; cancelled otherwise
+                reader.join(0.2)  # a driver that ends its side promptly closes cleanly
+                stream._call.cancel()
+                reader.join(5)
         finally:
             stream._call.cancel()
 
