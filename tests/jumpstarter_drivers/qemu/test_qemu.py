@@ -3,29 +3,44 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core import connect, serve
+from jumpstarter_drivers.core.errors import ConfigurationError
 from jumpstarter_drivers.flashers.testing import make_reference_bundle
+from jumpstarter_drivers.qemu import QemuBoard
+from jumpstarter_drivers.qemu.lab import (
+    LabUnavailable,
+    check_qemu,
+    flasher_lab_config,
+    serve_in_namespace,
+    tap_namespace,
+)
 from jumpstarter_drivers.uboot import UBoot
 
-from .conftest import Netns, qemu_missing
 
-pytestmark = pytest.mark.skipif(qemu_missing() is not None, reason=qemu_missing() or "")
+def qemu_missing() -> str:
+    try:
+        check_qemu()
+    except LabUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+needs_qemu = pytest.mark.skipif(bool(qemu_missing()), reason=qemu_missing())
+
+
+def test_missing_bios_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="config field 'bios'.*does not exist"):
+        QemuBoard(bios=str(tmp_path / "u-boot.bin"), qemu="sh")
 
 
 @pytest.fixture
 def board_and_uboot(tmp_path: Path) -> Iterator:
-    from jumpstarter_drivers.qemu import QemuBoard
-
     board = QemuBoard(network="none", disk=str(tmp_path / "disk.img"), disk_size=16 << 20)
     uboot = UBoot(power_off_time=0, children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")})
     root = Composite(children={"board": board, "uboot": uboot})
@@ -37,6 +52,7 @@ def board_and_uboot(tmp_path: Path) -> Iterator:
         root.close()
 
 
+@needs_qemu
 def test_real_uboot_prompt_commands_and_disk(board_and_uboot) -> None:
     board, client = board_and_uboot
     client.uboot.reboot_to_console()
@@ -50,52 +66,16 @@ def test_real_uboot_prompt_commands_and_disk(board_and_uboot) -> None:
 
 
 @pytest.fixture
-def netns_lab(tmp_path: Path, netns: Netns) -> Iterator[tuple[object, Path]]:
-    """An exporter serving a QEMU board and a flasher, run inside the namespace like a lab host."""
-    bundle = make_reference_bundle(tmp_path / "bundle")
-    disk = tmp_path / "disk.img"
-    config = {"export": {
-        "board": {"type": "jumpstarter_drivers.qemu.driver.QemuBoard",
-                  "config": {"network": "tap", "tap": netns.tap, "disk": str(disk), "disk_size": 64 << 20}},
-        "flasher": {
-            "type": "BaseFlasher",
-            "config": {"flasher_bundle": str(bundle), "cache_dir": str(tmp_path / "cache"),
-                       "uboot_targets": {"usd": "virtio 0"}, "chunk_size": 4 << 20},
-            "children": {
-                "serial": {"ref": "board.serial"},
-                "power": {"ref": "board.power"},
-                "tftp": {"type": "Tftp", "config": {"root_dir": str(tmp_path / "tftp"), "host": netns.host, "port": 69}},
-                "http": {"type": "HttpServer", "config": {"root_dir": str(tmp_path / "http"), "host": netns.host}},
-                "uboot": {"type": "UBoot", "config": {"network": "static", "ipaddr": netns.board,
-                                                      "netmask": "255.255.255.0", "serverip": netns.host,
-                                                      "power_off_time": 0.2}},
-            },
-        },
-    }}
-    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(config))
-    socket = tmp_path / "exporter.sock"
-    log = (tmp_path / "exporter.log").open("wb")
-    exporter = subprocess.Popen(
-        netns.exec(sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(tmp_path / "lab.yaml"),
-                   "--unix", str(socket), "--log-level", "info"),
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+def netns_lab(tmp_path: Path) -> Iterator[tuple[object, Path]]:
+    """An exporter serving a QEMU board and a flasher, run inside a namespace with a tap device."""
     try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if exporter.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the exporter did not start: {(tmp_path / 'exporter.log').read_text()[-3000:]}")
-            time.sleep(0.05)  # polling for the socket, bounded by the deadline
-        with connect(socket) as client:
-            yield client, disk
-    finally:
-        exporter.terminate()
-        try:
-            exporter.wait(20)
-        except subprocess.TimeoutExpired:
-            exporter.kill()
-            exporter.wait(5)
-        log.close()
+        check_qemu()
+        with tap_namespace() as ns:
+            config = flasher_lab_config(ns, make_reference_bundle(tmp_path / "bundle"), tmp_path, 64 << 20, 4 << 20)
+            with serve_in_namespace(ns, config, tmp_path) as socket, connect(socket) as client:
+                yield client, tmp_path / "disk.img"
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def test_flash_qemu_board_with_uboot_over_tap(netns_lab, tmp_path: Path) -> None:
@@ -108,3 +88,4 @@ def test_flash_qemu_board_with_uboot_over_tap(netns_lab, tmp_path: Path) -> None
     flashed = disk.read_bytes()
     assert flashed[: len(data)] == data
     assert flashed[len(data) : len(data) + 212] == bytes(212), "the last block is padded with zeros"
+    assert client.board.disk_sha256(len(data)) == client.flasher.http.storage.hash("image.raw")
