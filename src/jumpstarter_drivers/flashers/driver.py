@@ -26,6 +26,8 @@ import anyio
 
 from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError
+from ..http.driver import HttpServer
+from ..tftp.driver import Tftp
 from ..uboot.common import ConsoleError, StepFailed
 from ..uboot.console import ShellConsole, UBootConsole, call_maybe_async
 from ..uboot.driver import UBoot
@@ -87,9 +89,6 @@ class BaseFlasher(Driver):
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
         self._variant = self.variant
-        from ..http.driver import HttpServer
-        from ..tftp.driver import Tftp
-
         if "tftp" not in self.children:
             self.children["tftp"] = Tftp(root_dir=self._dir(self.tftp_dir, "tftp"), host="127.0.0.1", port=0)
         if "http" not in self.children:
@@ -337,6 +336,7 @@ class BaseFlasher(Driver):
         """``tftpboot`` a file and check its size and CRC-32 (a mismatch is transient)."""
         async with self._timed(steps, "load"):
             await console.tftpboot(address, name, size)
+        async with self._timed(steps, "check load"):
             got = await console.crc32(address, size)
             if got != crc:
                 raise StepFailed(console.expecter.step, f"{name} loaded with CRC {got:08x}, expected {crc:08x}",
