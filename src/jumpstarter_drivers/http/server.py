@@ -14,7 +14,6 @@ True
 from __future__ import annotations
 
 import email.utils
-import logging
 import mimetypes
 import os
 import re
@@ -28,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from ..storage.served import DirectoryServer
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -192,27 +191,13 @@ class _Server(ThreadingHTTPServer):
 
 
 @dataclass
-class FileServer:
-    """Serves files under ``root`` over HTTP on ``host``:``port`` (0 picks a free port).
-
-    ``resolve`` maps a request path to a path inside ``root`` or raises ``ValueError``
-    (default: :func:`~jumpstarter_drivers.storage.driver.resolve_inside`).
-    """
-
-    root: str | os.PathLike
-    host: str = "127.0.0.1"
-    port: int = 0
-    resolve: Callable[[str], Path] | None = None
-    log: logging.Logger | logging.LoggerAdapter = logger
+class FileServer(DirectoryServer):
+    """Serves files under ``root`` over HTTP on ``host``:``port`` (see :class:`DirectoryServer`)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        if self.resolve is None:
-            from ..storage.driver import resolve_inside
-
-            root = Path(os.path.realpath(self.root))
-            self.resolve = lambda name: resolve_inside(root, name, self.log)
 
     @property
     def running(self) -> bool:

@@ -129,6 +129,41 @@ class StorageClient(DriverClient):
         return self.call_as(str, "hash", path, algo)
 
 
+class ServedDirectoryClient(DriverClient):
+    """Client of a :class:`~jumpstarter_drivers.storage.served.ServedDirectory` (the TFTP and HTTP servers).
+
+    ``storage`` is the served root's storage; :meth:`put_file` uploads there and returns
+    :meth:`location`, what a board asks for to fetch the file.
+    """
+
+    storage: StorageClient
+
+    def start(self) -> None:
+        """Start the server (nothing happens when it runs already)."""
+        self.call("start")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self.call("stop")
+
+    def get_host(self) -> str:
+        """The address the server listens on."""
+        return self.call_as(str, "get_host")
+
+    def get_port(self) -> int:
+        """The port the server is bound to."""
+        return self.call_as(int, "get_port")
+
+    def location(self, name: str) -> str:
+        """What a board asks the server for to fetch ``name`` from the root: the name itself."""
+        return name
+
+    def put_file(self, dst: str, src: str | os.PathLike, progress: ProgressCallback | None = None) -> str:
+        """Upload ``src`` as ``dst`` in the served root; returns its :meth:`location`."""
+        self.storage.write_from_path(dst, src, progress)
+        return self.location(dst)
+
+
 @contextlib.contextmanager
 def _background(func: Callable[..., int], *args: object) -> Iterator[Future]:
     """Run the driver call ``func(*args)`` in a worker thread while the caller moves the bytes."""

@@ -300,22 +300,6 @@ class Storage(Driver):
             super().close()
 
 
-def storage_child(driver: Driver, root_dir: str) -> Storage:
-    """The ``storage`` child of a server driver: the configured one (checked) or a new one on ``root_dir``."""
-    storage = driver.children.get("storage")
-    name = type(driver).__name__
-    if storage is None:
-        storage = driver.children["storage"] = Storage(root_dir=root_dir)
-    elif not isinstance(storage, Storage):
-        raise ConfigurationError(f"{name}: child 'storage' must be Storage, got {type(storage).__name__}")
-    elif storage.root != Storage.real_root(root_dir):
-        raise ConfigurationError(
-            f"{name}: child 'storage' is rooted at {storage.root}, not at root_dir {root_dir!r}; "
-            "give both the same directory"
-        )
-    return storage
-
-
 def _is_partial(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".part")
 

@@ -17,19 +17,17 @@ False
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import select
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-logger = logging.getLogger(__name__)
+from ..storage.served import DirectoryServer
 
 #: Largest block RFC 2348 allows.
 MAX_BLKSIZE = 65464
@@ -130,25 +128,19 @@ class _Source:
 
 
 @dataclass
-class TftpServer:
-    """Serves files under ``root`` over TFTP, read only.
+class TftpServer(DirectoryServer):
+    """Serves files under ``root`` over TFTP, read only (see :class:`DirectoryServer` for the rest).
 
-    ``resolve`` maps a requested name to a path inside ``root`` or raises ``ValueError``
-    (default: :func:`~jumpstarter_drivers.storage.driver.resolve_inside`). ``timeout`` and
-    ``retries`` govern retransmission; clients may ask for a different timeout.
+    ``timeout`` and ``retries`` govern retransmission; clients may ask for a different timeout.
     """
 
-    root: str | os.PathLike
-    host: str = "127.0.0.1"
-    port: int = 0
     timeout: float = 1.0
     retries: int = 5
     max_blksize: int = MAX_BLKSIZE
     max_windowsize: int = 64
-    resolve: Callable[[str], Path] | None = None
-    log: logging.Logger | logging.LoggerAdapter = logger
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._socket: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -156,11 +148,6 @@ class TftpServer:
         self._transfers: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._bound_port = 0
-        if self.resolve is None:
-            from ..storage.driver import resolve_inside
-
-            root = Path(os.path.realpath(self.root))
-            self.resolve = lambda name: resolve_inside(root, name, self.log)
 
     @property
     def running(self) -> bool:
