@@ -37,7 +37,7 @@ from .errors import (
     Unauthenticated,
 )
 from .status import ExporterStatus
-from .streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME
+from .streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME, Frame, decode_frame, encode_frame
 
 logger = logging.getLogger(__name__)
 driver_log = logging.getLogger("exporter:driver")
@@ -128,12 +128,14 @@ class Connection:
 
     def __post_init__(self) -> None:
         from google.protobuf import empty_pb2
-        from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc, router_pb2_grpc
+        from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
         self.pb = jumpstarter_pb2
         self.empty = empty_pb2.Empty
         self.exporter = jumpstarter_pb2_grpc.ExporterServiceStub(self.channel)
-        self.router = router_pb2_grpc.RouterServiceStub(self.channel)
+        self.stream = self.channel.stream_stream(
+            "/jumpstarter.v1.RouterService/Stream", request_serializer=encode_frame, response_deserializer=decode_frame
+        )
 
     def close(self) -> None:
         if not self._closed:
@@ -345,9 +347,8 @@ class ByteStream:
         self.where = where
         self._outbox: queue.Queue = queue.Queue(maxsize=16)
         self._inbox: queue.Queue = queue.Queue(maxsize=64)
-        self._pb = importlib.import_module("jumpstarter_protocol.jumpstarter.v1.router_pb2")
         metadata = connection.metadata + (("request", json.dumps(request)),)
-        self._call = connection.router.Stream(iter(self._outbox.get, None), metadata=metadata)
+        self._call = connection.stream(iter(self._outbox.get, None), metadata=metadata)
         self._eof_sent = False
         self._eof_received = False
         self._error: Exception | None = None
@@ -413,13 +414,13 @@ class ByteStream:
             raise ValueError(f"{self.where}: cannot send after send_eof()")
         view = memoryview(data)
         for start in range(0, len(view), MAX_FRAME):
-            self._put(self._pb.StreamRequest(payload=bytes(view[start : start + MAX_FRAME])), timeout)
+            self._put(Frame(bytes(view[start : start + MAX_FRAME])), timeout)
 
     def send_eof(self) -> None:
         """Tell the driver no more bytes will come from this side."""
         if not self._eof_sent:
             self._eof_sent = True
-            self._put(self._pb.StreamRequest(frame_type=FRAME_GOAWAY), 5.0)
+            self._put(Frame(frame_type=FRAME_GOAWAY), 5.0)
 
     def receive(self, timeout: float | None = None) -> bytes:
         """The next bytes; ``b""`` once the driver ended the stream; ``TimeoutError`` past ``timeout``."""

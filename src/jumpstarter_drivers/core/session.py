@@ -27,19 +27,14 @@ from uuid import UUID, uuid4
 import anyio
 import grpc
 from google.protobuf import empty_pb2
-from jumpstarter_protocol.jumpstarter.v1 import (
-    jumpstarter_pb2,
-    jumpstarter_pb2_grpc,
-    router_pb2,
-    router_pb2_grpc,
-)
+from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 from . import loop
 from .codec import decode, encode_into, restore
 from .driver import Driver, ExportedMethod, MethodKind
 from .errors import ConfigurationError
 from .status import ExporterStatus
-from .streams import PipeStream, pipe, pump
+from .streams import PipeStream, decode_frame, encode_frame, pipe, pump
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +243,7 @@ class Session:
         _hold_grpc_aio()
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
         jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(_ExporterService(self), server)
-        router_pb2_grpc.add_RouterServiceServicer_to_server(_RouterService(self), server)
+        server.add_generic_rpc_handlers((_router_handler(_RouterService(self)),))
         try:
             if credentials is None:
                 port = server.add_insecure_port(address)
@@ -607,7 +602,19 @@ def _log_failure(request: Any, exc: BaseException) -> None:
         logger.info("driver call %s on %s failed: %r", request.method, request.uuid, exc)
 
 
-class _RouterService(router_pb2_grpc.RouterServiceServicer):
+def _router_handler(service: _RouterService) -> grpc.GenericRpcHandler:
+    """``RouterService.Stream`` with frames coded by hand (see :func:`streams.encode_frame`)."""
+    return grpc.method_handlers_generic_handler(
+        "jumpstarter.v1.RouterService",
+        {
+            "Stream": grpc.stream_stream_rpc_method_handler(
+                service.Stream, request_deserializer=decode_frame, response_serializer=encode_frame
+            )
+        },
+    )
+
+
+class _RouterService:
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -630,7 +637,7 @@ class _RouterService(router_pb2_grpc.RouterServiceServicer):
                 try:
                     async with getattr(driver, method.name)() as stream:
                         await context.send_initial_metadata(())
-                        await pump(stream, context, router_pb2.StreamResponse)
+                        await pump(stream, context)
                 finally:
                     current_session.reset(token)
             elif kind == "resource":
@@ -645,7 +652,7 @@ class _RouterService(router_pb2_grpc.RouterServiceServicer):
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(_expire_unclaimed, resource, session.resource_timeout)
-                        await pump(resource.wire_end, context, router_pb2.StreamResponse)
+                        await pump(resource.wire_end, context)
                         tg.cancel_scope.cancel()
                 finally:
                     await resource.wire_end.aclose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
@@ -26,6 +26,83 @@ FRAME_PING = 6
 FRAME_GOAWAY = 7
 
 _END = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+class Frame(NamedTuple):
+    """One ``StreamRequest``/``StreamResponse`` message: a payload or a control frame."""
+
+    payload: bytes = b""
+    frame_type: int = FRAME_DATA
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    r"""The protobuf wire form of a frame (field 1 payload, field 2 frame_type), with one copy.
+
+    Building a protobuf message around a 1 MiB payload copies it twice more; this keeps byte
+    streams near the speed of the transport. The bytes are exactly what protobuf would write.
+
+    >>> encode_frame(Frame(b"hi")) == b"\x0a\x02hi"
+    True
+    >>> decode_frame(encode_frame(Frame(frame_type=FRAME_GOAWAY)))
+    Frame(payload=b'', frame_type=7)
+    """
+    payload, frame_type = frame
+    head = b"\x0a" + _varint(len(payload)) if payload else b""
+    tail = b"\x10" + _varint(frame_type) if frame_type else b""
+    return b"".join((head, payload, tail))
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Parse a ``StreamRequest``/``StreamResponse`` from its wire form (unknown fields skipped)."""
+    view = memoryview(data)
+    payload: bytes = b""
+    frame_type = FRAME_DATA
+    pos, end = 0, len(view)
+
+    def varint() -> int:
+        nonlocal pos
+        shift = result = 0
+        while True:
+            if pos >= end:
+                raise ValueError("truncated frame")
+            byte = view[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+
+    while pos < end:
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+            if field == 2:
+                frame_type = value
+        elif wire == 2:
+            size = varint()
+            if pos + size > end:
+                raise ValueError("truncated frame")
+            if field == 1:
+                payload = bytes(view[pos : pos + size])
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported wire type {wire} in a stream frame")
+    return Frame(payload, frame_type)
 
 
 class PipeStream(anyio.abc.ByteStream):
@@ -60,11 +137,12 @@ def pipe(buffer: int = 16) -> tuple[PipeStream, PipeStream]:
     return PipeStream(a_send, a_receive), PipeStream(b_send, b_receive)
 
 
-async def pump(stream: anyio.abc.ByteStream, context: Any, response_type: Any) -> None:
+async def pump(stream: anyio.abc.ByteStream, context: Any) -> None:
     """Move bytes between ``stream`` and a gRPC bidi call until both directions have ended.
 
     Inbound DATA frames are written to the stream, GOAWAY half-closes it, RST_STREAM aborts.
-    Outbound bytes become DATA frames, and the end of the stream a GOAWAY frame.
+    Outbound bytes become DATA frames, and the end of the stream a GOAWAY frame. The call's
+    messages are :class:`Frame` tuples (see :func:`encode_frame` and :func:`decode_frame`).
     """
     import grpc
 
@@ -93,8 +171,8 @@ async def pump(stream: anyio.abc.ByteStream, context: Any, response_type: Any) -
                     data = await stream.receive(MAX_FRAME)
                 except _END:
                     break
-                await context.write(response_type(payload=data))
-            await context.write(response_type(frame_type=FRAME_GOAWAY))
+                await context.write(Frame(data))
+            await context.write(Frame(frame_type=FRAME_GOAWAY))
 
         tg.start_soon(inbound)
         tg.start_soon(outbound)
