@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import math
 import os
 import types
 import typing
@@ -142,7 +143,7 @@ def restore(obj: Any, tp: Any) -> Any:
             raise ValueError(f"expected one of {typing.get_args(tp)}, got {obj!r}")
         return obj
     if tp is int:
-        if isinstance(obj, bool) or not isinstance(obj, (int, float)) or obj != int(obj):
+        if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not math.isfinite(obj) or obj != int(obj):
             raise ValueError(f"expected an integer, got {obj!r}")
         return int(obj)
     if tp is float:
