@@ -12,6 +12,7 @@ class VirtualBoardClient(DriverClient):
         """SHA-256 of the first ``length`` bytes of the board's disk (all of it when negative)."""
         return self.call("disk_sha256", length)
 
-    def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False) -> None:
-        """Make the board panic at a command, or time out its next TFTP transfer once."""
-        self.call("set_faults", panic_on, tftp_timeout_once)
+    def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False,
+                   hang_boot_once: bool = False) -> None:
+        """Make the board panic at a command, time out its next TFTP transfer once, or hang once at boot."""
+        self.call("set_faults", panic_on, tftp_timeout_once, hang_boot_once)

@@ -142,11 +142,13 @@ class VirtualBoard(Driver):
         return sha256_file(self.disk, int(length))
 
     @export
-    def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False) -> None:
-        """Make the board panic at a command (``tftpboot``, ``booti``, ``boot``, ``linux``, ...) or
-        time out its next TFTP transfer once."""
+    def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False,
+                   hang_boot_once: bool = False) -> None:
+        """Make the board panic at a command (``tftpboot``, ``booti``, ``boot``, ``linux``, ...), time
+        out its next TFTP transfer once, or hang once after the banner at the next power-on."""
         self.board.faults.panic_on = panic_on
         self.board.faults.tftp_timeout_once = tftp_timeout_once
+        self.board.faults.hang_boot_once = hang_boot_once
 
     def close(self) -> None:
         self.power_off()

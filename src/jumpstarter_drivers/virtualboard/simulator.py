@@ -196,11 +196,13 @@ class BlockDevice:
 class Faults:
     """Failures a test asks the board for. ``panic_on`` is a command name (``tftpboot``,
     ``booti``, ...) or ``"boot"`` (while booting); ``tftp_timeout_once`` makes the next
-    ``tftpboot`` time out once, as a lossy network would."""
+    ``tftpboot`` time out once, as a lossy network would; ``hang_boot_once`` makes the next
+    power-on stop after the banner, as a board with a flaky reset does."""
 
     panic_on: str | None = None
     panic_message: str = "Synchronous Abort handler, esr 0x96000010"
     tftp_timeout_once: bool = False
+    hang_boot_once: bool = False
 
 
 @dataclass
@@ -263,6 +265,10 @@ class VirtualUBoot:
         self.banner()
         if self.faults.panic_on == "boot":
             self.panic()
+        if self.faults.hang_boot_once:
+            self.faults.hang_boot_once = False
+            while True:
+                self.uart.read(None)
         if not self.countdown():
             self.execute(self.env.get("bootcmd", ""))
         while True:

@@ -187,3 +187,44 @@ def test_failed_tftpboot_is_detected_and_not_retried(tmp_path: Path, reference_b
         assert "retrying" not in caplog.text
     finally:
         root.close()
+
+
+def test_a_board_hanging_at_boot_is_power_cycled_again(tmp_path: Path, reference_bundle: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    root = make_lab(tmp_path, reference_bundle)
+    root.children["flasher"].children["uboot"].boot_timeout = 1.0
+    try:
+        with serve(root) as client, caplog.at_level(logging.WARNING):
+            client.board.set_faults(hang_boot_once=True)
+            image = image_file(tmp_path, 10_000)
+            client.flasher.flash(image)
+        assert "boot to U-Boot: transient failure, retrying" in caplog.text
+        assert Path(root.children["board"].disk).read_bytes()[:10_000] == image.read_bytes()
+    finally:
+        root.close()
+
+
+def test_flash_from_a_url(lab, tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    root, client = lab
+    www = tmp_path / "www"
+    www.mkdir()
+    image = www / "remote.img"
+    image.write_bytes(os.urandom(300_000))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = client.flasher.flash(f"http://127.0.0.1:{server.server_address[1]}/remote.img")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert result.image == "remote.img" and result.size == 300_000
+    assert Path(root.children["board"].disk).read_bytes()[:300_000] == image.read_bytes()
+    with pytest.raises(DriverInvalidArgument, match="cannot download the image"):
+        client.flasher.flash("http://127.0.0.1:9/none.img")
