@@ -10,7 +10,6 @@ import math
 import os
 import socket
 import ssl
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,7 +126,7 @@ def test_malformed_stream_request_metadata(raw: Raw, request_metadata: str | Non
 @pytest.mark.parametrize(
     ("uuid_", "method"),
     [
-        (str(uuid.uuid4()), "echo"),
+        ("6f1c2a9e-0000-4000-8000-00000000dead", "echo"),
         ("not-a-uuid", "echo"),
         ("", "echo"),
         ("\u00e9\u00e9", "echo"),
@@ -174,7 +173,7 @@ WRONG_ARGUMENTS = [
     ("total", [[1], [1]]),
     ("upload", ["not a handle"]),
     ("upload", [{"kind": "client_stream", "uuid": "nope"}]),
-    ("upload", [{"kind": "client_stream", "uuid": str(uuid.uuid4())}]),
+    ("upload", [{"kind": "client_stream", "uuid": "6f1c2a9e-0000-4000-8000-00000000beef"}]),
 ]
 
 
