@@ -305,7 +305,7 @@ def resolve_digest(reference: str, cacert: str | None = None) -> str:
             url,
             headers={"Accept": ", ".join(oras.defaults.default_manifest_accepted_media_types)},
             timeout=30,
-            verify=client._tls_verify,
+            verify=cacert or True,
         )
     except requests.RequestException as exc:
         raise DriverError(f"flasher bundle {reference}: cannot reach the registry: {exc}") from None

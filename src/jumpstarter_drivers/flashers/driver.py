@@ -283,7 +283,10 @@ class BaseFlasher(Driver):
                 else:
                     await self._flash_busybox(console, steps, target, image, size, sha256, http_address)
         finally:
-            await call_maybe_async(self.children["power"].off)
+            try:
+                await call_maybe_async(self.children["power"].off)
+            except Exception as exc:  # noqa: BLE001 - the flash's own outcome matters more; say so
+                self.logger.warning("could not power the board off after flashing: %s", exc)
             for name in self._chunk_names():
                 (self._storage_root("tftp") / name).unlink(missing_ok=True)
         steps["total"] = time.monotonic() - started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,7 +68,7 @@ class UBoot(Driver):
         return serial, power
 
     @contextlib.asynccontextmanager
-    async def console(self, log: object = None) -> AsyncIterator[UBootConsole]:
+    async def console(self, log: Callable[[str], None] | None = None) -> AsyncIterator[UBootConsole]:
         """Open the serial console as a :class:`UBootConsole` for the duration of the block."""
         serial, _ = self.parts()
         async with serial.connect() as stream:
