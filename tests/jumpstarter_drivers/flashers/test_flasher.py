@@ -228,3 +228,22 @@ def test_flash_from_a_url(lab, tmp_path: Path) -> None:
     assert Path(root.children["board"].disk).read_bytes()[:300_000] == image.read_bytes()
     with pytest.raises(DriverInvalidArgument, match="cannot download the image"):
         client.flasher.flash("http://127.0.0.1:9/none.img")
+
+
+def test_flasher_with_an_oci_bundle_pulls_it_once(oci_registry, tmp_path: Path, reference_bundle: Path) -> None:
+    oci_registry.push(reference_bundle, "flasher/bundle:v1")
+    cache = tmp_path / "cache"
+    for attempt in range(2):
+        flasher = BaseFlasher(flasher_bundle=f"{oci_registry.host}/flasher/bundle:v1", cache_dir=str(cache),
+                              children={"serial": PySerial(url="loop://"), "power": MockPower()})
+        try:
+            with serve(flasher) as client:
+                client.use_dtb_variant("alternate")
+                client.setup_flasher_bundle()
+                assert client.tftp.storage.read_bytes("alternate.dtb") == bytes(4096)
+                assert client.manifest.spec.kernel.file == "data/kernel"
+        finally:
+            flasher.close()
+        if attempt == 0:
+            fetched = oci_registry.blob_fetches("flasher/bundle")
+    assert oci_registry.blob_fetches("flasher/bundle") == fetched, "the second session pulled the bundle again"
