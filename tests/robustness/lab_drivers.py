@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from tests.helpers.drivers import echo_pipe, resource_size
 
 from jumpstarter_drivers import Driver, export, exportstream
-from jumpstarter_drivers.core.session import current_session
-from jumpstarter_drivers.core.streams import PipeStream, pipe
+from jumpstarter_drivers.core.streams import PipeStream
 
 
 @dataclass
@@ -84,22 +84,9 @@ class Target(Driver):
         if self._port_busy:
             raise RuntimeError("port busy: another client holds it")
         self._port_busy = True
-        near, far = pipe()
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def loop_back() -> None:
-                    try:
-                        while True:
-                            await far.send(await far.receive())
-                    except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                        pass
-                    finally:
-                        await far.aclose()
-
-                tg.start_soon(loop_back)
-                yield near
-                tg.cancel_scope.cancel()
+            async with echo_pipe() as stream:
+                yield stream
         finally:
             self._port_busy = False
 
@@ -108,14 +95,7 @@ class Target(Driver):
         """Read a client's resource to its end; return the byte count."""
         self._uploading += 1
         try:
-            total = 0
-            async with current_session.get().open_resource(handle) as stream:
-                try:
-                    while True:
-                        total += len(await stream.receive())
-                except anyio.EndOfStream:
-                    pass
-            return total
+            return await resource_size(handle)
         finally:
             self._uploading -= 1
 

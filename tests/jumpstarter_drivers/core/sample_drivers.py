@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
+from tests.helpers.drivers import echo_pipe, resource_size
 
 from jumpstarter_drivers import Driver, export, exportstream
 from jumpstarter_drivers.core.session import current_session
-from jumpstarter_drivers.core.streams import pipe
+from jumpstarter_drivers.core.streams import PipeStream
 
 
 @dataclass
@@ -104,36 +103,15 @@ class Sample(Driver):
             self.logger.info("%s %d", message, i)
 
     @exportstream
-    @asynccontextmanager
-    async def echo_stream(self):
+    async def echo_stream(self) -> AsyncIterator[PipeStream]:
         """A byte stream that echoes what it receives."""
-        near, far = pipe()
-
-        async def loop_back() -> None:
-            try:
-                async for chunk in far:
-                    await far.send(chunk)
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
-            finally:
-                await far.aclose()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(loop_back)
-            yield near
-            tg.cancel_scope.cancel()
+        async with echo_pipe() as stream:
+            yield stream
 
     @export
     async def upload_size(self, handle: dict) -> int:
         """Read a client's resource to its end; return how many bytes came."""
-        total = 0
-        async with current_session.get().open_resource(handle) as stream:
-            try:
-                while True:
-                    total += len(await stream.receive())
-            except anyio.EndOfStream:
-                pass
-        return total
+        return await resource_size(handle)
 
     @export
     async def download(self, handle: dict, size: int) -> None:
