@@ -291,29 +291,22 @@ class DriverClient:
 
     # session-level calls ---------------------------------------------------------------------
 
-    def get_status(self) -> ExporterStatus:
-        """The session's status (``GetStatus``)."""
+    def _session_call(self, rpc: str, request: Any) -> Any:
+        """A session-level RPC (not addressed to a driver), bounded at 10 s."""
         import grpc
 
         try:
-            response = self.connection.exporter.GetStatus(
-                self.connection.pb.GetStatusRequest(), metadata=self.connection.metadata, timeout=10
-            )
+            return getattr(self.connection.exporter, rpc)(request, metadata=self.connection.metadata, timeout=10)
         except grpc.RpcError as exc:
-            raise translate(exc, self._where("GetStatus")) from None
-        return ExporterStatus(response.status)
+            raise translate(exc, self._where(rpc)) from None
+
+    def get_status(self) -> ExporterStatus:
+        """The session's status (``GetStatus``)."""
+        return ExporterStatus(self._session_call("GetStatus", self.connection.pb.GetStatusRequest()).status)
 
     def end_session(self) -> bool:
         """Tell the exporter this client is done (``EndSession``)."""
-        import grpc
-
-        try:
-            response = self.connection.exporter.EndSession(
-                self.connection.pb.EndSessionRequest(), metadata=self.connection.metadata, timeout=10
-            )
-        except grpc.RpcError as exc:
-            raise translate(exc, self._where("EndSession")) from None
-        return response.success
+        return self._session_call("EndSession", self.connection.pb.EndSessionRequest()).success
 
     def walk(self) -> Iterator[DriverClient]:
         """This client and every descendant, parents first."""

@@ -338,6 +338,12 @@ class Session:
             )
         return driver, method
 
+    def prepare(self, request: Any, kind: MethodKind) -> tuple[Driver, ExportedMethod, list[Any]]:
+        """Check a driver call request: status, driver, method and arguments."""
+        self.check_ready()
+        driver, method = self.lookup(request.uuid, request.method, kind)
+        return driver, method, self.arguments(driver, method, request.args)
+
     def check_ready(self) -> None:
         if not self.status.allows_calls:
             raise _Abort(
@@ -459,9 +465,7 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
     async def DriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         session = self.session
         try:
-            session.check_ready()
-            driver, method = session.lookup(request.uuid, request.method, MethodKind.UNARY)
-            args = session.arguments(driver, method, request.args)
+            driver, method, args = session.prepare(request, MethodKind.UNARY)
             token = current_session.set(session)
             try:
                 result = await _call_driver(method, getattr(driver, method.name), args)
@@ -477,9 +481,7 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
     async def StreamingDriverCall(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         session = self.session
         try:
-            session.check_ready()
-            driver, method = session.lookup(request.uuid, request.method, MethodKind.STREAMING)
-            args = session.arguments(driver, method, request.args)
+            driver, method, args = session.prepare(request, MethodKind.STREAMING)
             token = current_session.set(session)
             items = getattr(driver, method.name)(*args)
             try:
