@@ -1,4 +1,4 @@
-"""Building blocks of the drivers the tests serve (core sample drivers, the robustness lab).
+"""Building blocks of the drivers the tests serve (core sample drivers, the robustness lab) and use.
 
 Importable as ``tests.helpers.drivers`` from any test folder and from an exporter process
 started with the repository root on ``PYTHONPATH``.
@@ -6,13 +6,17 @@ started with the repository root on ``PYTHONPATH``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TypeVar
 
 import anyio
 
 from jumpstarter_drivers.core.session import current_session
 from jumpstarter_drivers.core.streams import PipeStream, pipe
+from jumpstarter_drivers.storage.served import ServedDirectory
+
+Served = TypeVar("Served", bound=ServedDirectory)
 
 
 @asynccontextmanager
@@ -44,3 +48,13 @@ async def resource_size(handle: dict) -> int:
                 total += len(await stream.receive())
         except anyio.EndOfStream:
             return total
+
+
+@contextmanager
+def started(driver: Served) -> Iterator[Served]:
+    """``driver`` started, closed on exit (a TFTP or HTTP server, say)."""
+    driver.start()
+    try:
+        yield driver
+    finally:
+        driver.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from tests.helpers.drivers import started
 
 from jumpstarter_drivers.core import DriverError, serve
 from jumpstarter_drivers.http import FileServer, HttpServer, HttpServerClient
@@ -20,31 +21,19 @@ needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is no
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    (path / "images").mkdir(parents=True)
-    return path
-
-
-@pytest.fixture
-def payload(root: Path) -> bytes:
-    data = os.urandom(3 << 20)
-    (root / "images" / "rootfs.img").write_bytes(data)
-    return data
+def payload_size() -> int:
+    """3 MiB: a download spans many socket buffers and ranges start past the first MiB."""
+    return 3 << 20
 
 
 @pytest.fixture
 def server(root: Path) -> Iterator[HttpServer]:
-    driver = HttpServer(root_dir=str(root))
-    driver.start()
-    try:
+    with started(HttpServer(root_dir=str(root))) as driver:
         yield driver
-    finally:
-        driver.close()
 
 
 def test_get_head_and_content_length(server: HttpServer, payload: bytes) -> None:
-    url = f"{server.get_url()}/images/rootfs.img"
+    url = f"{server.get_url()}/images/payload.bin"
     response = requests.get(url, timeout=10)
     assert response.status_code == 200
     assert response.headers["Content-Length"] == str(len(payload))
@@ -65,7 +54,7 @@ def test_get_head_and_content_length(server: HttpServer, payload: bytes) -> None
     ],
 )
 def test_ranges(server: HttpServer, payload: bytes, header: str, first: int, last: int) -> None:
-    response = requests.get(f"{server.get_url()}/images/rootfs.img", headers={"Range": header}, timeout=10)
+    response = requests.get(f"{server.get_url()}/images/payload.bin", headers={"Range": header}, timeout=10)
     assert response.status_code == 206
     assert response.headers["Content-Range"] == f"bytes {first}-{last}/{len(payload)}"
     assert response.headers["Content-Length"] == str(last - first + 1)
@@ -73,23 +62,23 @@ def test_ranges(server: HttpServer, payload: bytes, header: str, first: int, las
 
 
 def test_unsatisfiable_range_is_416(server: HttpServer, payload: bytes) -> None:
-    response = requests.get(f"{server.get_url()}/images/rootfs.img", headers={"Range": "bytes=99999999-"}, timeout=10)
+    response = requests.get(f"{server.get_url()}/images/payload.bin", headers={"Range": "bytes=99999999-"}, timeout=10)
     assert response.status_code == 416
     assert response.headers["Content-Range"] == f"bytes */{len(payload)}"
 
 
 def test_stale_if_range_gets_the_whole_file(server: HttpServer, payload: bytes) -> None:
     headers = {"Range": "bytes=0-9", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"}
-    response = requests.get(f"{server.get_url()}/images/rootfs.img", headers=headers, timeout=10)
+    response = requests.get(f"{server.get_url()}/images/payload.bin", headers=headers, timeout=10)
     assert response.status_code == 200 and response.content == payload
-    current = requests.head(f"{server.get_url()}/images/rootfs.img", timeout=10).headers["Last-Modified"]
+    current = requests.head(f"{server.get_url()}/images/payload.bin", timeout=10).headers["Last-Modified"]
     headers["If-Range"] = current
-    assert requests.get(f"{server.get_url()}/images/rootfs.img", headers=headers, timeout=10).status_code == 206
+    assert requests.get(f"{server.get_url()}/images/payload.bin", headers=headers, timeout=10).status_code == 206
 
 
 @needs_curl
 def test_curl_download_and_resume(server: HttpServer, payload: bytes, tmp_path: Path) -> None:
-    url = f"{server.get_url()}/images/rootfs.img"
+    url = f"{server.get_url()}/images/payload.bin"
     out = tmp_path / "rootfs.img"
     out.write_bytes(payload[:1_000_000])  # an interrupted download
     result = subprocess.run(
@@ -101,7 +90,7 @@ def test_curl_download_and_resume(server: HttpServer, payload: bytes, tmp_path: 
     assert result.returncode == 0 and result.stdout == payload[5:15]
 
 
-def test_missing_files_and_directories_are_404(server: HttpServer) -> None:
+def test_missing_files_and_directories_are_404(server: HttpServer, payload: bytes) -> None:
     for path in ("/missing", "/images", "/images/"):
         response = requests.get(server.get_url() + path, timeout=10)
         assert response.status_code == 404
@@ -143,13 +132,13 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: HttpServer
     connection = http.client.HTTPConnection("127.0.0.1", server.get_port(), timeout=10)
     try:
         for first in (0, 4096, 1 << 20):
-            connection.request("GET", "/images/rootfs.img", headers={"Range": f"bytes={first}-{first + 99}"})
+            connection.request("GET", "/images/payload.bin", headers={"Range": f"bytes={first}-{first + 99}"})
             response = connection.getresponse()
             assert response.status == 206 and response.read() == payload[first : first + 100]
         connection.request("GET", "/nope")
         response = connection.getresponse()
         assert response.status == 404 and response.read()
-        connection.request("GET", "/images/rootfs.img")
+        connection.request("GET", "/images/payload.bin")
         assert connection.getresponse().read() == payload
     finally:
         connection.close()
@@ -157,14 +146,14 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: HttpServer
 
 def test_sparse_file_larger_than_memory_budget(server: HttpServer, root: Path) -> None:
     # A 6 GiB sparse file: served with sendfile, so neither side holds it; check the tail via a range.
-    big = root / "images" / "huge.img"
+    big = root / "huge.img"
     with big.open("wb") as file:
         file.truncate(6 << 30)
         file.seek((6 << 30) - 4)
         file.write(b"tail")
-    head = requests.head(f"{server.get_url()}/images/huge.img", timeout=10)
+    head = requests.head(f"{server.get_url()}/huge.img", timeout=10)
     assert head.headers["Content-Length"] == str(6 << 30)
-    response = requests.get(f"{server.get_url()}/images/huge.img", headers={"Range": "bytes=-8"}, timeout=10)
+    response = requests.get(f"{server.get_url()}/huge.img", headers={"Range": "bytes=-8"}, timeout=10)
     assert response.status_code == 206 and response.content == b"\0\0\0\0tail"
     assert response.headers["Content-Range"] == f"bytes {(6 << 30) - 8}-{(6 << 30) - 1}/{6 << 30}"
 

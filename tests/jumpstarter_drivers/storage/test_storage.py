@@ -15,13 +15,6 @@ from jumpstarter_drivers.storage import FileStat, ProgressBar, Storage, StorageC
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def client(root: Path) -> StorageClient:
     with serve(Storage(root_dir=str(root))) as client:
         assert isinstance(client, StorageClient)

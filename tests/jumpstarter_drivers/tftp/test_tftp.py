@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.helpers.drivers import started
 
 from jumpstarter_drivers.core import serve
 from jumpstarter_drivers.tftp import Tftp, TftpClient, TftpServer
@@ -20,27 +21,9 @@ needs_hpa = pytest.mark.skipif(shutil.which("tftp") is None, reason="tftp-hpa (D
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    (path / "boot").mkdir(parents=True)
-    return path
-
-
-@pytest.fixture
-def payload(root: Path) -> bytes:
-    data = os.urandom(300_000)
-    (root / "boot" / "kernel").write_bytes(data)
-    return data
-
-
-@pytest.fixture
 def tftp(root: Path) -> Iterator[Tftp]:
-    driver = Tftp(root_dir=str(root))
-    driver.start()
-    try:
+    with started(Tftp(root_dir=str(root))) as driver:
         yield driver
-    finally:
-        driver.close()
 
 
 def curl(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -64,7 +47,7 @@ def hpa(port: int, *command: str, mode: str = "binary", cwd: Path | None = None)
 @pytest.mark.parametrize("blksize", [None, 512, 1468, 8192])
 def test_curl_downloads_byte_for_byte(tftp: Tftp, payload: bytes, tmp_path: Path, blksize: int | None) -> None:
     extra = ("--tftp-blksize", str(blksize)) if blksize else ()
-    result = curl(f"tftp://127.0.0.1:{tftp.get_port()}/boot/kernel", tmp_path / "out", *extra)
+    result = curl(f"tftp://127.0.0.1:{tftp.get_port()}/images/payload.bin", tmp_path / "out", *extra)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out").read_bytes() == payload
 
@@ -92,13 +75,13 @@ def test_block_numbers_roll_over(tftp: Tftp, root: Path, tmp_path: Path) -> None
 
 @needs_hpa
 def test_tftp_hpa_binary_and_netascii(tftp: Tftp, root: Path, payload: bytes, tmp_path: Path) -> None:
-    result = hpa(tftp.get_port(), "get", "boot/kernel", str(tmp_path / "kernel"))
+    result = hpa(tftp.get_port(), "get", "images/payload.bin", str(tmp_path / "kernel"))
     assert result.returncode == 0 and not result.stdout and not result.stderr, result
     assert (tmp_path / "kernel").read_bytes() == payload
 
     text = b"line one\nline two\r\nbare cr\r end\n" * 500
-    (root / "boot" / "script.txt").write_bytes(text)
-    result = hpa(tftp.get_port(), "get", "/boot/script.txt", str(tmp_path / "script.txt"), mode="netascii")
+    (root / "images" / "script.txt").write_bytes(text)
+    result = hpa(tftp.get_port(), "get", "/images/script.txt", str(tmp_path / "script.txt"), mode="netascii")
     assert result.returncode == 0 and not result.stdout, result
     assert (tmp_path / "script.txt").read_bytes() == text
 
@@ -109,7 +92,7 @@ def test_tftpy_client_with_options(tftp: Tftp, payload: bytes, tmp_path: Path) -
     sizes: list[int] = []
     client = tftpy.TftpClient("127.0.0.1", tftp.get_port(), options={"blksize": 1024, "tsize": 0})
     client.download(
-        "boot/kernel", str(tmp_path / "kernel"), packethook=lambda p: sizes.append(len(getattr(p, "data", b"")))
+        "images/payload.bin", str(tmp_path / "kernel"), packethook=lambda p: sizes.append(len(getattr(p, "data", b"")))
     )
     assert (tmp_path / "kernel").read_bytes() == payload
     assert max(sizes) == 1024
@@ -137,12 +120,12 @@ def test_tftpy_upload_is_refused(tftp: Tftp, root: Path, tmp_path: Path) -> None
 def test_paths_outside_the_root_are_refused(tftp: Tftp, root: Path, tmp_path: Path) -> None:
     (tmp_path / "secret").write_bytes(b"secret")
     (root / "escape").symlink_to(tmp_path / "secret")
-    for name in ("../secret", "boot/../../secret", "escape"):
+    for name in ("../secret", "images/../../secret", "escape"):
         result = hpa(tftp.get_port(), "get", name, str(tmp_path / "got"))
         assert "Error code 2" in result.stdout + result.stderr and "outside the TFTP root" in result.stdout, result
         assert not (tmp_path / "got").exists() or (tmp_path / "got").read_bytes() != b"secret"
-    result = hpa(tftp.get_port(), "get", "boot/missing", str(tmp_path / "missing"))
-    assert "Error code 1: boot/missing: file not found" in result.stdout + result.stderr
+    result = hpa(tftp.get_port(), "get", "images/missing", str(tmp_path / "missing"))
+    assert "Error code 1: images/missing: file not found" in result.stdout + result.stderr
 
 
 def test_client_put_file_returns_the_name_a_board_asks_for(root: Path, tmp_path: Path) -> None:
@@ -188,18 +171,18 @@ def _fetch(port: int, name: str, ack_every: int = 1, **options: int) -> bytes:
 
 
 def test_windowsize_option(tftp: Tftp, payload: bytes) -> None:
-    assert _fetch(tftp.get_port(), "boot/kernel", ack_every=8, windowsize=8, blksize=1024) == payload
+    assert _fetch(tftp.get_port(), "images/payload.bin", ack_every=8, windowsize=8, blksize=1024) == payload
 
 
 def test_window_resent_from_the_last_acknowledged_block(tftp: Tftp, payload: bytes) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
-        sock.sendto(_request("boot/kernel", windowsize=4, tsize=0), ("127.0.0.1", tftp.get_port()))
+        sock.sendto(_request("images/payload.bin", windowsize=4, tsize=0), ("127.0.0.1", tftp.get_port()))
         oack, server = sock.recvfrom(70000)
         fields = oack[2:].split(b"\0")[:-1]
         assert oack[:2] == b"\x00\x06" and dict(zip(fields[::2], fields[1::2], strict=True)) == {
             b"windowsize": b"4",
-            b"tsize": b"300000",
+            b"tsize": str(len(payload)).encode(),
         }
         sock.sendto(struct.pack("!HH", 4, 0), server)
         blocks = [struct.unpack("!HH", sock.recv(70000)[:4])[1] for _ in range(4)]
@@ -216,7 +199,7 @@ def test_unanswered_data_is_retransmitted(root: Path, payload: bytes) -> None:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(5)
-            sock.sendto(_request("boot/kernel"), ("127.0.0.1", server.bound_port))
+            sock.sendto(_request("images/payload.bin"), ("127.0.0.1", server.bound_port))
             first, again = sock.recv(70000), sock.recv(70000)
             assert first == again and first[:4] == b"\x00\x03\x00\x01"
     finally:
@@ -228,7 +211,7 @@ def test_stop_ends_transfers_in_progress(root: Path, payload: bytes) -> None:
     server.start()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
-        sock.sendto(_request("boot/kernel"), ("127.0.0.1", server.bound_port))
+        sock.sendto(_request("images/payload.bin"), ("127.0.0.1", server.bound_port))
         assert sock.recv(70000)[:4] == b"\x00\x03\x00\x01"  # a transfer thread now waits for our ACK
         assert server._active_transfers()
         server.stop(timeout=5)
