@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -89,46 +90,62 @@ def load_lab(path: str) -> Any:
     from ..core import config
 
     try:
-        lab = config.load(path)
+        return config.load(path)
     except JumpstarterError as exc:
         raise Failure(exc) from None
-    hold_grpc_aio()
-    return lab
 
 
-def hold_grpc_aio() -> None:
-    """Keep gRPC's asyncio poller alive for the whole process.
+class Signals:
+    """Signals caught while inside :func:`signals_caught`, and a way for the main thread to wait for them.
 
-    Workaround: a stopped server is released in the caller's thread, which shuts the poller down
-    there while the loop thread may still run its callback ("OSError: [Errno 9] Bad file
-    descriptor" logged at exit). Holding one reference from the loop thread keeps it up.
+    A process-directed signal may be delivered to any thread (a gRPC thread, say); Python runs
+    its handler only once the main thread executes again. So the main thread waits in
+    ``select()`` on the signal wakeup descriptor, which every delivery writes to, instead of
+    blocking on a lock that nothing would interrupt.
     """
-    import grpc.aio
 
-    from ..core import loop
+    #: Longest the main thread sleeps between checks, should a wakeup byte arrive before its handler ran.
+    RECHECK = 0.5
 
-    async def hold() -> None:
-        grpc.aio.init_grpc_aio()
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
 
-    loop.run(hold())
+    def wait_until(self, done: Callable[[], bool]) -> None:
+        """Return once ``done()`` is true, checking after every signal (``self.received.is_set``, say)."""
+        while not done():
+            select.select([self._reader], [], [], self.RECHECK)
+            with contextlib.suppress(BlockingIOError):
+                self._reader.recv(4096)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
 
 
 @contextlib.contextmanager
-def signals_caught(*signums: int, on_signal: Callable[[int], None] | None = None) -> Iterator[threading.Event]:
-    """While inside, ``signums`` set the yielded event (and call ``on_signal``) instead of their default."""
-    received = threading.Event()
+def signals_caught(*signums: int, on_signal: Callable[[int], None] | None = None) -> Iterator[Signals]:
+    """While inside, ``signums`` set ``received`` of the yielded :class:`Signals` (and call ``on_signal``)
+    instead of their default action."""
+    signals = Signals()
 
     def handler(signum: int, frame: object) -> None:
-        received.set()
+        if signum != signal.SIGCHLD:
+            signals.received.set()
         if on_signal is not None:
             on_signal(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in signums}
+    previous_wakeup = signal.set_wakeup_fd(signals._writer.fileno(), warn_on_full_buffer=False)
     try:
-        yield received
+        yield signals
     finally:
+        signal.set_wakeup_fd(previous_wakeup)
         for signum, old in previous.items():
             signal.signal(signum, old)
+        signals.close()
 
 
 def connection_options(host_envvar: str | None) -> Callable[[Callable], Callable]:
@@ -346,7 +363,7 @@ def serve(
             with lab.session() as session, serving(session, unix_path, listen, tls_cert, tls_key, passphrase) as address:
                 logger.info("serving %s on %s; stop with Ctrl-C or SIGTERM", exporter, address)
                 click.echo(address)
-                stop.wait()
+                stop.wait_until(stop.received.is_set)
                 logger.info("stopping")
         except (JumpstarterError, OSError) as exc:
             if tls_cert and "Failed to bind" in str(exc):
@@ -510,10 +527,12 @@ def run_inside(command: list[str], env: dict[str, str]) -> int:
         raise Failure(f"command not executable: {command[0]}", exit_code=126) from None
 
     def forward(signum: int) -> None:
-        if signum != signal.SIGINT and process.poll() is None:
+        if signum not in (signal.SIGINT, signal.SIGCHLD) and process.poll() is None:
             process.send_signal(signum)
 
-    with signals_caught(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, on_signal=forward):
+    # SIGCHLD only wakes the wait when the command ends; other signals are passed on, then waited out.
+    with signals_caught(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, on_signal=forward) as caught:
+        caught.wait_until(lambda: process.poll() is not None)
         code = process.wait()
     return 128 - code if code < 0 else code
 
