@@ -232,11 +232,12 @@ def hammer(sock: socket.socket, payload: bytes) -> None:
         pytest.fail("the exporter kept a connection that sent garbage open for 10 s")
 
 
+#: Each complete as what it pretends to be: a TLS record cut short would rightly be waited for.
 GARBAGE = [
-    os.urandom(65536),
+    b"\x00" + os.urandom(65535),
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(4096),
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"\x16\x03\x01" + os.urandom(512),
+    b"\x16\x03\x01\x02\x00" + os.urandom(512),  # a TLS handshake record of 512 random bytes
 ]
 
 
