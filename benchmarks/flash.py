@@ -24,7 +24,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core import connect, serve
-from jumpstarter_drivers.flashers.common import FlashResult
+from jumpstarter_drivers.flashers.common import STEP_ORDER, FlashResult
 from jumpstarter_drivers.flashers.driver import BaseFlasher
 from jumpstarter_drivers.flashers.testing import make_reference_bundle
 from jumpstarter_drivers.qemu.lab import (
@@ -39,7 +39,6 @@ from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
 
 MIB = 1 << 20
-STEPS = ("stage", "boot", "network", "load", "check load", "write", "verify", "total")
 REFERENCE_QEMU_TFTP = 16.0  # MiB/s, issue 5: Debian's U-Boot in QEMU from a tftpy server
 
 
@@ -130,7 +129,7 @@ def main() -> None:
         raw = raw_tftp(image, work, args.tftp_blocksize or 1468)
 
     print(f"\n{'step (s)':<12}" + "".join(f"{name:>16}" for name in results))
-    for step in STEPS:
+    for step in (s for s in STEP_ORDER if s != "boot linux"):
         cells = [f"{r.steps.get(step, 0.0):16.2f}" if isinstance(r, FlashResult) else f"{'-':>16}" for r in results.values()]
         print(f"{step:<12}" + "".join(cells))
     rates = [f"{size / MIB / r.steps['load']:16.1f}" if isinstance(r, FlashResult) else f"{'-':>16}"

@@ -24,6 +24,6 @@ def test_flash_image(flasher, client, tmp_path, method):
     image.write_bytes(os.urandom(1 << 20))
     result = flasher.flash(image, method=method)
     assert result.size == image.stat().st_size
-    print(", ".join(f"{step} {seconds:.2f} s" for step, seconds in result.steps.items()))
+    print(result.summary())
     if "board" in client.children and hasattr(client.board, "disk_sha256"):
         assert client.board.disk_sha256(result.size) == hashlib.sha256(image.read_bytes()).hexdigest()

@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+import click
+
 from ..core.client import DriverClient
 from .bundle import Manifest, parse_manifest
 from .common import FlashResult, sha256_file
@@ -44,6 +46,33 @@ class FlasherClient(DriverClient):
                 storage.write_from_path(image, path)
         with self.log_stream():
             return self.call_as(FlashResult, "flash", image, target, method)
+
+    def cli(self) -> click.Group:
+        """``flash``, ``manifest`` and ``variant`` commands (``jumpstarter flasher flash image.raw``)."""
+        group = click.Group(help="Flash the board through U-Boot with a flasher bundle.")
+
+        @group.command()
+        @click.argument("image")
+        @click.option("--target", help="Target name (default: the flasher's default target).")
+        @click.option("--method", type=click.Choice(["uboot", "busybox"]), help="How to write (default: the driver's).")
+        def flash(image: str, target: str | None, method: str | None) -> None:
+            """Write IMAGE (a local file or an http(s) URL) to the target."""
+            click.echo(self.flash(image, target, method).summary())
+
+        @group.command()
+        def manifest() -> None:
+            """Print the bundle's manifest."""
+            click.echo(self.get_flasher_manifest_yaml(), nl=False)
+
+        @group.command()
+        @click.argument("name", required=False)
+        def variant(name: str | None) -> None:
+            """Choose the DTB variant NAME, or print the chosen DTB and boot command."""
+            if name:
+                self.use_dtb_variant(name)
+            click.echo(f"dtb {self.get_dtb_filename()}, bootcmd {self.get_bootcmd()}")
+
+        return group
 
     def setup_flasher_bundle(self, force_flash_bundle: str | None = None) -> None:
         """Stage the bundle's kernel, initramfs and chosen DTB into the TFTP root."""

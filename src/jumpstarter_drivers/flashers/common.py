@@ -6,6 +6,9 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+#: The steps of a flash, in the order they run (``FlashResult.steps`` keys).
+STEP_ORDER = ("stage", "boot", "network", "load", "check load", "boot linux", "write", "verify", "total")
+
 #: Bytes per block of the boards' block devices (U-Boot's ``mmc``/``virtio`` counts).
 BLOCK_SIZE = 512
 
@@ -23,6 +26,17 @@ class FlashResult:
     method: str
     size: int
     steps: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: what went where, then the steps in the order they run.
+
+        >>> FlashResult("img", "usd", "uboot", 1024, {"total": 2.0, "load": 1.5}).summary()
+        'flashed img (1024 bytes) to usd with uboot: load 1.50 s, total 2.00 s'
+        """
+        order = {name: i for i, name in enumerate(STEP_ORDER)}
+        steps = sorted(self.steps.items(), key=lambda item: order.get(item[0], len(order)))
+        return (f"flashed {self.image} ({self.size} bytes) to {self.target} with {self.method}: "
+                + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in steps))
 
 
 def sha256_file(path: str | os.PathLike, length: int = -1) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import click
+
 from ..core.client import DriverClient
 
 
@@ -27,3 +29,31 @@ class UBootClient(DriverClient):
     def setup_network(self, serverip: str | None = None, tftp_port: int = 69) -> None:
         """Set up the board's network (DHCP or static, as configured)."""
         self.call("setup_network", serverip, tftp_port)
+
+    def cli(self) -> click.Group:
+        """``console``, ``run`` and ``env`` commands (``jumpstarter flasher uboot run 'printenv'``)."""
+        group = click.Group(help="U-Boot on the board: reach its prompt, run commands, read and set its environment.")
+
+        @group.command()
+        def console() -> None:
+            """Power-cycle the board and stop at the U-Boot prompt."""
+            self.reboot_to_console()
+
+        @group.command()
+        @click.argument("command")
+        @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0))
+        def run(command: str, timeout: float) -> None:
+            """Run COMMAND at the prompt (the board must be at it) and print its output."""
+            click.echo(self.run_command(command, timeout), nl=False)
+
+        @group.command()
+        @click.argument("name")
+        @click.argument("value", required=False)
+        def env(name: str, value: str | None) -> None:
+            """Print the variable NAME, or set it to VALUE."""
+            if value is None:
+                click.echo(self.get_env(name) or "")
+            else:
+                self.set_env(name, value)
+
+        return group

@@ -247,3 +247,22 @@ def test_flasher_with_an_oci_bundle_pulls_it_once(oci_registry, tmp_path: Path, 
         if attempt == 0:
             fetched = oci_registry.blob_fetches("flasher/bundle")
     assert oci_registry.blob_fetches("flasher/bundle") == fetched, "the second session pulled the bundle again"
+
+
+def test_command_line(lab, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    root, client = lab
+    commands = client.flasher.cli()
+    runner = CliRunner()
+    assert runner.invoke(commands, ["variant", "othercmd"]).output == "dtb test-dtb.dtb, bootcmd bootm\n"
+    assert "name: test-bundle" in runner.invoke(commands, ["manifest"]).output
+    image = image_file(tmp_path, 5000)
+    done = runner.invoke(commands, ["flash", str(image), "--target", "usd"])
+    assert done.exit_code == 0 and done.output.startswith("flashed image.raw (5000 bytes) to usd with uboot: stage ")
+    assert Path(root.children["board"].disk).read_bytes()[:5000] == image.read_bytes()
+    uboot = client.flasher.uboot.cli()
+    assert runner.invoke(uboot, ["console"]).exit_code == 0
+    assert runner.invoke(uboot, ["env", "colour", "blue"]).exit_code == 0
+    assert runner.invoke(uboot, ["env", "colour"]).output == "blue\n"
+    assert runner.invoke(uboot, ["run", "echo hi"]).output == "hi\n"
