@@ -9,8 +9,6 @@ the memory our server process gains while serving is reported too.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
 import resource
 import shutil
@@ -18,44 +16,15 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-# This file is called http.py: keep its directory off the import path, so ``http`` is the stdlib's.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# This file is called http.py: put its directory last on the import path, so ``http`` is the stdlib's.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
+from _served import IMAGE, checksum, download, free_port, options, served_image, wait_until_serving
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def checksum(url: str) -> str:
-    """SHA-256 of what curl downloads from ``url``."""
-    curl = subprocess.Popen(["curl", "-sS", "-f", "--max-time", "600", url], stdout=subprocess.PIPE)
-    assert curl.stdout is not None
-    digest = hashlib.file_digest(curl.stdout, "sha256").hexdigest()
-    if curl.wait() != 0:
-        raise RuntimeError(f"curl failed on {url}")
-    return digest
-
-
-def download(url: str) -> float:
-    """Seconds curl takes to fetch ``url`` into /dev/null."""
-    started = time.perf_counter()
-    subprocess.run(["curl", "-sS", "-f", "--max-time", "600", "-o", "/dev/null", url], check=True)
-    return time.perf_counter() - started
-
-
-def wait_until_serving(url: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", "--max-time", "1", url], check=False).returncode:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing serves {url} within {timeout:g} s")
-        time.sleep(0.05)  # polling a subprocess's readiness, not synchronising threads
-
+from jumpstarter_drivers.http import HttpServer
 
 NGINX_CONF = """
 worker_processes 1;
@@ -81,64 +50,41 @@ def max_rss_mib() -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    if shutil.which("curl") is None:
-        print("curl is needed (Debian package curl)", file=sys.stderr)
-        return 2
-
-    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
-        root = Path(tmp) / "root"
-        root.mkdir()
-        for path in (Path(tmp), root):
-            os.chmod(path, 0o755)
-        image = root / "image.bin"
-        digest = hashlib.sha256()
-        block = os.urandom(1 << 20)
-        with image.open("wb") as file:
-            for i in range(args.size_mib):
-                chunk = block[i % 4096 :] + block[: i % 4096]
-                digest.update(chunk)
-                file.write(chunk)
-        os.chmod(image, 0o644)
-        expected = digest.hexdigest()
-        size = image.stat().st_size
-
-        from jumpstarter_drivers.http import HttpServer
-
+    args = options(__doc__, size_mib=1024)
+    with served_image(args.size_mib, "http-bench-") as (root, expected):
+        size = (root / IMAGE).stat().st_size
+        tmp = root.parent
         rss_before = max_rss_mib()
         ours = HttpServer(root_dir=str(root))
         ours.start()
         servers = {"ours": ours.get_url()}
         processes = []
-        port = free_tcp_port()
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "-d", str(root), str(port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        servers["python http.server"] = f"http://127.0.0.1:{port}"
-        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-        if nginx:
-            port = free_tcp_port()
-            conf = Path(tmp) / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root))
-            processes.append(subprocess.Popen([nginx, "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL))
-            servers["nginx"] = f"http://127.0.0.1:{port}"
         try:
+            port = free_port(socket.SOCK_STREAM)
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "-d", str(root), str(port)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            servers["python http.server"] = f"http://127.0.0.1:{port}"
+            nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+            if nginx:
+                port = free_port(socket.SOCK_STREAM)
+                conf = tmp / "nginx.conf"
+                conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root))
+                processes.append(subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL))
+                servers["nginx"] = f"http://127.0.0.1:{port}"
             for url in servers.values():
-                wait_until_serving(f"{url}/{image.name}")
+                wait_until_serving(url)
             for name, url in servers.items():
-                if checksum(f"{url}/{image.name}") != expected:
+                if checksum(f"{url}/{IMAGE}") != expected:
                     raise RuntimeError(f"{name}: downloaded bytes differ")
             rates: dict[str, list[float]] = {name: [] for name in servers}
             for _ in range(args.repeat):
                 for name, url in servers.items():
-                    rates[name].append(size / download(f"{url}/{image.name}") / 1e6)
+                    rates[name].append(size / download(f"{url}/{IMAGE}") / 1e6)
             print(f"HTTP GET of a {args.size_mib} MiB file with curl, best and median of {args.repeat} (MB/s)")
             print(f"  {'server':<22} {'best':>8} {'median':>8}")
             for name, values in rates.items():

@@ -3,116 +3,50 @@
 Run: python benchmarks/tftp.py [--size-mib 64] [--repeat 3]
 
 tftpd-hpa (Debian ``tftpd-hpa``) runs in the foreground (``in.tftpd -L -s DIR -a 127.0.0.1:PORT``);
-it drops privileges, so the served directory is made world-readable. Every download is checked
-byte for byte (SHA-256) before its time counts.
+it drops privileges, so the served directory is world-readable. Each server's download is checked
+by SHA-256 once per block size, then timed into /dev/null.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import os
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
+
+from _served import IMAGE, checksum, download, free_port, options, served_image, wait_until_serving
 
 from jumpstarter_drivers.tftp import Tftp
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def fetch(port: int, name: str, blksize: int, out: Path) -> float:
-    """Seconds curl takes to download ``name``; raises if curl fails."""
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--max-time",
-            "300",
-            "--tftp-blksize",
-            str(blksize),
-            "-o",
-            str(out),
-            f"tftp://127.0.0.1:{port}/{name}",
-        ],
-        check=True,
-    )
-    return time.perf_counter() - started
-
-
-def sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
-def wait_until_serving(port: int, probe: Path, out: Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = subprocess.run(
-            ["curl", "-s", "--max-time", "1", "-o", str(out), f"tftp://127.0.0.1:{port}/{probe.name}"], check=False
-        )
-        if result.returncode == 0 and out.read_bytes() == probe.read_bytes():
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"tftpd-hpa did not serve on port {port} within {timeout:g} s")
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mib", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    if shutil.which("curl") is None:
-        print("curl is needed (Debian package curl)", file=sys.stderr)
-        return 2
+    args = options(__doc__, size_mib=64)
     hpa = shutil.which("in.tftpd")
-
-    with tempfile.TemporaryDirectory(prefix="tftp-bench-") as tmp:
-        root = Path(tmp) / "root"
-        root.mkdir()
-        os.chmod(tmp, 0o755)
-        os.chmod(root, 0o755)
-        image = root / "image.bin"
-        with image.open("wb") as file:
-            for _ in range(args.size_mib):
-                file.write(os.urandom(1 << 20))
-        (root / "probe").write_bytes(b"probe")
-        for path in (image, root / "probe"):
-            os.chmod(path, 0o644)
-        expected = sha256(image)
-        out = Path(tmp) / "out.bin"
-
+    with served_image(args.size_mib, "tftp-bench-") as (root, expected):
         ours = Tftp(root_dir=str(root))
         ours.start()
         servers = {"ours": ours.get_port()}
         process = None
-        if hpa:
-            port = free_udp_port()
-            process = subprocess.Popen([hpa, "-L", "-s", str(root), "-a", f"127.0.0.1:{port}"])
-            wait_until_serving(port, root / "probe", Path(tmp) / "probe.out")
-            servers["tftpd-hpa"] = port
         try:
+            if hpa:
+                port = free_port(socket.SOCK_DGRAM)
+                process = subprocess.Popen([hpa, "-L", "-s", str(root), "-a", f"127.0.0.1:{port}"])
+                wait_until_serving(f"tftp://127.0.0.1:{port}")
+                servers["tftpd-hpa"] = port
             print(f"TFTP, {args.size_mib} MiB file, curl client, best and median of {args.repeat} (MB/s)")
             print(f"  {'blksize':>8} {'ours best':>10} {'ours med':>9} {'hpa best':>10} {'hpa med':>9} {'ours/hpa':>9}")
-            size = image.stat().st_size
+            size = (root / IMAGE).stat().st_size
             for blksize in (512, 1468):
-                rates: dict[str, list[float]] = {}
+                block = ("--tftp-blksize", str(blksize))
+                urls = {name: f"tftp://127.0.0.1:{port}/{IMAGE}" for name, port in servers.items()}
+                for name, url in urls.items():
+                    if checksum(url, *block) != expected:
+                        raise RuntimeError(f"{name}: downloaded bytes differ at blksize {blksize}")
+                rates: dict[str, list[float]] = {name: [] for name in urls}
                 for _ in range(args.repeat):
-                    for name, port in servers.items():
-                        seconds = fetch(port, image.name, blksize, out)
-                        if sha256(out) != expected:
-                            raise RuntimeError(f"{name}: downloaded bytes differ at blksize {blksize}")
-                        rates.setdefault(name, []).append(size / seconds / 1e6)
+                    for name, url in urls.items():
+                        rates[name].append(size / download(url, *block) / 1e6)
                 ours_best, ours_med = max(rates["ours"]), statistics.median(rates["ours"])
                 if "tftpd-hpa" in rates:
                     hpa_best, hpa_med = max(rates["tftpd-hpa"]), statistics.median(rates["tftpd-hpa"])
