@@ -477,7 +477,7 @@ class BaseFlasher(Driver):
         _, listing = await shell.run(f"ls -l {path}/", 30)
         for line in listing.splitlines():
             match = re.search(r"(\S+) -> (\S+)$", line.strip())
-            if match and address in match.group(2) and not re.search(r"(p\d+|boot\d|rpmb)$", match.group(1)):
+            if match and address in match.group(2) and not _is_partition(match.group(1)):
                 return f"/dev/{match.group(1)}"
         raise StepFailed(shell.expecter.step, f"no block device under {path} has {address!r} in its path",
                          shell.expecter.console_tail())
@@ -494,6 +494,15 @@ class _Progress:
             if int(percent) >= self.shown + 10:
                 self.shown = int(percent) // 10 * 10
                 self.logger.info("written %d%% of %d bytes", self.shown, self.size)
+
+
+def _is_partition(name: str) -> bool:
+    """Whether a block device name is a partition or boot area, not a whole disk.
+
+    >>> [_is_partition(n) for n in ("mmcblk0", "mmcblk0p1", "mmcblk0boot0", "vda", "vda2", "sdb1", "nvme0n1")]
+    [False, True, True, False, True, True, False]
+    """
+    return bool(re.search(r"(p\d+|boot\d|rpmb)$", name) or re.fullmatch(r"(sd|vd|hd|xvd)[a-z]+\d+", name))
 
 
 def parse_block_device(text: str, where: str) -> tuple[str, int]:

@@ -171,8 +171,12 @@ class UBootConsole(_Commands):
         """Set (or with ``None``, delete) an environment variable."""
         if value is None:
             await self.run(f"setenv {name}", timeout)
+        elif not re.search(r"[\s;$'\"\\]", value):
+            await self.run(f"setenv {name} {value}", timeout)
+        elif "'" not in value:
+            await self.run(f"setenv {name} '{value}'", timeout)
         else:
-            await self.run(f"setenv {name} '{value}'" if re.search(r"[\s;$]", value) else f"setenv {name} {value}", timeout)
+            raise ValueError(f"cannot set {name}: U-Boot's shell cannot quote {value!r} (it has a ' and spaces or ;$)")
 
     async def setup_network(
         self,

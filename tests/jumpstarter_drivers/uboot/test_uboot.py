@@ -8,7 +8,7 @@ import pytest
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core.access import serve
-from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
+from jumpstarter_drivers.core.errors import ConfigurationError, DriverError, DriverInvalidArgument
 from jumpstarter_drivers.power import MockPower
 from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
@@ -91,3 +91,12 @@ def test_needs_both_serial_and_power() -> None:
         UBoot(children={"power": MockPower()})
     with pytest.raises(ConfigurationError, match="'ipaddr' is required"):
         UBoot(network="static")
+
+
+def test_set_env_quotes_what_the_shell_would_split(lab) -> None:
+    _, client = lab
+    client.uboot.reboot_to_console()
+    client.uboot.set_env("cmd", "echo a; echo $b")
+    assert client.uboot.get_env("cmd") == "echo a; echo $b"
+    with pytest.raises(DriverInvalidArgument, match="cannot quote"):
+        client.uboot.set_env("bad", "it's; here")
