@@ -311,11 +311,17 @@ class VirtualUBoot:
     # the command line ---------------------------------------------------------------------
 
     def expand(self, text: str) -> str:
+        """``$name``, ``${name}`` and ``$?``, except inside single quotes (as hush does)."""
+
         def value(match: re.Match) -> str:
             name = match.group(1) or match.group(2)
             return str(self.status) if name == "?" else self.env.get(name, "")
 
-        return re.sub(r"\$\{([A-Za-z0-9_?]+)\}|\$([A-Za-z0-9_]+|\?)", value, text)
+        parts = re.split(r"('[^']*')", text)
+        return "".join(
+            part if part.startswith("'") else re.sub(r"\$\{([A-Za-z0-9_?]+)\}|\$([A-Za-z0-9_]+|\?)", value, part)
+            for part in parts
+        )
 
     def execute(self, line: str) -> int:
         """Run a command line: ``;``-separated commands, ``&&``/``||``, ``$var`` expansion."""

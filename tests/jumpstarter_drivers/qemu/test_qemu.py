@@ -59,6 +59,8 @@ def test_real_uboot_prompt_commands_and_disk(board_and_uboot) -> None:
     assert "QEMU VirtIO Block Device" in client.uboot.run_command("virtio scan; virtio info")
     client.uboot.set_env("marker", "hello world")
     assert client.uboot.get_env("marker") == "hello world"
+    client.uboot.set_env("cmd", "echo a; echo $b")
+    assert client.uboot.get_env("cmd") == "echo a; echo $b"
     client.uboot.run_command("mw.b 40400000 5a 400; virtio write 40400000 2 2")
     assert Path(board.disk).read_bytes()[1024:2048] == b"\x5a" * 1024
     client.board.power.off()
