@@ -24,7 +24,8 @@ from .common import DEFAULT_FAIL_PATTERNS, ConsoleError, ConsoleTimeout, PanicDe
 logger = logging.getLogger(__name__)
 
 TAIL = 3000
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: Terminal escape sequences and control characters other than tab, CR and LF.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass

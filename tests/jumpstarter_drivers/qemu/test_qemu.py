@@ -10,7 +10,7 @@ import pytest
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core import connect, serve
-from jumpstarter_drivers.core.errors import ConfigurationError
+from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
 from jumpstarter_drivers.flashers.testing import make_reference_bundle
 from jumpstarter_drivers.qemu import QemuBoard
 from jumpstarter_drivers.qemu.lab import (
@@ -91,3 +91,16 @@ def test_flash_qemu_board_with_uboot_over_tap(netns_lab, tmp_path: Path) -> None
     assert flashed[: len(data)] == data
     assert flashed[len(data) : len(data) + 212] == bytes(212), "the last block is padded with zeros"
     assert client.board.disk_sha256(len(data)) == client.flasher.http.storage.hash("image.raw")
+
+
+def test_failed_tftpboot_on_real_uboot_is_detected(netns_lab) -> None:
+    client, _ = netns_lab
+    client.flasher.tftp.start()
+    client.flasher.tftp.storage.write_bytes("present.bin", b"x" * 1000)
+    uboot = client.flasher.uboot
+    uboot.reboot_to_console()
+    uboot.setup_network()
+    assert "Bytes transferred = 1000 " in uboot.run_command("tftpboot 40400000 present.bin")
+    with pytest.raises(DriverError, match=r"(?si)failed with status 1.*TFTP error: '[^']*not found'"):
+        uboot.run_command("tftpboot 40400000 missing.bin")
+    client.board.power.off()
