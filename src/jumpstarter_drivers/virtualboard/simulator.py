@@ -483,10 +483,11 @@ class VirtualUBoot:
             self.uart.write("T T T T T T T T T T \nRetry count exceeded; starting again\n")
             return 1
         except tftpy.TftpShared.TftpException as exc:
-            message = str(exc)
-            if "File not found" in message:
-                message = "File not found"
-            self.uart.write(f"\nTFTP error: '{message}' (1)\nNot retrying...\n")
+            # tftpy keeps the error code and its standard text, not the server's own words.
+            code = re.search(r"errorcode = (\d+)", str(exc))
+            text = re.search(r"msg = (.*)", str(exc))
+            self.uart.write(f"\nTFTP error: '{text.group(1) if text else exc}' ({code.group(1) if code else 0})\n"
+                            "Not retrying...\n")
             return 1
         except OSError as exc:
             self.uart.write(f"\nTFTP error: {exc.strerror}\nNot retrying...\n")
