@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jumpstarter_drivers import ExporterUnreachable, Session
 from jumpstarter_drivers.power import MockPower, PowerClient
@@ -20,8 +21,10 @@ def test_local_virtual_lab() -> None:
         assert lab.status().name == "LEASE_READY"
         report = lab.report()
         assert report.uuid == str(lab.local.uuid)
-        assert sorted(lab.node_names.values()) == ["power", "root", "serial"]
-        assert lab.flashers() == {} and lab.flasher() is None
+        top_level = set(yaml.safe_load(Path(VIRTUAL_LAB).read_text())["export"])
+        assert {"power", "serial", "board", "flasher"} <= top_level
+        assert top_level | {"root"} <= set(lab.node_names.values())
+        assert set(lab.flashers()) == {"flasher"} and lab.flasher() is lab.find("flasher")
         with lab.connect() as second:
             second.power.on()
         address = lab.address
