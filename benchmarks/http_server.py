@@ -1,6 +1,6 @@
 """HTTP download speed: our file server beside ``python -m http.server`` and nginx, via curl.
 
-Run: python benchmarks/http.py [--size-mib 1024] [--repeat 3]
+Run: python benchmarks/http_server.py [--size-mib 1024] [--repeat 3]
 
 nginx (Debian ``nginx-light``) runs in the foreground with a generated configuration on a
 free port, when installed. Each server's download is checked once by SHA-256, then timed into /dev/null;
@@ -16,11 +16,6 @@ import socket
 import statistics
 import subprocess
 import sys
-from pathlib import Path
-
-# This file is called http.py: put its directory last on the import path, so ``http`` is the stdlib's.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 from _served import IMAGE, checksum, download, free_port, options, served_image, wait_until_serving
 
