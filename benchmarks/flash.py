@@ -1,10 +1,12 @@
 """Flashing speed: a 64 MiB image to the virtual board and to the QEMU board, split by step.
 
-Run: python benchmarks/flash.py [--size-mib 64] [--chunk-mib 16] [--tftp-blocksize N] [--no-qemu]
+Run: python benchmarks/flash.py [--size-mib 64] [--chunk-mib 16] [--tftp-blocksize N] [--tftp-windowsize 8]
+     [--no-qemu]
 
 Both boards are flashed with method ``uboot`` (chunks over TFTP, block writes, read-back CRC)
 through a real session; every flash is checked byte for byte on the disk file before its time
-counts. Beside the steps: the raw rate of the same TFTP server to a plain client (tftpy, what the
+counts. QEMU runs twice: with U-Boot's default of one TFTP block in flight, and with
+``tftpwindowsize`` (RFC 7440; the flasher's ``tftp_windowsize``). Beside the steps: the raw rate of the same TFTP server to a plain client (tftpy, what the
 virtual board uses), and the reference figure from the issue (QEMU's U-Boot fetching from a tftpy
 server at 16 MiB/s).
 """
@@ -70,18 +72,21 @@ def virtual_board(image: Path, work: Path, chunk: int, blocksize: int | None) ->
         root.close()
 
 
-def qemu_board(image: Path, work: Path, chunk: int, blocksize: int | None) -> FlashResult | str:
+def qemu_board(image: Path, work: Path, chunk: int, blocksize: int | None, windowsize: int | None = None,
+               ) -> FlashResult | str:
     try:
         check_qemu()
         with tap_namespace() as ns:
-            config = flasher_lab_config(ns, make_reference_bundle(work / "qemu-bundle"), work / "qemu",
-                                        image.stat().st_size + chunk, chunk)
+            lab = work / f"qemu-{windowsize or 1}"
+            config = flasher_lab_config(ns, make_reference_bundle(lab / "bundle"), lab, image.stat().st_size + chunk, chunk)
             if blocksize:
                 config["export"]["flasher"]["config"]["tftp_blocksize"] = blocksize
-            with serve_in_namespace(ns, config, work / "qemu") as socket, connect(socket) as client:
+            if windowsize:
+                config["export"]["flasher"]["config"]["tftp_windowsize"] = windowsize
+            with serve_in_namespace(ns, config, lab) as socket, connect(socket) as client:
                 client.flasher.http.storage.write_from_path(image.name, image, progress=lambda done, total: None)
                 result = client.flasher.flash(image, method="uboot")
-        check_disk(work / "qemu" / "disk.img", image)
+        check_disk(lab / "disk.img", image)
         return result
     except LabUnavailable as exc:
         return str(exc)
@@ -113,6 +118,8 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--chunk-mib", type=int, default=16)
     parser.add_argument("--tftp-blocksize", type=int, default=None, help="U-Boot's tftpblocksize (default 1468)")
+    parser.add_argument("--tftp-windowsize", type=int, default=8,
+                        help="U-Boot's tftpwindowsize (RFC 7440) for the second QEMU run (default 8)")
     parser.add_argument("--no-qemu", action="store_true")
     args = parser.parse_args()
     size, chunk = args.size_mib * MIB, args.chunk_mib * MIB
@@ -125,14 +132,19 @@ def main() -> None:
         print(f"flashing a {args.size_mib} MiB image with method uboot, {args.chunk_mib} MiB chunks, "
               f"tftpblocksize {args.tftp_blocksize or 1468}", flush=True)
         results: dict[str, FlashResult | str] = {"virtual board": virtual_board(image, work, chunk, args.tftp_blocksize)}
-        results["QEMU board"] = "skipped (--no-qemu)" if args.no_qemu else qemu_board(image, work, chunk, args.tftp_blocksize)
+        window = f"QEMU, window {args.tftp_windowsize}"
+        if args.no_qemu:
+            results["QEMU board"] = results[window] = "skipped (--no-qemu)"
+        else:
+            results["QEMU board"] = qemu_board(image, work, chunk, args.tftp_blocksize)
+            results[window] = qemu_board(image, work, chunk, args.tftp_blocksize, args.tftp_windowsize)
         raw = raw_tftp(image, work, args.tftp_blocksize or 1468)
 
-    print(f"\n{'step (s)':<12}" + "".join(f"{name:>16}" for name in results))
+    print(f"\n{'step (s)':<12}" + "".join(f"{name:>18}" for name in results))
     for step in (s for s in STEP_ORDER if s != "boot linux"):
-        cells = [f"{r.steps.get(step, 0.0):16.2f}" if isinstance(r, FlashResult) else f"{'-':>16}" for r in results.values()]
+        cells = [f"{r.steps.get(step, 0.0):18.2f}" if isinstance(r, FlashResult) else f"{'-':>18}" for r in results.values()]
         print(f"{step:<12}" + "".join(cells))
-    rates = [f"{size / MIB / r.steps['load']:16.1f}" if isinstance(r, FlashResult) else f"{'-':>16}"
+    rates = [f"{size / MIB / r.steps['load']:18.1f}" if isinstance(r, FlashResult) else f"{'-':>18}"
              for r in results.values()]
     print(f"{'load MiB/s':<12}" + "".join(rates))
     print(f"\nraw TFTP, tftpy client from our server on loopback: {size / MIB / raw:.1f} MiB/s ({raw:.2f} s)")

@@ -266,3 +266,16 @@ def test_command_line(lab, tmp_path: Path) -> None:
     assert runner.invoke(uboot, ["env", "colour", "blue"]).exit_code == 0
     assert runner.invoke(uboot, ["env", "colour"]).output == "blue\n"
     assert runner.invoke(uboot, ["run", "echo hi"]).output == "hi\n"
+
+
+def test_tftp_block_and_window_sizes_reach_uboot(tmp_path: Path, reference_bundle: Path) -> None:
+    root = make_lab(tmp_path, reference_bundle, tftp_blocksize=4096, tftp_windowsize=4)
+    commands: list[str] = []
+    root.children["board"].board.on_command = lambda line, status: commands.append(line)
+    try:
+        with serve(root) as client:
+            client.flasher.flash(image_file(tmp_path, 10_000))
+    finally:
+        root.close()
+    assert "setenv tftpblocksize 4096" in commands and "setenv tftpwindowsize 4" in commands
+    assert commands.index("setenv tftpwindowsize 4") < next(i for i, c in enumerate(commands) if c.startswith("tftpboot"))
