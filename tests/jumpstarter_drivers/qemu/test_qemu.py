@@ -68,18 +68,26 @@ def test_real_uboot_prompt_commands_and_disk(board_and_uboot) -> None:
 
 
 @pytest.fixture
-def netns_lab(tmp_path: Path) -> Iterator[tuple[object, Path]]:
+def tftp_windowsize() -> int | None:
+    """U-Boot's tftpwindowsize in the lab (``None``: U-Boot's default of one block in flight)."""
+    return None
+
+
+@pytest.fixture
+def netns_lab(tmp_path: Path, tftp_windowsize: int | None) -> Iterator[tuple[object, Path]]:
     """An exporter serving a QEMU board and a flasher, run inside a namespace with a tap device."""
     try:
         check_qemu()
         with tap_namespace() as ns:
             config = flasher_lab_config(ns, make_reference_bundle(tmp_path / "bundle"), tmp_path, 64 << 20, 4 << 20)
+            config["export"]["flasher"]["config"]["tftp_windowsize"] = tftp_windowsize
             with serve_in_namespace(ns, config, tmp_path) as socket, connect(socket) as client:
                 yield client, tmp_path / "disk.img"
     except LabUnavailable as exc:
         pytest.skip(str(exc))
 
 
+@pytest.mark.parametrize("tftp_windowsize", [None, 8], ids=["window1", "window8"])
 def test_flash_qemu_board_with_uboot_over_tap(netns_lab, tmp_path: Path) -> None:
     client, disk = netns_lab
     image = tmp_path / "image.raw"
