@@ -21,9 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/http.py would shadow the standard library's http package for this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core import connect, serve
 from jumpstarter_drivers.flashers.common import STEP_ORDER, FlashResult

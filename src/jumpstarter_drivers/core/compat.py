@@ -20,6 +20,7 @@ JUMPSTARTER_CLIENTS: dict[str, str] = {
     "jumpstarter_driver_pyserial.client.PySerialClient": "jumpstarter_drivers.pyserial.client.PySerialClient",
     "jumpstarter_driver_tftp.client.TftpServerClient": "jumpstarter_drivers.tftp.client.TftpClient",
     "jumpstarter_driver_http.client.HttpServerClient": "jumpstarter_drivers.http.client.HttpServerClient",
+    "jumpstarter_driver_flashers.client.BaseFlasherClient": "jumpstarter_drivers.flashers.client.FlasherClient",
 }
 
 #: Our clients that Jumpstarter serves with a more general client of its own (ours -> theirs only).

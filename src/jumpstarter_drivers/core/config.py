@@ -80,6 +80,9 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "UBoot": "jumpstarter_drivers.uboot.driver.UBoot",
     "VirtualBoard": "jumpstarter_drivers.virtualboard.driver.VirtualBoard",
     "VirtualBoardPower": "jumpstarter_drivers.virtualboard.driver.VirtualBoardPower",
+    "VirtualFlasher": "jumpstarter_drivers.virtualboard.driver.VirtualFlasher",
+    "QemuBoard": "jumpstarter_drivers.qemu.driver.QemuBoard",
+    "QemuPower": "jumpstarter_drivers.qemu.driver.QemuPower",
 }
 
 #: Jumpstarter's driver import paths that name a driver we have, so its exporter files load as they are.
