@@ -4,7 +4,6 @@ every one ends with a response or a gRPC status, and afterwards the exporter sti
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -40,7 +39,7 @@ def stubs(exporter: ServeProcess) -> Iterator[tuple]:
 
 
 def uuids_from(known: list[str]) -> st.SearchStrategy[str]:
-    return st.sampled_from(known) | st.builds(lambda: str(uuid.uuid4())) | st.text(max_size=40)
+    return st.sampled_from(known) | st.uuids().map(str) | st.text(max_size=40)
 
 
 request_kinds = st.sampled_from(["DriverCall", "StreamingDriverCall", "Stream"])

@@ -1,4 +1,5 @@
-"""Commands of the bundled driver families (``jumpstarter power on``, ``jumpstarter serial pipe``, ...).
+"""Commands of the bundled driver families whose clients have no ``cli()`` of their own
+(``jumpstarter power on``, ``jumpstarter serial pipe``, ...).
 
 Builders are registered by client class path, so a family that is not installed costs nothing.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import select
 import sys
@@ -19,7 +19,6 @@ from typing import Any, BinaryIO
 import click
 
 from ..core.client import ByteStream
-from ..core.errors import JumpstarterError
 from .drivers import command_builder, summary
 
 
@@ -178,36 +177,5 @@ def serial_commands(client: Any) -> click.Group:
         with client.stream() as stream, raw_terminal(fd):
             copy_stdio(stream, fd, sys.stdout.buffer, escape=CONSOLE_ESCAPE)
         click.echo("\r\ndisconnected", err=True)
-
-    return group
-
-
-@command_builder("jumpstarter_drivers.flashers.client.FlasherClient")
-def flasher_commands(client: Any) -> click.Group:
-    """``flash`` for a board flasher."""
-    group = click.Group(help=summary(client))
-
-    @group.command()
-    @click.argument("image", metavar="IMAGE")
-    @click.option("--target", help="Where to write it, e.g. mmc or usd (default: the flasher's default target).")
-    @click.option("--method", type=click.Choice(["uboot", "busybox"]), help="How (default: the flasher's default).")
-    def flash(image: str, target: str | None, method: str | None) -> None:
-        """Write IMAGE (a local file, uploaded unless already there, or an http(s) URL) to the board."""
-        progress = logging.getLogger("exporter:driver")
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        progress.addHandler(handler)
-        progress.setLevel(logging.INFO)
-        try:
-            result = client.flash(image, target=target, method=method)
-        except (JumpstarterError, OSError) as exc:
-            raise click.ClickException(" ".join(str(exc).split())) from None
-        finally:
-            progress.removeHandler(handler)
-        steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.steps.items())
-        click.echo(
-            f"flashed {result.image} ({result.size} bytes) to {result.target} with {result.method}"
-            + (f": {steps}" if steps else "")
-        )
 
     return group

@@ -267,7 +267,7 @@ class LabGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except JumpstarterError as exc:
+        except (JumpstarterError, OSError) as exc:  # a driver's error, a missing file, a broken pipe
             raise Failure(exc) from None
 
 
@@ -294,7 +294,7 @@ def quiet_grpc() -> None:
     ``GRPC_VERBOSITY`` set by the user wins, e.g. ``GRPC_VERBOSITY=debug`` to see them.
     """
     global _silenced
-    if _SILENCED not in os.environ:
+    if not os.environ.get(_SILENCED):
         os.environ[_SILENCED] = "NONE"
         _silenced = True
 

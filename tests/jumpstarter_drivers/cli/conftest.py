@@ -62,6 +62,7 @@ def jumpstarter() -> Run:
 
     def run(*args: str, env: dict[str, str | None] | None = None, input: str | None = None, timeout: float = 60):
         environ = dict(os.environ)
+        environ.pop("GRPC_VERBOSITY", None)  # the command's own default is under test
         for name, value in (env or {}).items():
             if value is None:
                 environ.pop(name, None)
