@@ -173,8 +173,8 @@ def serial_commands(client: Any) -> click.Group:
         fd = sys.stdin.fileno()
         if not os.isatty(fd):
             raise click.UsageError("console needs a terminal on stdin; use `pipe` to copy stdin and stdout")
-        click.echo("connected; Ctrl-] leaves", err=True)
         with client.stream() as stream, raw_terminal(fd):
+            click.echo("connected; Ctrl-] leaves\r", err=True)
             copy_stdio(stream, fd, sys.stdout.buffer, escape=CONSOLE_ESCAPE)
         click.echo("\r\ndisconnected", err=True)
 

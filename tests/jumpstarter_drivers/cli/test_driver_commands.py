@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +195,22 @@ def test_driver_commands_over_tls_with_passphrase(
         assert refused.returncode == 1
         assert len(refused.stderr.strip().splitlines()) == 1
         assert "missing passphrase" in refused.stderr
+
+
+def test_serial_console_on_a_terminal(lab: ServeProcess) -> None:
+    import pexpect
+
+    console = pexpect.spawn(
+        sys.executable, ["-m", "jumpstarter_drivers.cli", "serial", "console"],
+        env={**os.environ, "JUMPSTARTER_HOST": lab.address}, timeout=20,
+    )
+    try:
+        console.expect_exact("Ctrl-] leaves")
+        console.send("typed in raw mode")  # no newline: raw mode sends keys as typed
+        console.expect_exact("typed in raw mode")  # loop:// echoes it back
+        console.send("\x1d")
+        console.expect_exact("disconnected")
+        console.expect(pexpect.EOF)
+    finally:
+        console.close(force=True)
+    assert console.exitstatus == 0
