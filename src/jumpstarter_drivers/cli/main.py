@@ -46,12 +46,18 @@ class Failure(click.ClickException):
         self.exit_code = exit_code
 
 
+class _StderrHandler(logging.StreamHandler):
+    """The one stderr handler the CLI installs (replaced, not added again, by a second setup)."""
+
+
 def setup_logging(level: str) -> None:
     """Log to stderr at ``level`` (driver logs included)."""
-    handler = logging.StreamHandler()
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
     handler.setLevel(level.upper())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
 
@@ -274,36 +280,42 @@ class LabGroup(click.Group):
 @click.group(cls=LabGroup, epilog=CONNECTION_HELP)
 @connection_options("JUMPSTARTER_HOST")
 @click.version_option(package_name="jumpstarter-toolkit", prog_name="jumpstarter")
-def main(host: str | None, ca: str | None, insecure: bool, passphrase_file: str | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, host: str | None, ca: str | None, insecure: bool, passphrase_file: str | None) -> None:
     """Serve labs of drivers, run commands inside them, and drive their hardware by hand.
 
     Besides the commands below, each driver of the lab at --host is a command named after it:
     `jumpstarter power on`, `jumpstarter board serial pipe`, ...
     """
-    quiet_grpc()
+    quiet_grpc(ctx)
 
 
-#: Set when this process silenced gRPC's own stderr logging (not passed on to `shell` commands).
-_SILENCED = "GRPC_VERBOSITY"
+GRPC_VERBOSITY = "GRPC_VERBOSITY"
 _silenced = False
 
 
-def quiet_grpc() -> None:
-    """Keep gRPC's C core from writing its own multi-line logs on stderr (errors are reported by us).
-
-    ``GRPC_VERBOSITY`` set by the user wins, e.g. ``GRPC_VERBOSITY=debug`` to see them.
-    """
+def quiet_grpc(ctx: click.Context) -> None:
+    """Keep gRPC's C core from writing its own multi-line logs on stderr (errors are reported by us)
+    for this invocation. ``GRPC_VERBOSITY`` set by the user wins, e.g. ``GRPC_VERBOSITY=debug``."""
     global _silenced
-    if not os.environ.get(_SILENCED):
-        os.environ[_SILENCED] = "NONE"
-        _silenced = True
+    if os.environ.get(GRPC_VERBOSITY):
+        return
+    os.environ[GRPC_VERBOSITY] = "NONE"
+    _silenced = True
+
+    def restore() -> None:
+        global _silenced
+        os.environ.pop(GRPC_VERBOSITY, None)
+        _silenced = False
+
+    ctx.call_on_close(restore)
 
 
 def child_environment(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment for a child, with ``extra``, without what :func:`quiet_grpc` set."""
     env = {**os.environ, **extra}
     if _silenced:
-        env.pop(_SILENCED, None)
+        env.pop(GRPC_VERBOSITY, None)
     return env
 
 

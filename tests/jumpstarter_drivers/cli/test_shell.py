@@ -168,3 +168,9 @@ def test_unreachable_remote_lab(jumpstarter, tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no exporter socket" in result.stderr
     assert os.path.basename(str(tmp_path / "nothing.sock")) in result.stderr
+
+
+def test_the_command_gets_the_users_environment(jumpstarter, lab_file: Path) -> None:
+    script = "import os; print(os.environ.get('GRPC_VERBOSITY', 'unset'), os.environ['MY_SETTING'])"
+    result = jumpstarter("shell", str(lab_file), "--", PYTHON, "-c", script, env={"MY_SETTING": "kept"})
+    assert result.stdout.split() == ["unset", "kept"], "the CLI's own quieting of gRPC is not passed on"
