@@ -61,22 +61,29 @@ class ServeProcess:
     def start(self) -> Self:
         """Start the child and wait until it prints the address it serves on."""
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self._log, env=self.env)
-        assert self.process.stdout is not None
+        try:
+            self.address = self._read_address()
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            self._discard_log()
+            raise
+        return self
+
+    def _read_address(self) -> str:
+        assert self.process is not None and self.process.stdout is not None
         deadline = time.monotonic() + self.timeout
         line = b""
         while not line.endswith(b"\n"):
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([self.process.stdout], [], [], max(remaining, 0))
             if not ready:
-                self.stop(signal.SIGKILL)
                 raise ServeFailed(f"jumpstarter serve did not serve within {self.timeout:g} s: {self.log()}")
             chunk = os.read(self.process.stdout.fileno(), 1)
             if not chunk:
                 code = self.process.wait(self.timeout)
                 raise ServeFailed(f"jumpstarter serve exited with status {code}: {self.log().strip()}")
             line += chunk
-        self.address = line.decode().strip()
-        return self
+        return line.decode().strip()
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Send ``signum`` (unless it already exited) and return its exit status."""
@@ -101,5 +108,8 @@ class ServeProcess:
         try:
             self.stop()
         finally:
-            self._log.close()
-            self.log_path.unlink(missing_ok=True)
+            self._discard_log()
+
+    def _discard_log(self) -> None:
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jumpstarter_drivers.cli.certs import write_self_signed
-from jumpstarter_drivers.cli.process import ServeProcess
+from jumpstarter_drivers.cli.process import ServeFailed, ServeProcess
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import ExporterUnreachable, Unauthenticated
 from jumpstarter_drivers.power import PowerReading
@@ -192,3 +192,10 @@ def test_serve_errors_are_one_line(
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert result.stdout == ""
+
+
+def test_serve_process_reports_a_lab_that_does_not_start(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BAD_YAML)
+    with pytest.raises(ServeFailed, match=r"exited with status 1: Error: .*not valid YAML"), ServeProcess(broken):
+        pass
