@@ -364,6 +364,8 @@ def serve(
         )
     setup_logging(log_level)
     passphrase = read_passphrase(passphrase_file)
+    if unix_path:
+        check_unix_path(unix_path)
     if listen:
         check_bindable(*parse_listen(listen))
     if tls_cert and tls_key:
@@ -396,6 +398,23 @@ def check_pem(path: str, what: str, label: str) -> None:
         raise Failure(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
     if not re.search(rf"-----BEGIN [A-Z ]*{label}-----", text):
         raise Failure(f"the TLS {what} {path} is not a PEM file with a {label} block")
+
+
+def check_unix_path(path: str) -> None:
+    """Fail with one line when ``path`` is a live exporter's socket or not a socket at all
+    (a stale socket left by a killed exporter is fine: it is replaced)."""
+    target = Path(path)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not target.is_socket():
+        raise Failure(f"--unix {path}: the path exists and is not a socket; choose another path")
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(path)
+        except OSError:
+            return
+    raise Failure(f"--unix {path}: another process serves on this socket; stop it or choose another path")
 
 
 def check_bindable(host: str, port: int) -> None:

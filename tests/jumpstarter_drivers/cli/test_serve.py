@@ -43,6 +43,8 @@ def test_serve_on_a_private_unix_socket(lab_file: Path) -> None:
 
 def test_serve_on_a_given_unix_socket(lab_file: Path, tmp_path: Path) -> None:
     path = tmp_path / "lab.sock"
+    with socket.socket(socket.AF_UNIX) as killed_exporter:
+        killed_exporter.bind(str(path))  # a stale socket file, as a killed exporter leaves it
     with ServeProcess(lab_file, "--unix", str(path)) as lab:
         assert lab.address == str(path)
         with connect(path) as client:
@@ -151,6 +153,8 @@ MISSING_DRIVER = "export:\n  power: {type: no_such_package.driver.Power}\n"
         ("bad listen address", "expected HOST:PORT"),
         ("empty passphrase file", "is empty"),
         ("unknown host", "cannot listen on"),
+        ("unix path is a file", "is not a socket"),
+        ("unix socket in use", "another process serves on this socket"),
     ],
 )
 def test_serve_errors_are_one_line(
@@ -169,6 +173,10 @@ def test_serve_errors_are_one_line(
     other_key = write_self_signed(tmp_path / "other", ["127.0.0.1"])[1] if "another" in case else key
     lab = str(lab_file)
     listen = ["--listen", "127.0.0.1:0"]
+    live_socket = tmp_path / "live.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(live_socket))
+    listener.listen()
     args = {
         "broken yaml": [str(broken)],
         "missing driver class": [str(missing)],
@@ -185,8 +193,13 @@ def test_serve_errors_are_one_line(
         "bad listen address": [lab, "--listen", "9000", "--insecure"],
         "empty passphrase file": [lab, *listen, "--insecure", "--passphrase-file", str(empty)],
         "unknown host": [lab, "--listen", "no-such-host.invalid:9000", "--insecure"],
+        "unix path is a file": [lab, "--unix", str(broken)],
+        "unix socket in use": [lab, "--unix", str(live_socket)],
     }[case]
-    result = jumpstarter("serve", *args, timeout=30)
+    try:
+        result = jumpstarter("serve", *args, timeout=30)
+    finally:
+        listener.close()
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
