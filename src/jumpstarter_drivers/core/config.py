@@ -119,7 +119,7 @@ class DriverRegistry:
     >>> registry.resolve("NoSuchDriver")
     Traceback (most recent call last):
     ...
-    jumpstarter_drivers.core.errors.ConfigurationError: no driver named 'NoSuchDriver'; give a Driver class's import path (package.module.Class) or one of: BaseFlasher, Composite, EnerGenie, HttpServer, MockPower, Proxy, PySerial, Storage, SyncMockPower, Tftp, UBoot, VirtualBoard, VirtualBoardPower
+    jumpstarter_drivers.core.errors.ConfigurationError: no driver named 'NoSuchDriver'; give a Driver class's import path (package.module.Class) or one of: BaseFlasher, Composite, ...
     """
 
     def __init__(self, *, entry_points: bool = True) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import termios
 
 import anyio
@@ -203,9 +204,20 @@ def test_cancelled_receive_closes_the_port(board, path: str) -> None:
         with anyio.fail_after(5), anyio.CancelScope() as scope:
             async with console.connect() as stream:
                 port = stream.port
+                reading = threading.Event()
+                read = port.read
+
+                def signalling_read(*args: object) -> bytes:
+                    reading.set()
+                    return read(*args)
+
+                port.read = signalling_read
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(stream.receive)
-                    await anyio.wait_all_tasks_blocked()
+                    if path == "thread":  # the read waits in a worker thread, re-entered every 50 ms
+                        await anyio.to_thread.run_sync(reading.wait, 5)
+                    else:
+                        await anyio.wait_all_tasks_blocked()
                     scope.cancel()
         assert scope.cancelled_caught
         assert not port.is_open
