@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +214,33 @@ def test_serve_process_reports_a_lab_that_does_not_start(tmp_path: Path) -> None
     broken.write_text(BAD_YAML)
     with pytest.raises(ServeFailed, match=r"exited with status 1: Error: .*not valid YAML"), ServeProcess(broken):
         pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def http_lab_served(tmp_path: Path, port: int) -> Iterator[ServeProcess]:
+    """A lab with an HTTP server on ``port``, started, after one download from it."""
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(f"export:\n  http: {{type: HttpServer, config: {{root_dir: {tmp_path}, port: {port}}}}}\n")
+    (tmp_path / "hello.txt").write_text("hello")
+    with ServeProcess(lab) as served:
+        with connect(served.address) as client:
+            client.http.start()
+            url = client.http.get_url()
+        with urllib.request.urlopen(f"{url}/hello.txt", timeout=10) as response:
+            assert response.read() == b"hello"
+        yield served
+
+
+def test_signal_closes_every_driver(tmp_path: Path) -> None:
+    """A driver's own server (HTTP here) is stopped when serve stops: nothing listens on its port."""
+    port = free_port()
+    with http_lab_served(tmp_path, port) as served:
+        assert served.stop() == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
