@@ -36,7 +36,7 @@ ROWS: list[tuple[str, str, str, str]] = []
 
 def row(name: str, ours: str, baseline: str = "", reference: str = "") -> None:
     ROWS.append((name, ours, baseline, reference))
-    print(f"  {name:<40} {ours:>18} {baseline:>22}   {reference}", flush=True)
+    print(f"  {name:<56} {ours:>20} {baseline:>26}   {reference}", flush=True)
 
 
 @dataclass(kw_only=True)
@@ -384,7 +384,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     args = parser.parse_args()
-    print(f"{'figure':<42} {'ours':>18} {'baseline (same run)':>22}   reference")
+    print(f"  {'figure':<56} {'ours':>20} {'baseline (same run)':>26}   reference")
     measure_ours(args.quick)
     measure_import()
     measure_jumpstarter(args.quick)
