@@ -11,7 +11,6 @@ child: ``jumpstarter board power on``. What a node offers by itself comes, in th
 3. nothing: a plain group of the node's children.
 
 >>> import click
-import logging
 >>> @command_builder("example.client.LampClient")
 ... def lamp(client):
 ...     return click.Group(help="A lamp.")
