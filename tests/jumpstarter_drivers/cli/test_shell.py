@@ -174,3 +174,18 @@ def test_the_command_gets_the_users_environment(jumpstarter, lab_file: Path) -> 
     script = "import os; print(os.environ.get('GRPC_VERBOSITY', 'unset'), os.environ['MY_SETTING'])"
     result = jumpstarter("shell", str(lab_file), "--", PYTHON, "-c", script, env={"MY_SETTING": "kept"})
     assert result.stdout.split() == ["unset", "kept"], "the CLI's own quieting of gRPC is not passed on"
+
+
+def test_ctrl_c_reaches_the_command_and_the_shell_waits_for_it(lab_file: Path) -> None:
+    script = (
+        "import signal, sys; signal.signal(signal.SIGINT, lambda *_: sys.exit(5)); print('ready', flush=True); "
+        "signal.pause()"
+    )
+    with subprocess.Popen(
+        [PYTHON, "-m", "jumpstarter_drivers.cli", "shell", str(lab_file), "--", PYTHON, "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    ) as shell:
+        assert shell.stdout.readline() == "ready\n"
+        os.killpg(shell.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        assert shell.wait(30) == 5, "the command handled Ctrl-C; the shell outlived it and returned its status"
+        assert shell.stderr.read() == ""
