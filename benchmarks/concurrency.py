@@ -25,10 +25,6 @@ from pathlib import Path
 
 PASSPHRASE = "benchmark passphrase"
 
-# Run as a script, this directory comes first on sys.path, where benchmarks/http.py would shadow
-# the standard library's http (imported by aiohttp, Jumpstarter and our HTTP driver).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 
 def serve_jumpstarter(cert: str, key: str) -> None:
     """Child mode: Jumpstarter 0.9.0's Session on 127.0.0.1 (TLS, passphrase); prints its port."""

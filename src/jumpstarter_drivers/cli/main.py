@@ -326,7 +326,7 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
 @click.option("--tls-cert", metavar="FILE", help="PEM certificate for --listen (see `jumpstarter tls-cert`).")
 @click.option("--tls-key", metavar="FILE", help="PEM private key of --tls-cert.")
 @click.option("--insecure", is_flag=True, help="Serve --listen in plaintext (only on a network you trust).")
-@click.option("--passphrase-file", metavar="FILE", help="Refuse TCP clients without the passphrase on its first line.")
+@click.option("--passphrase-file", metavar="FILE", help="Refuse clients without the passphrase on its first line.")
 @click.option(
     "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
     help="Log to stderr from this level on (driver logs included).",
@@ -350,9 +350,9 @@ def serve(
         raise Failure("give either --unix PATH or --listen HOST:PORT, not both")
     if bool(tls_cert) != bool(tls_key):
         raise Failure("--tls-cert and --tls-key go together: give the certificate and its private key")
-    if not listen and (tls_cert or insecure or passphrase_file):
+    if not listen and (tls_cert or insecure):
         raise Failure(
-            "--tls-cert, --tls-key, --insecure and --passphrase-file apply to --listen HOST:PORT; "
+            "--tls-cert, --tls-key and --insecure apply to --listen HOST:PORT; "
             "a unix socket is guarded by its directory's permissions"
         )
     if listen and tls_cert and insecure:
@@ -451,7 +451,7 @@ def serving(
         ) as bound:
             yield f"{host}:{bound}"
     else:
-        with session.serve_unix(unix_path) as path:
+        with session.serve_unix(unix_path, passphrase=passphrase) as path:
             yield str(path)
 
 

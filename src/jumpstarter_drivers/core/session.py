@@ -184,18 +184,20 @@ class Session:
     # serving ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def serve_unix(self, path: str | os.PathLike | None = None) -> Iterator[Path]:
+    def serve_unix(self, path: str | os.PathLike | None = None, *, passphrase: str | None = None) -> Iterator[Path]:
         """Serve on a unix socket and yield its path.
 
-        Without ``path`` the socket lives in a fresh directory only this user can enter.
+        Without ``path`` the socket lives in a fresh directory only this user can enter. With
+        ``passphrase``, calls without it are refused (as over TCP).
         """
         private_dir = None
         if path is None:
             private_dir = Path(tempfile.mkdtemp(prefix="jmp-"))
             path = private_dir / "socket"
         path = Path(path)
+        interceptors = (PassphraseInterceptor(passphrase),) if passphrase else ()
         try:
-            with self.serve_address(f"unix://{path}"):
+            with self.serve_address(f"unix://{path}", interceptors=interceptors):
                 yield path
         finally:
             if private_dir is not None:

@@ -157,6 +157,8 @@ class _Server(ThreadingHTTPServer):
 
     def server_bind(self) -> None:
         # Plain bind: HTTPServer.server_bind would look up the host name (slow, and useless here).
+        # Reuse the address, so a restart on a fixed port does not wait out TIME-WAIT connections.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
 

@@ -53,6 +53,14 @@ def test_serve_on_a_given_unix_socket(lab_file: Path, tmp_path: Path) -> None:
             client.power.on()
 
 
+def test_serve_unix_with_a_passphrase(lab_file: Path, passphrase_file: Path) -> None:
+    with ServeProcess(lab_file, "--passphrase-file", str(passphrase_file)) as lab:
+        with pytest.raises(Unauthenticated, match="missing passphrase"):
+            connect(lab.address, passphrase="")
+        with connect(lab.address, passphrase=PASSPHRASE) as client:
+            client.power.on()
+
+
 def test_serve_tcp_tls_with_passphrase(lab_file: Path, tls_files: tuple[Path, Path], passphrase_file: Path) -> None:
     cert, _ = tls_files
     with ServeProcess(lab_file, *tls_options(tls_files, passphrase_file)) as lab:

@@ -225,3 +225,15 @@ def _wait_until_busy(proc) -> None:
             break
         time.sleep(0.01)
     time.sleep(0.1)
+
+
+def test_unix_socket_with_a_passphrase():
+    from jumpstarter_drivers import Unauthenticated
+
+    with Session(root_device=MockPower()) as session, session.serve_unix(passphrase="s3cret") as path:
+        with pytest.raises(Unauthenticated, match="missing passphrase"):
+            connect(path)
+        with pytest.raises(Unauthenticated, match="wrong passphrase"):
+            connect(path, passphrase="guess")
+        with connect(path, passphrase="s3cret") as client:
+            client.on()
