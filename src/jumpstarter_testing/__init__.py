@@ -7,8 +7,7 @@ so importing this package stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from jumpstarter_drivers.core.lazy import lazy_exports
 
 _EXPORTS = {
     "JumpstarterTest": "base",
@@ -19,14 +18,4 @@ _EXPORTS = {
 __all__ = ["JumpstarterTest", "Lab", "eventually"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

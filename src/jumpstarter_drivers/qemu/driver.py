@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 import tty
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,8 +20,7 @@ from typing import Literal
 from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError, DriverError
 from ..flashers.common import sha256_file
-from ..power.common import PowerReading
-from ..power.driver import PowerInterface
+from ..power.driver import BoardPower
 from ..pyserial.driver import PySerial
 
 DEFAULT_BIOS = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
@@ -158,27 +156,7 @@ class QemuBoard(Driver):
 
 
 @dataclass(kw_only=True)
-class QemuPower(PowerInterface):
+class QemuPower(BoardPower):
     """The QEMU board's power: on starts the process, off ends it."""
 
-    board: QemuBoard | None = field(default=None, init=False, repr=False)
-
-    def _board(self) -> QemuBoard:
-        if self.board is None:
-            raise ConfigurationError("QemuPower belongs to a QemuBoard; it is created by it")
-        return self.board
-
-    @export
-    def on(self) -> None:
-        """Power on: start QEMU."""
-        self._board().power_on()
-
-    @export
-    def off(self) -> None:
-        """Power off: stop QEMU."""
-        self._board().power_off()
-
-    @export
-    def read(self) -> Generator[PowerReading, None, None]:
-        """One reading: 5 V, and 1 A while QEMU runs."""
-        yield PowerReading(voltage=5.0, current=1.0 if self._board().powered else 0.0)
+    current_when_on = 1.0

@@ -11,7 +11,6 @@ import os
 import tempfile
 import threading
 import tty
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,8 +20,7 @@ from ..core.errors import ConfigurationError
 from ..flashers.common import sha256_file
 from ..flashers.driver import BaseFlasher
 from ..flashers.testing import make_reference_bundle
-from ..power.common import PowerReading
-from ..power.driver import PowerInterface
+from ..power.driver import BoardPower
 from ..pyserial.driver import PySerial
 from ..uboot.driver import UBoot
 from .simulator import BlockDevice, Faults, PoweredOff, Uart, VirtualUBoot
@@ -163,32 +161,10 @@ class VirtualBoard(Driver):
 
 
 @dataclass(kw_only=True)
-class VirtualBoardPower(PowerInterface):
+class VirtualBoardPower(BoardPower):
     """The virtual board's power switch: on starts its simulator, off stops it."""
 
-    board: VirtualBoard | None = field(default=None, init=False, repr=False)
-
-    def _board(self) -> VirtualBoard:
-        if self.board is None:
-            raise ConfigurationError("VirtualBoardPower belongs to a VirtualBoard; it is created by it")
-        return self.board
-
-    @export
-    def on(self) -> None:
-        """Power on: the board boots."""
-        self.logger.info("power on")
-        self._board().power_on()
-
-    @export
-    def off(self) -> None:
-        """Power off: the board stops at once."""
-        self.logger.info("power off")
-        self._board().power_off()
-
-    @export
-    def read(self) -> Generator[PowerReading, None, None]:
-        """One reading: 5 V, and 0.4 A while powered."""
-        yield PowerReading(voltage=5.0, current=0.4 if self._board().powered else 0.0)
+    current_when_on = 0.4
 
 
 @dataclass(kw_only=True)
