@@ -263,3 +263,19 @@ def test_unused_resource_streams_expire():
             with pytest.raises(DriverTimeout, match="no driver call used this resource within 0.2 s"):
                 stream.receive(timeout=10)
             assert client.call("add", 1, 2) == 3
+
+
+def test_streaming_batches_only_for_peers_that_ask(sample):
+    """Jumpstarter's client does not ask: one item per message. Ours asks: items that wait share one."""
+    from jumpstarter_drivers.core.session import BATCH_KEY
+
+    connection = sample.connection
+    request = connection.pb.StreamingDriverCallRequest(uuid=sample._uuid, method="acount")
+    request.args.add().number_value = 1000
+    plain = list(connection.exporter.StreamingDriverCall(request))
+    assert len(plain) == 1000 and all(m.result.WhichOneof("kind") == "number_value" for m in plain)
+    call = connection.exporter.StreamingDriverCall(request, metadata=((BATCH_KEY, "1"),))
+    batched = list(call)
+    assert dict(call.initial_metadata()).get(BATCH_KEY) == "1"
+    items = [v.number_value for m in batched for v in m.result.list_value.values]
+    assert items == list(range(1000)) and len(batched) < 1000
