@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ..core.errors import JumpstarterError
+from ..core.errors import DriverError, JumpstarterError
 from .driver import DEFAULT_BIOS
 
 HOST_ADDRESS = "10.0.3.1"
@@ -116,6 +116,8 @@ def serve_in_namespace(ns: Namespace, config: dict[str, Any], workdir: str | os.
     """Run ``jumpstarter serve`` on ``config`` inside the namespace; yield its unix socket path.
 
     The exporter's log is ``workdir/exporter.log``; it is stopped (SIGTERM, then SIGKILL) on exit.
+    An exporter that exits or does not listen within ``timeout`` is a :class:`DriverError` with
+    its log's tail (a fault of the lab or its config, not a machine that cannot host the lab).
     """
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,9 @@ def serve_in_namespace(ns: Namespace, config: dict[str, Any], workdir: str | os.
         while not socket.exists():
             if exporter.poll() is not None or time.monotonic() > deadline:
                 tail = (work / "exporter.log").read_text(errors="replace")[-3000:]
-                raise LabUnavailable(f"the exporter in {ns.name} did not start within {timeout:g} s:\n{tail}")
+                what = f"exited with status {exporter.returncode}" if exporter.returncode is not None else (
+                    f"did not listen within {timeout:g} s")
+                raise DriverError(f"the exporter in {ns.name} {what}; its log ({work / 'exporter.log'}) ends:\n{tail}")
             time.sleep(0.05)  # polling for the socket file, bounded by the deadline
         yield socket
     finally:
