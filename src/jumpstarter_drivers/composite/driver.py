@@ -115,12 +115,21 @@ def find(root: Driver, path: str) -> Driver:
 
 
 def resolve_refs(root: Driver) -> None:
-    """Bind every unbound :class:`Proxy` in the tree to the node its ``ref`` names (refs may chain)."""
+    """Bind every unbound :class:`Proxy` in the tree to the node its ``ref`` names.
+
+    Refs may chain, and may reach through another ref (``b.power`` where ``b`` is a ref to a
+    board): a proxy has children only once bound, so such a ref waits for the others.
+    """
     pending = [driver for driver, _, _ in root.walk() if isinstance(driver, Proxy) and driver.target is None]
     while pending:
         progressed = []
+        unreachable: ConfigurationError | None = None
         for proxy in pending:
-            target = find(root, proxy.ref)
+            try:
+                target = find(root, proxy.ref)
+            except ConfigurationError as exc:  # perhaps below a proxy not bound yet: retried next round
+                unreachable = unreachable or exc
+                continue
             if target is proxy:
                 raise ConfigurationError(f"Proxy: ref {proxy.ref!r} points at itself")
             if isinstance(target, Proxy) and target.target is None:
@@ -128,6 +137,8 @@ def resolve_refs(root: Driver) -> None:
             proxy.bind(target)
             progressed.append(proxy)
         if not progressed:
+            if unreachable is not None:
+                raise unreachable
             refs = ", ".join(repr(p.ref) for p in pending)
             raise ConfigurationError(f"Proxy: refs {refs} point at each other in a cycle; one must name a real driver")
         pending = [p for p in pending if p not in progressed]

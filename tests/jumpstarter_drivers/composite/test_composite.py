@@ -85,6 +85,19 @@ def test_refs_may_chain_and_cycles_are_refused() -> None:
     assert root.children["a"].target is power
     with pytest.raises(ConfigurationError, match="points at itself"):
         resolve_refs(Composite(children={"a": Proxy(ref="a")}))
+    with pytest.raises(ConfigurationError, match="refs 'a', 'b' point at each other in a cycle"):
+        resolve_refs(Composite(children={"b": Proxy(ref="a"), "a": Proxy(ref="b")}))
+
+
+def test_a_ref_through_a_ref_resolves_whatever_the_order() -> None:
+    power = MockPower()
+    root = Composite(
+        children={"c": Proxy(ref="b.power"), "board": Composite(children={"power": power}), "b": Proxy(ref="board")}
+    )
+    resolve_refs(root)
+    assert root.children["c"].target is power
+    with pytest.raises(ConfigurationError, match="ref 'b.serial': b has no child 'serial'; children: power"):
+        resolve_refs(Composite(children={"c": Proxy(ref="b.serial"), "board": Composite(children={"power": MockPower()}), "b": Proxy(ref="board")}))
 
 
 def test_unbound_proxy_says_how_to_bind_it() -> None:
