@@ -186,8 +186,10 @@ class TftpServer(DirectoryServer):
         deadline = time.monotonic() + timeout
         assert self._wake_w is not None
         self._wake_w.send(b"x")
+        # The listener first: until it has returned it may still start transfers.
+        self._listener.join(timeout)
         threads = [self._listener, *self._active_transfers()]
-        for thread in threads:
+        for thread in threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in threads if t.is_alive()]
         for sock in (self._socket, self._wake_r, self._wake_w):

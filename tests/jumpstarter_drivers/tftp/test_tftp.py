@@ -7,6 +7,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -229,3 +230,29 @@ def test_malformed_and_unexpected_packets_get_errors(tftp: Tftp) -> None:
             sock.sendto(packet, ("127.0.0.1", tftp.get_port()))
             reply = sock.recv(70000)
             assert reply[:4] in (b"\x00\x05\x00\x04",) and message in reply, reply
+
+
+def test_stop_waits_for_transfers_started_while_stopping(root: Path, payload: bytes) -> None:
+    """Requests keep arriving while stop() runs: every transfer the listener started has ended when it returns."""
+    request = _request("images/payload.bin")
+    for _ in range(30):
+        server = TftpServer(root=root, timeout=30)
+        server.start()
+        flooding = threading.Event()
+        done = threading.Event()
+
+        def flood(port: int = server.bound_port) -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                while not done.is_set():
+                    sock.sendto(request, ("127.0.0.1", port))
+                    flooding.set()
+
+        sender = threading.Thread(target=flood, daemon=True)
+        sender.start()
+        try:
+            assert flooding.wait(5)
+            server.stop(timeout=5)
+        finally:
+            done.set()
+            sender.join(5)
+        assert not server._active_transfers()
