@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 from jumpstarter_drivers.cli.process import ServeProcess
@@ -98,16 +101,30 @@ def test_command_not_found(jumpstarter, lab_file: Path) -> None:
     assert result.stderr.strip().splitlines() == ["Error: command not found: no-such-command-here"]
 
 
+@contextlib.contextmanager
+def shell_running(lab_file: Path, script: str) -> Iterator[subprocess.Popen]:
+    """`jumpstarter shell LAB -- python -c SCRIPT` in its own process group, once SCRIPT printed
+    ``ready``; the group is killed on the way out should the test fail before it ends."""
+    with subprocess.Popen(
+        [PYTHON, "-m", "jumpstarter_drivers.cli", "shell", str(lab_file), "--", PYTHON, "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    ) as shell:
+        try:
+            ready, _, _ = select.select([shell.stdout], [], [], 30)
+            assert ready, "the command did not start within 30 s"
+            assert shell.stdout.readline() == "ready\n"
+            yield shell
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.pid, signal.SIGKILL)
+
+
 def test_sigterm_is_passed_on_to_the_command(lab_file: Path) -> None:
     script = (
         "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(9)); print('ready', flush=True); "
         "signal.pause()"
     )
-    with subprocess.Popen(
-        [PYTHON, "-m", "jumpstarter_drivers.cli", "shell", str(lab_file), "--", PYTHON, "-c", script],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as shell:
-        assert shell.stdout.readline() == "ready\n"
+    with shell_running(lab_file, script) as shell:
         shell.send_signal(signal.SIGTERM)
         assert shell.wait(30) == 9, "the command got SIGTERM, handled it, and its status came back"
         assert shell.stderr.read() == ""
@@ -181,11 +198,7 @@ def test_ctrl_c_reaches_the_command_and_the_shell_waits_for_it(lab_file: Path) -
         "import signal, sys; signal.signal(signal.SIGINT, lambda *_: sys.exit(5)); print('ready', flush=True); "
         "signal.pause()"
     )
-    with subprocess.Popen(
-        [PYTHON, "-m", "jumpstarter_drivers.cli", "shell", str(lab_file), "--", PYTHON, "-c", script],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    ) as shell:
-        assert shell.stdout.readline() == "ready\n"
+    with shell_running(lab_file, script) as shell:
         os.killpg(shell.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         assert shell.wait(30) == 5, "the command handled Ctrl-C; the shell outlived it and returned its status"
         assert shell.stderr.read() == ""
