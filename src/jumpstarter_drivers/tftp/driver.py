@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.errors import ConfigurationError
 from ..storage.served import ServedDirectory
 from .server import TftpServer
 
@@ -28,6 +29,11 @@ class Tftp(ServedDirectory):
         return "jumpstarter_drivers.tftp.client.TftpClient"
 
     def make_server(self) -> TftpServer:
+        name = type(self).__name__
+        if self.timeout <= 0:
+            raise ConfigurationError(f"{name}: config field 'timeout' is {self.timeout}; give seconds > 0")
+        if self.retries < 0:
+            raise ConfigurationError(f"{name}: config field 'retries' is {self.retries}; give a count >= 0")
         return TftpServer(
             root=self.storage.root,
             host=self.host,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tests.helpers.drivers import started
 
-from jumpstarter_drivers.core import serve
+from jumpstarter_drivers.core import ConfigurationError, serve
 from jumpstarter_drivers.tftp import Tftp, TftpClient, TftpServer
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -256,3 +256,10 @@ def test_stop_waits_for_transfers_started_while_stopping(root: Path, payload: by
             done.set()
             sender.join(5)
         assert not server._active_transfers()
+
+
+@pytest.mark.parametrize(("config", "problem"), [({"timeout": 0}, "'timeout' is 0"), ({"retries": -1}, "'retries' is -1")])
+def test_bad_retransmission_config_fails_at_construction(root: Path, config: dict, problem: str) -> None:
+    """A timeout <= 0 would make a transfer wait for an ACK for ever (poll with a negative timeout)."""
+    with pytest.raises(ConfigurationError, match=problem):
+        Tftp(root_dir=str(root), **config)
