@@ -60,8 +60,8 @@ class ServeProcess:
 
     def start(self) -> Self:
         """Start the child and wait until it prints the address it serves on."""
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self._log, env=self.env)
         try:
+            self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self._log, env=self.env)
             self.address = self._read_address()
         except BaseException:
             self.stop(signal.SIGKILL)

@@ -224,6 +224,14 @@ def test_serve_process_reports_a_lab_that_does_not_start(tmp_path: Path) -> None
         pass
 
 
+def test_serve_process_that_cannot_start_leaves_no_log_file(lab_file: Path, tmp_path: Path) -> None:
+    served = ServeProcess(lab_file)
+    served.command[0] = str(tmp_path / "no-such-python")
+    with pytest.raises(FileNotFoundError):
+        served.start()
+    assert not served.log_path.exists()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
