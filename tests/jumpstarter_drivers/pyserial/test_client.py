@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -221,6 +222,7 @@ def test_port_released_after_the_client_is_killed(board, wait_until) -> None:
             [sys.executable, "-c", CLIENT, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         try:
+            assert select.select([client.stdout], [], [], 30)[0], "the client process did not start within 30 s"
             assert client.stdout.readline() == b"ready\n"
             assert board.read_exactly(9, timeout=10) == b"client up"
             assert len(board.driver_fds()) == 1

@@ -227,6 +227,7 @@ def test_cancelled_receive_closes_the_port(board, path: str) -> None:
 
 def test_socket_url_uses_the_descriptor() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(5)
         url = f"socket://127.0.0.1:{server.getsockname()[1]}"
 
         async def main() -> None:
