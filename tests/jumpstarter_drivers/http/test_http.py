@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import shutil
 import socket
@@ -175,7 +176,7 @@ def test_client_put_file_returns_a_working_url(root: Path, tmp_path: Path) -> No
             requests.get(url, timeout=10)
 
 
-def test_stop_cuts_a_download_in_progress(root: Path) -> None:
+def test_stop_cuts_a_download_in_progress(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     with (root / "huge.img").open("wb") as file:
         file.truncate(4 << 30)
     server = FileServer(root=root)
@@ -183,8 +184,11 @@ def test_stop_cuts_a_download_in_progress(root: Path) -> None:
     with socket.create_connection(("127.0.0.1", server.bound_port), timeout=10) as sock:
         sock.sendall(b"GET /huge.img HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 200")  # the rest waits on our socket buffer
+        caplog.set_level(logging.INFO, logger=server.log.name)
         server.stop(timeout=5)
         assert not server.running
+        stop_messages = [r.getMessage() for r in caplog.records if r.name == server.log.name]
+        assert not any("still running" in m for m in stop_messages), "the connection's thread outlived stop()"
         received = 0
         while data := sock.recv(1 << 20):
             received += len(data)
