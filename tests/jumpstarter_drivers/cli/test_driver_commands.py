@@ -35,27 +35,28 @@ def inside(lab: ServeProcess, jumpstarter):
     return run
 
 
-def wait_for_log(lab: ServeProcess, text: str, timeout: float = 10) -> str:
+def wait_for_log(lab: ServeProcess, text: str, count: int = 1, timeout: float = 10) -> str:
+    """Wait until the exporter logged ``text`` ``count`` times in all."""
     deadline = time.monotonic() + timeout
-    while text not in (log := lab.log()):
+    while (log := lab.log()).count(text) < count:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged within {timeout} s:\n{log}")
+            raise AssertionError(f"{text!r} not logged {count} times within {timeout} s:\n{log}")
         time.sleep(0.05)  # polling a file the exporter writes, with a deadline
     return log
 
 
 def test_power_on_off_cycle(inside, lab: ServeProcess) -> None:
-    before = lab.log().count("power on")
+    on, off = "driver.MockPower: power on", "driver.MockPower: power off"  # not the board's SyncMockPower
+    log = lab.log()
+    ons, offs = log.count(on), log.count(off)  # the lab is shared with the module's other tests
     assert inside("power", "on").returncode == 0
-    wait_for_log(lab, "power on")
+    wait_for_log(lab, on, ons + 1)
     assert inside("power", "off").returncode == 0
-    wait_for_log(lab, "power off")
+    wait_for_log(lab, off, offs + 1)
     result = inside("power", "cycle", "--wait", "0")
     assert result.returncode == 0, result.stderr
-    deadline = time.monotonic() + 10
-    while lab.log().count("power on") < before + 2:
-        assert time.monotonic() < deadline, lab.log()
-        time.sleep(0.05)
+    wait_for_log(lab, off, offs + 2)
+    wait_for_log(lab, on, ons + 2)
 
 
 def test_power_read(inside) -> None:
@@ -69,10 +70,12 @@ def test_power_read(inside) -> None:
 
 
 def test_nested_nodes_by_child_names(inside, lab: ServeProcess) -> None:
+    on = "driver.SyncMockPower: power on"
+    before = lab.log().count(on)
     result = inside("board", "power", "read", "-n", "3")
     assert result.stdout.splitlines() == [FIRST, SECOND]
     assert inside("board", "power", "on").returncode == 0
-    wait_for_log(lab, "SyncMockPower: power on")
+    wait_for_log(lab, on, before + 1)
 
 
 def test_host_option_instead_of_the_environment(jumpstarter, lab: ServeProcess) -> None:
