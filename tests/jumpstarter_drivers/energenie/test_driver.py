@@ -367,11 +367,13 @@ def test_lock_is_taken_with_flock_on_the_lock_file(simulator, lock_dir: str) -> 
         time.sleep(0.01)
     fd = os.open(driver.lock_path, os.O_RDWR)
     try:
+        assert sim.max_concurrent, "the driver sent no request within 10 s"
         with pytest.raises(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
         worker.join(30)
+    assert not worker.is_alive() and sim.states[0] is True, "the locked operation did not complete"
     assert Path(driver.lock_path).read_text().strip() == str(os.getpid())
 
 
