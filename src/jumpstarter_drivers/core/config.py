@@ -42,7 +42,7 @@ import importlib.metadata
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,12 +312,23 @@ def from_document(
     try:
         resolve_refs(root)
     except ConfigurationError as exc:
+        _close_built([root])
         raise ConfigurationError(f"{source}: {builder.where_ref(exc)}{exc}") from None
     return ExporterConfig(root=root, labels=dict(labels), source=source)
 
 
 def _kind(value: Any) -> str:
     return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def _close_built(drivers: Iterable[Driver]) -> None:
+    """Close the drivers built before a later part of the file failed (their ptys, temporary
+    directories, ...); that failure is the error to report, so a failing close is only logged."""
+    for driver in drivers:
+        try:
+            driver.close()
+        except Exception:
+            logger.warning("closing %s after a configuration error failed", type(driver).__name__, exc_info=True)
 
 
 _FIELD = re.compile(r"(config field|child) '([^']+)'|(config field)\(s\): (\w+)")
@@ -342,15 +353,19 @@ class _Builder:
     def children(self, nodes: Any, path: str) -> dict[str, Driver]:
         if not isinstance(nodes, Mapping):
             raise self.fail(path, f"expected a mapping of names to driver nodes, got {_kind(nodes)}")
-        built = {}
-        for name, node in nodes.items():
-            if not isinstance(name, str) or not name or "." in name:
-                raise self.fail(f"{path}.{name}", "node names must be non-empty strings without '.'")
-            built[name] = self.node(node, f"{path}.{name}")
+        built: dict[str, Driver] = {}
+        try:
+            for name, node in nodes.items():
+                if not isinstance(name, str) or not name or "." in name:
+                    raise self.fail(f"{path}.{name}", "node names must be non-empty strings without '.'")
+                built[name] = self.node(node, f"{path}.{name}")
+        except BaseException:
+            _close_built(built.values())
+            raise
         return built
 
     def node(self, node: Any, path: str) -> Driver:
-        from ..composite.driver import Composite, Proxy
+        from ..composite.driver import Proxy
 
         if not isinstance(node, Mapping):
             raise self.fail(path, f"expected a driver node (a mapping with type:, children: or ref:), got {_kind(node)}")
@@ -377,10 +392,20 @@ class _Builder:
             raise self.fail(f"{path}.methods_description", f"expected a mapping of method names to text, got {_kind(methods_description)}")
         children = self.children(node.get("children") or {}, f"{path}.children")
         common = {"description": description, "methods_description": dict(methods_description), "children": children}
+        try:
+            return self.driver(node, path, common)
+        except BaseException:
+            _close_built(children.values())
+            raise
+
+    def driver(self, node: Mapping, path: str, common: dict[str, Any]) -> Driver:
+        """The driver of a node with ``type:`` (or the composite of one with only children)."""
+        from ..composite.driver import Composite
+
         if "type" not in node:
             if "config" in node:
                 raise self.fail(f"{path}.config", "config: needs a type: naming the driver it configures")
-            if not children:
+            if not common["children"]:
                 raise self.fail(path, "expected type: (a driver), children: (a composite) or ref: (another node)")
             return Composite(**common)
         type_name = node["type"]

@@ -133,6 +133,43 @@ def test_errors_name_the_file_the_path_and_the_expectation(text: str, message: s
     assert message in str(excinfo.value)
 
 
+CLOSED: list[str] = []
+
+
+@dataclass(kw_only=True)
+class Held(Driver):
+    """A driver holding something its close() must release."""
+
+    name: str
+
+    def close(self) -> None:
+        CLOSED.append(self.name)
+        super().close()
+
+
+@pytest.mark.parametrize(
+    ("text", "closed"),
+    [
+        ("export:\n  a: {type: Held, config: {name: a}}\n  b: {type: Lamp, config: {watts: x}}\n", ["a"]),
+        ("export:\n  lamp:\n    type: Lamp\n    config: {watts: x}\n    children: {a: {type: Held, config: {name: a}}}\n", ["a"]),
+        (
+            "export:\n  board:\n    children:\n      a: {type: Held, config: {name: a}}\n"
+            "      b: {type: Held, config: {name: b}}\n      c: {type: NoSuchDriver}\n",
+            ["a", "b"],
+        ),
+        ("export:\n  a: {type: Held, config: {name: a}}\n  b: {ref: nowhere}\n", ["a"]),
+    ],
+    ids=["sibling", "children of a failing driver", "nested siblings", "unresolved ref"],
+)
+def test_drivers_built_before_an_error_are_closed(text: str, closed: list[str]) -> None:
+    registry = lamp_registry()
+    registry.register("Held", Held)
+    CLOSED.clear()
+    with pytest.raises(ConfigurationError):
+        loads(text, registry=registry)
+    assert CLOSED == closed
+
+
 def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"cannot read exporter configuration .*nope.yaml: No such file"):
         load(tmp_path / "nope.yaml")
