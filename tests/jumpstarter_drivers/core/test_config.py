@@ -153,8 +153,10 @@ class Held(Driver):
         ("export:\n  a: {type: Held, config: {name: a}}\n  b: {type: Lamp, config: {watts: x}}\n", ["a"]),
         ("export:\n  lamp:\n    type: Lamp\n    config: {watts: x}\n    children: {a: {type: Held, config: {name: a}}}\n", ["a"]),
         (
-            "export:\n  board:\n    children:\n      a: {type: Held, config: {name: a}}\n"
-            "      b: {type: Held, config: {name: b}}\n      c: {type: NoSuchDriver}\n",
+            (
+                "export:\n  board:\n    children:\n      a: {type: Held, config: {name: a}}\n"
+                "      b: {type: Held, config: {name: b}}\n      c: {type: NoSuchDriver}\n"
+            ),
             ["a", "b"],
         ),
         ("export:\n  a: {type: Held, config: {name: a}}\n  b: {ref: nowhere}\n", ["a"]),
