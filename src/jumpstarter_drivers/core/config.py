@@ -237,6 +237,10 @@ def load(path: str | os.PathLike, registry: DriverRegistry | None = None) -> Exp
         text = path.read_text()
     except OSError as exc:
         raise ConfigurationError(f"cannot read exporter configuration {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not a text file: byte {exc.start} is not UTF-8; an exporter configuration is YAML text"
+        ) from None
     return loads(text, source=str(path), registry=registry)
 
 

@@ -177,6 +177,13 @@ def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
         load(tmp_path / "nope.yaml")
 
 
+def test_binary_file_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "disk.img"
+    path.write_bytes(b"export:\n\xff\xfe")
+    with pytest.raises(ConfigurationError, match=r"disk.img: not a text file: byte 8 is not UTF-8"):
+        load(path)
+
+
 def test_import_path_of_a_driver_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "bench_drivers.py").write_text(
         "from dataclasses import dataclass\n"
