@@ -232,22 +232,22 @@ def test_malformed_and_unexpected_packets_get_errors(tftp: Tftp) -> None:
             assert reply[:4] in (b"\x00\x05\x00\x04",) and message in reply, reply
 
 
+def _flood(port: int, request: bytes, flooding: threading.Event, done: threading.Event) -> None:
+    """Send ``request`` to ``port`` again and again until ``done``; ``flooding`` is set after the first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while not done.is_set():
+            sock.sendto(request, ("127.0.0.1", port))
+            flooding.set()
+
+
 def test_stop_waits_for_transfers_started_while_stopping(root: Path, payload: bytes) -> None:
     """Requests keep arriving while stop() runs: every transfer the listener started has ended when it returns."""
     request = _request("images/payload.bin")
     for _ in range(30):
         server = TftpServer(root=root, timeout=30)
         server.start()
-        flooding = threading.Event()
-        done = threading.Event()
-
-        def flood(port: int = server.bound_port) -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                while not done.is_set():
-                    sock.sendto(request, ("127.0.0.1", port))
-                    flooding.set()
-
-        sender = threading.Thread(target=flood, daemon=True)
+        flooding, done = threading.Event(), threading.Event()
+        sender = threading.Thread(target=_flood, args=(server.bound_port, request, flooding, done), daemon=True)
         sender.start()
         try:
             assert flooding.wait(5)
@@ -258,7 +258,9 @@ def test_stop_waits_for_transfers_started_while_stopping(root: Path, payload: by
         assert not server._active_transfers()
 
 
-@pytest.mark.parametrize(("config", "problem"), [({"timeout": 0}, "'timeout' is 0"), ({"retries": -1}, "'retries' is -1")])
+@pytest.mark.parametrize(
+    ("config", "problem"), [({"timeout": 0}, "'timeout' is 0"), ({"retries": -1}, "'retries' is -1")]
+)
 def test_bad_retransmission_config_fails_at_construction(root: Path, config: dict, problem: str) -> None:
     """A timeout <= 0 would make a transfer wait for an ACK for ever (poll with a negative timeout)."""
     with pytest.raises(ConfigurationError, match=problem):
