@@ -62,13 +62,28 @@ def free_port(kind: socket.SocketKind) -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """End ``process`` if it still runs: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
 def checksum(url: str, *curl_options: str) -> str:
     """SHA-256 of what curl downloads from ``url``."""
     curl = subprocess.Popen(["curl", "-sS", "-f", "--max-time", "600", *curl_options, url], stdout=subprocess.PIPE)
     assert curl.stdout is not None
-    digest = hashlib.file_digest(curl.stdout, "sha256").hexdigest()
-    if curl.wait() != 0:
-        raise RuntimeError(f"curl failed on {url}")
+    try:
+        with curl.stdout:
+            digest = hashlib.file_digest(curl.stdout, "sha256").hexdigest()
+        if curl.wait(30) != 0:
+            raise RuntimeError(f"curl failed on {url}")
+    finally:
+        stop_process(curl)
     return digest
 
 

@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 
-from _served import IMAGE, checksum, download, free_port, options, served_image, wait_until_serving
+from _served import IMAGE, checksum, download, free_port, options, served_image, stop_process, wait_until_serving
 
 from jumpstarter_drivers.http import HttpServer
 
@@ -88,8 +88,7 @@ def main() -> int:
         finally:
             ours.close()
             for process in processes:
-                process.terminate()
-                process.wait(10)
+                stop_process(process)
     return 0
 
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _served import stop_process
+
 from jumpstarter_drivers.core import connect
 
 EXPORTER = """
@@ -90,7 +92,12 @@ def main() -> int:
         finally:
             if exporter.stdin is not None:
                 exporter.stdin.close()
-            exporter.wait(30)
+            try:
+                exporter.wait(30)
+            except subprocess.TimeoutExpired:
+                stop_process(exporter)
+            if exporter.stdout is not None:
+                exporter.stdout.close()
 
     print(f"Storage through resources, {args.size_mib} MiB file, exporter in its own process")
     print(f"  {'':<28} {'ours':>12} {'reference':>24}")

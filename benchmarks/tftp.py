@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 
-from _served import IMAGE, checksum, download, free_port, options, served_image, wait_until_serving
+from _served import IMAGE, checksum, download, free_port, options, served_image, stop_process, wait_until_serving
 
 from jumpstarter_drivers.tftp import Tftp
 
@@ -59,8 +59,7 @@ def main() -> int:
         finally:
             ours.close()
             if process is not None:
-                process.terminate()
-                process.wait(10)
+                stop_process(process)
     return 0
 
 
