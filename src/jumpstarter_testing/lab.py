@@ -71,8 +71,9 @@ class Lab:
         from jumpstarter_drivers.core import config
         from jumpstarter_drivers.core.client import AllowList
 
+        allowed = AllowList(unsafe=True) if allow is None else AllowList.parse(allow)  # before drivers exist
         loaded = config.load(exporter, registry=registry)
-        lab = cls("", AllowList(unsafe=True) if allow is None else AllowList.parse(allow), source=loaded.source)
+        lab = cls("", allowed, source=loaded.source)
         with contextlib.ExitStack() as failing:
             failing.callback(lab.close)
             lab.local = lab._stack.enter_context(loaded.session())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from jumpstarter_drivers import ExporterUnreachable, Session
+from jumpstarter_drivers import ConfigurationError, ExporterUnreachable, Session
 from jumpstarter_drivers.power import MockPower, PowerClient
 from jumpstarter_testing import Lab, eventually
 from jumpstarter_testing.lab import VIRTUAL_LAB
@@ -29,6 +30,13 @@ def test_local_virtual_lab() -> None:
             second.power.on()
         address = lab.address
     assert not Path(address).exists(), "closing a local lab stops its server"
+
+
+def test_bad_allow_list_starts_no_driver() -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ConfigurationError, match="has an empty entry"):
+        Lab.start_local(VIRTUAL_LAB, allow="jumpstarter_drivers.*,")
+    assert len(os.listdir("/proc/self/fd")) == fds, "the virtual board's pty was opened and left open"
 
 
 def test_remote_lab_and_unreachable(tmp_path: Path) -> None:
