@@ -237,20 +237,25 @@ class LabManager:
             self._streams.enter_context(lab.client.log_stream())
 
     def close(self) -> None:
-        try:
-            self._streams.close()
-        finally:
-            for lab in self.labs.values():
-                lab.close()
-            self.labs.clear()
-            self.current = None
-            for name, value in self._environ.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            for name, level in self._levels.items():
-                logging.getLogger(name).setLevel(level)
+        """Stop the log streams, close every lab, restore the environment and the loggers' levels;
+        each step runs even when an earlier one fails."""
+        labs = list(self.labs.values())
+        self.labs.clear()
+        self.current = None
+        with contextlib.ExitStack() as steps:  # the callbacks run last-registered first
+            steps.callback(self._restore)
+            for lab in labs:
+                steps.callback(lab.close)
+            steps.callback(self._streams.close)
+
+    def _restore(self) -> None:
+        for name, value in self._environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 MANAGER = pytest.StashKey[LabManager]()

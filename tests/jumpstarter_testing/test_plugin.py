@@ -99,6 +99,28 @@ def test_local_lab_from_exporter_file(pytester: pytest.Pytester, clean_env: pyte
     pytester.runpytest().assert_outcomes(passed=2)
 
 
+def test_a_lab_that_fails_to_close_still_restores_the_environment(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(
+        stuck_relay="""
+        from dataclasses import dataclass
+        from jumpstarter_drivers import Driver
+
+        @dataclass(kw_only=True)
+        class StuckRelay(Driver):
+            def close(self):
+                super().close()
+                raise RuntimeError("relay stuck")
+        """
+    )
+    pytester.syspathinsert()
+    pytester.makefile(".yaml", exporter="export:\n  power: {type: MockPower}\n  relay: {type: stuck_relay.StuckRelay}\n")
+    pytester.makepyfile("def test_on(client):\n    client.power.on()\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    assert "RuntimeError: relay stuck" in result.stderr.str(), "the failing close is reported"
+    assert JUMPSTARTER_HOST not in os.environ and JMP_DRIVERS_ALLOW not in os.environ
+
+
 def test_conftest_registers_driver_short_names(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
     pytester.makepyfile(demo_flasher=FLASHER_MODULE)
     pytester.syspathinsert()
