@@ -268,14 +268,20 @@ class Storage(Driver):
 
     @export
     def delete(self, path: str) -> bool:
-        """Delete a file or a directory tree; ``False`` when nothing was there. The root cannot go."""
-        target = self.resolve(path)
-        if target == self.root:
+        """Delete a file or a directory tree; ``False`` when nothing was there. The root cannot go.
+
+        A symbolic link is deleted itself; what it points to stays.
+        """
+        if self.resolve(path) == self.root:
             raise DriverInvalidArgument("refusing to delete the storage root itself; name a path inside it")
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        name = PurePosixPath(path)
+        entry = self.resolve(str(name.parent)) / name.name  # the name itself, not where a link leads
+        if entry.is_symlink():
+            entry.unlink()
+        elif entry.is_dir():
+            shutil.rmtree(entry)
+        elif entry.exists():
+            entry.unlink()
         else:
             return False
         self.logger.info("deleted %s", path)

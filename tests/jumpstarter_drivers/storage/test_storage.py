@@ -106,6 +106,21 @@ def test_symlink_out_of_the_root_is_refused(client: StorageClient, root: Path, t
     assert client.read_bytes("innerlink") == b"inside"
 
 
+def test_delete_removes_a_link_not_what_it_points_to(client: StorageClient, root: Path) -> None:
+    (root / "dir").mkdir()
+    (root / "dir" / "file").write_bytes(b"kept")
+    (root / "filelink").symlink_to(root / "dir" / "file")
+    (root / "dirlink").symlink_to(root / "dir")
+    (root / "dangling").symlink_to(root / "gone")
+    assert client.delete("filelink") is True
+    assert client.delete("dirlink") is True
+    assert client.delete("dangling") is True
+    assert client.delete("dirlink/file") is False  # the link is gone, so nothing is there by that name
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["dir", "dir/file"]
+    assert client.delete("dir/file") is True and client.delete("dir") is True
+    assert list(root.iterdir()) == []
+
+
 def test_upload_refused_by_the_driver_does_not_stall(client: StorageClient, tmp_path: Path) -> None:
     source = tmp_path / "image"
     source.write_bytes(os.urandom(40 << 20))
