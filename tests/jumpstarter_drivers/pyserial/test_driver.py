@@ -215,7 +215,7 @@ def test_cancelled_receive_closes_the_port(board, path: str) -> None:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(stream.receive)
                     if path == "thread":  # the read waits in a worker thread, re-entered every 50 ms
-                        await anyio.to_thread.run_sync(reading.wait, 5)
+                        assert await anyio.to_thread.run_sync(reading.wait, 5), "the port read never started"
                     else:
                         await anyio.wait_all_tasks_blocked()
                     scope.cancel()
