@@ -151,11 +151,16 @@ def test_flash_retries_a_transient_tftp_timeout(lab, tmp_path: Path, caplog: pyt
     assert Path(root.children["board"].disk).read_bytes()[:200_000] == image.read_bytes()
 
 
-def test_panic_during_flash_names_the_step_and_is_not_retried(lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("command", "step"), [("mmc", "select mmc 0"), ("tftpboot", "tftpboot .flash-chunk-00000")])
+def test_panic_during_flash_names_the_step_and_is_not_retried(lab, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                               command: str, step: str) -> None:
     root, client = lab
-    client.board.set_faults(panic_on="mmc")
-    with pytest.raises(DriverError, match=r"(?s)step 'select mmc 0' failed: the board failed.*console tail.*Synchronous Abort"):
+    client.board.set_faults(panic_on=command)
+    with caplog.at_level(logging.WARNING), pytest.raises(
+        DriverError, match=rf"(?s)step '{step}' failed: the board failed.*console tail.*Synchronous Abort"
+    ):
         client.flasher.flash(image_file(tmp_path, 4096))
+    assert "retrying" not in caplog.text
     assert not root.children["board"].powered
 
 
