@@ -251,6 +251,7 @@ def test_flasher_with_an_oci_bundle_pulls_it_once(oci_registry, tmp_path: Path, 
             flasher.close()
         if attempt == 0:
             fetched = oci_registry.blob_fetches("flasher/bundle")
+            assert fetched >= 2, "the first session pulled the bundle's manifest and files from the registry"
     assert oci_registry.blob_fetches("flasher/bundle") == fetched, "the second session pulled the bundle again"
 
 
