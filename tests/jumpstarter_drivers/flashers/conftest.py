@@ -79,4 +79,8 @@ def oci_registry(tmp_path: Path) -> Iterator[Registry]:
         yield Registry(f"127.0.0.1:{port}", log)
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
