@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -14,11 +15,12 @@ from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
 
 
-@pytest.fixture
-def lab() -> Iterator:
+@contextlib.contextmanager
+def served_lab(**uboot_config: object) -> Iterator:
+    """A virtual board and a UBoot driver on its serial and power, served; yields (board, client)."""
     board = VirtualBoard(autoboot_delay=1)
     uboot = UBoot(boot_timeout=10, power_off_time=0,
-                  children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")})
+                  children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")}, **uboot_config)
     root = Composite(children={"board": board, "uboot": uboot})
     resolve_refs(root)
     try:
@@ -26,6 +28,12 @@ def lab() -> Iterator:
             yield board, client
     finally:
         root.close()
+
+
+@pytest.fixture
+def lab() -> Iterator:
+    with served_lab() as served:
+        yield served
 
 
 def test_boot_to_prompt_run_commands_and_environment(lab) -> None:
@@ -47,13 +55,26 @@ def test_failed_command_names_it_with_console_tail(lab) -> None:
     assert "Unknown command" in client.uboot.run_command("frobnicate 2", check=False)
 
 
-def test_dhcp_and_static_network(lab) -> None:
+def test_dhcp_network(lab) -> None:
     board, client = lab
     client.uboot.reboot_to_console()
     client.uboot.setup_network(serverip="127.0.0.1", tftp_port=6969)
     assert client.uboot.get_env("ipaddr") == board.ipaddr
     assert client.uboot.get_env("tftpdstp") == "6969"
     assert client.uboot.get_env("autoload") == "no"
+
+
+def test_static_network() -> None:
+    with served_lab(network="static", ipaddr="10.9.8.7", netmask="255.255.0.0", serverip="10.9.0.1") as (_, client):
+        client.uboot.reboot_to_console()
+        client.uboot.setup_network()
+        assert client.uboot.get_env("ipaddr") == "10.9.8.7"
+        assert client.uboot.get_env("netmask") == "255.255.0.0"
+        assert client.uboot.get_env("serverip") == "10.9.0.1"
+        assert client.uboot.get_env("tftpdstp") is None, "port 69 is U-Boot's default, left unset"
+        assert client.uboot.get_env("autoload") is None, "no DHCP ran"
+        client.uboot.setup_network(serverip="10.9.0.2")
+        assert client.uboot.get_env("serverip") == "10.9.0.2", "the call's serverip overrides the configured one"
 
 
 def test_panic_ends_the_wait_at_once_with_the_tail(lab) -> None:
