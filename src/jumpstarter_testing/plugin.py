@@ -196,6 +196,8 @@ class LabManager:
         self._streams = contextlib.ExitStack()
         self._environ: dict[str, str | None] = {}
         self._levels: dict[str, int] = {}
+        #: Why the lab could not start (the run stopped there), for the terminal summary.
+        self.failure: str | None = None
 
     def get(self, settings: LabSettings) -> Lab:
         lab = self.labs.get(settings)
@@ -218,7 +220,8 @@ class LabManager:
             return Lab.start_local(settings.exporter, settings.allow, registry=_registry(self.config))
         except (JumpstarterError, OSError) as exc:
             hint = "" if settings.host else " [fix the file, or choose another with --jumpstarter-exporter]"
-            pytest.exit(f"jumpstarter: lab {where} is unusable: {exc}{hint}", returncode=pytest.ExitCode.USAGE_ERROR)
+            self.failure = f"jumpstarter: lab {where} is unusable: {exc}{hint}"
+            pytest.exit(self.failure, returncode=pytest.ExitCode.USAGE_ERROR)
 
     def _export_environment(self, lab: Lab) -> None:
         """Subprocesses of the tests (a ``jmp`` shell, scripts) find the lab through the environment."""
@@ -259,6 +262,19 @@ class LabManager:
 
 
 MANAGER = pytest.StashKey[LabManager]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """A lab that could not start is said once, as one ``ERROR:`` line."""
+    manager = config.stash.get(MANAGER, None)
+    if manager is None or manager.failure is None:
+        return
+    terminalreporter.write_line(f"ERROR: {manager.failure}", red=True)
+    # pytest would print the same message again at exit, as "! _pytest.outcomes.Exit: ... !".
+    memo = getattr(terminalreporter, "_keyboardinterrupt_memo", None)
+    crash = getattr(memo, "reprcrash", None)
+    if crash is not None and manager.failure in crash.message:
+        terminalreporter._keyboardinterrupt_memo = None
 
 
 def _worker(config: pytest.Config) -> tuple[int, int] | None:
