@@ -52,8 +52,10 @@ class QemuBoard(Driver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if set(self.children) - {"serial", "power"}:
-            raise ConfigurationError("QemuBoard: makes its own children 'serial' and 'power'; give it no children")
+        if self.children:
+            raise ConfigurationError(
+                f"QemuBoard: makes its own children 'serial' and 'power'; give it no children (got {', '.join(self.children)})"
+            )
         if shutil.which(self.qemu) is None:
             raise ConfigurationError(f"QemuBoard: {self.qemu!r} is not installed (Debian package qemu-system-arm)")
         if not Path(self.bios).is_file():

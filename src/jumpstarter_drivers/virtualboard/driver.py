@@ -54,8 +54,10 @@ class VirtualBoard(Driver):
         super().__post_init__()
         if self.disk_size <= 0 or self.disk_size % 512:
             raise ConfigurationError(f"VirtualBoard: config field 'disk_size' must be a positive multiple of 512, got {self.disk_size}")
-        if set(self.children) - {"serial", "power"}:
-            raise ConfigurationError("VirtualBoard: makes its own children 'serial' and 'power'; give it no children")
+        if self.children:
+            raise ConfigurationError(
+                f"VirtualBoard: makes its own children 'serial' and 'power'; give it no children (got {', '.join(self.children)})"
+            )
         self._own_dir = None
         if self.disk is None:
             self._own_dir = tempfile.TemporaryDirectory(prefix="virtualboard-")

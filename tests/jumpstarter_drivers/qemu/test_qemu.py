@@ -13,6 +13,7 @@ from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core import connect, serve
 from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
 from jumpstarter_drivers.flashers.testing import make_reference_bundle
+from jumpstarter_drivers.power import MockPower
 from jumpstarter_drivers.qemu import QemuBoard
 from jumpstarter_drivers.qemu.lab import (
     LabUnavailable,
@@ -38,6 +39,12 @@ needs_qemu = pytest.mark.skipif(bool(qemu_missing()), reason=qemu_missing())
 def test_missing_bios_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="config field 'bios'.*does not exist"):
         QemuBoard(bios=str(tmp_path / "u-boot.bin"), qemu="sh")
+
+
+@needs_qemu
+def test_board_refuses_children() -> None:
+    with pytest.raises(ConfigurationError, match="makes its own children 'serial' and 'power'; give it no children"):
+        QemuBoard(children={"power": MockPower()})
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import tftpy
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core.access import serve
 from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
+from jumpstarter_drivers.power import MockPower
 from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
 from jumpstarter_drivers.virtualboard.simulator import split_commands
@@ -164,6 +165,8 @@ def test_split_commands_keeps_quotes() -> None:
 def test_board_refuses_children_and_odd_disks() -> None:
     with pytest.raises(ConfigurationError, match="multiple of 512"):
         VirtualBoard(disk_size=1000)
+    with pytest.raises(ConfigurationError, match="makes its own children 'serial' and 'power'; give it no children"):
+        VirtualBoard(children={"serial": MockPower()})
 
 
 def test_virtual_flasher_brings_the_reference_bundle(tmp_path: Path) -> None:
