@@ -8,6 +8,7 @@ import http.server
 import re
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,22 +141,29 @@ def test_linux_shell_login_and_http_write(lab, tftp_root, http_root) -> None:
     client.uboot.run_command("tftpboot 0x82000000 kernel")
     with client.board.serial.stream() as console:
         console.send(b"booti 0x82000000 - 0x84000000\r")
-        seen = b""
         for step, reply in ((b"login: ", b"root\r"), (b"Password: ", b"password\r"), (b"# ", None)):
-            while step not in seen:
-                seen += console.receive(10)
-            seen = b""
+            read_until(console, re.escape(step))
             if reply:
                 console.send(reply)
         console.send(f"wget -O - {url}/image.bin | dd of=/dev/mmcblk0 bs=1M; echo rc:$?:\r".encode())
-        while not re.search(rb"rc:\d+:", seen):
-            seen += console.receive(10)
+        seen = read_until(console, rb"rc:\d+:")
         assert b"rc:0:" in seen and b"100%" in seen
-        seen = b""
         console.send(f"head -c {len(image)} /dev/mmcblk0 | sha256sum\r".encode())
-        while hashlib.sha256(image).hexdigest().encode() not in seen:
-            seen += console.receive(10)
+        read_until(console, re.escape(hashlib.sha256(image).hexdigest().encode()))
     assert Path(board.disk).read_bytes()[: len(image)] == image
+
+
+def read_until(console, pattern: bytes, timeout: float = 10.0) -> bytes:
+    """Console output up to the first match of ``pattern``; fails after ``timeout`` s or at the stream's end."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, seen):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {pattern!r} on the console within {timeout} s; it showed: {seen[-500:]!r}"
+        data = console.receive(left)
+        assert data, f"the console ended before {pattern!r}; it showed: {seen[-500:]!r}"
+        seen += data
+    return seen
 
 
 def test_split_commands_keeps_quotes() -> None:
