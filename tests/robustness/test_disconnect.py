@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import subprocess
 import sys
@@ -101,10 +102,11 @@ KILLED_CLIENT = textwrap.dedent(
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_client_process_leaves_no_stuck_state(exporter: ServeProcess, client, signum: int) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-c", KILLED_CLIENT, exporter.address],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    ) as victim:
+    victim = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, exporter.address],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        ready, _, _ = select.select([victim.stdout], [], [], 30)
+        assert ready, "the client process did not say 'holding' within 30 s"
         assert victim.stdout.readline() == "holding\n"
         wait_until(
             lambda: state(client) | {"calls": 0} == {"calls": 0, "port_busy": True, "streaming": 1, "uploading": 1},
@@ -112,6 +114,11 @@ def test_killed_client_process_leaves_no_stuck_state(exporter: ServeProcess, cli
         )
         victim.send_signal(signum)
         victim.wait(10)
+    finally:  # the client waits forever by design: never leave it behind when the test fails
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(10)
+        victim.stdout.close()
     wait_until(lambda: idle(client), "everything released after the client process died")
     with client.stream("port") as port:
         port.send(b"free")
