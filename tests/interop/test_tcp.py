@@ -7,6 +7,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -99,9 +100,9 @@ def jumpstarter_standalone(tls_files: tuple[Path, Path] | None) -> Iterator[str]
     """Jumpstarter's standalone exporter in a child process; yields its address once it accepts connections."""
     port = free_port()
     tls = [str(tls_files[0]), str(tls_files[1])] if tls_files else []
-    with subprocess.Popen(
-        [sys.executable, str(STANDALONE), str(port), PASSPHRASE, *tls], stderr=subprocess.PIPE, text=True
-    ) as exporter:
+    # stderr goes to a file: a pipe nobody reads while the exporter runs could fill and stall it.
+    with tempfile.TemporaryFile() as stderr:
+        exporter = subprocess.Popen([sys.executable, str(STANDALONE), str(port), PASSPHRASE, *tls], stderr=stderr)
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -109,13 +110,19 @@ def jumpstarter_standalone(tls_files: tuple[Path, Path] | None) -> Iterator[str]
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
                     break
                 except OSError:
-                    assert exporter.poll() is None, f"Jumpstarter's exporter exited: {exporter.stderr.read()}"
+                    if exporter.poll() is not None:
+                        stderr.seek(0)
+                        pytest.fail(f"Jumpstarter's exporter exited: {stderr.read().decode(errors='replace')}")
                     assert time.monotonic() < deadline, "Jumpstarter's exporter did not listen within 30 s"
                     time.sleep(0.05)  # polling for the listener, with a deadline
             yield f"127.0.0.1:{port}"
         finally:
             exporter.terminate()
-            exporter.wait(10)
+            try:
+                exporter.wait(10)
+            except subprocess.TimeoutExpired:
+                exporter.kill()
+                exporter.wait(10)
 
 
 @pytest.mark.parametrize("use_tls", [True, False], ids=["tls", "plaintext"])
