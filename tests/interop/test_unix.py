@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from jumpstarter_drivers import JMP_DRIVERS_ALLOW, JUMPSTARTER_HOST, Session, env
@@ -40,8 +38,7 @@ def test_jumpstarter_client_sees_our_driver_errors(monkeypatch):
             client.call("no_such_method")
 
 
-def test_our_client_drives_a_jumpstarter_session(monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="exporter:driver")
+def test_our_client_drives_a_jumpstarter_session(monkeypatch):
     with JumpstarterSession(root_device=jumpstarter_power.MockPower()) as session, session.serve_unix() as path:
         monkeypatch.setenv(JUMPSTARTER_HOST, str(path))
         monkeypatch.setenv(JMP_DRIVERS_ALLOW, "jumpstarter_drivers.*")
