@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from tests.helpers.net import free_port
 
 from jumpstarter_drivers.energenie.common import is_login_page, socket_states
 from jumpstarter_drivers.energenie.simulator import EnerGenieSimulator
@@ -78,11 +79,6 @@ def browser() -> Callable[[EnerGenieSimulator], Browser]:
 
 
 @pytest.fixture
-def closed_port() -> Iterator[int]:
+def closed_port() -> int:
     """A loopback port nobody listens on (bound then released)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    yield port
+    return free_port()

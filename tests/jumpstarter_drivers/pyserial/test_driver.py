@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import socket
-import threading
 import termios
+import threading
 
 import anyio
 import pytest
+from tests.helpers.net import free_port
 
 from jumpstarter_drivers.core.errors import ConfigurationError
 from jumpstarter_drivers.pyserial import PySerial
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_missing_device_names_it_and_what_to_check() -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.helpers.net import free_port
 
 from jumpstarter_drivers.core import serve
 from jumpstarter_drivers.core.errors import ConfigurationError
@@ -33,12 +34,6 @@ connection: &console
   options:
     kickolduser: true
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
