@@ -1,8 +1,11 @@
 """``jumpstarter serve`` in a child process, for scripts and tests that want the lab out of process.
 
->>> with ServeProcess("lab.yaml") as lab:          # doctest: +SKIP
-...     with connect(lab.address) as client:
-...         client.power.on()
+.. code-block:: python
+
+    from jumpstarter_drivers import connect
+
+    with ServeProcess("lab.yaml") as lab, connect(lab.address) as client:
+        client.power.on()
 """
 
 from __future__ import annotations
