@@ -35,7 +35,8 @@ def pytest_jumpstarter_lab_ready(session: Lab, client: DriverClient) -> None:
 
 @pytest.hookspec
 def pytest_jumpstarter_test_started(item: pytest.Item, client: DriverClient) -> None:
-    """A test that uses the lab is about to be set up (called after the lab is ready)."""
+    """A test that uses the lab is being set up: the lab is ready, the test's own function-scoped
+    fixtures are not set up yet (this is called from the plugin's autouse fixture)."""
 
 
 @pytest.hookspec
