@@ -205,6 +205,8 @@ def _import(path: str, name: str) -> Any:
         raise ConfigurationError(
             f"driver {name!r} ({path}) is not installed: {exc}; install the package that provides it"
         ) from None
+    except Exception as exc:  # a module that breaks on import must name itself, as a broken entry point does
+        raise ConfigurationError(f"driver {name!r} ({path}): module {module_name} fails to import: {exc!r}") from exc
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -197,6 +197,9 @@ def test_import_path_of_a_driver_class(tmp_path: Path, monkeypatch: pytest.Monke
     assert loaded.root.children["fan"].rpm == 5 and loaded.root.children["fan2"].rpm == 1000
     with pytest.raises(ConfigurationError, match="module bench_drivers has no class 'Fun'"):
         loads("export:\n  fan: {type: bench_drivers.Fun}\n")
+    (tmp_path / "bench_broken.py").write_text("raise RuntimeError('needs libfoo')\n")
+    with pytest.raises(ConfigurationError, match=r"module bench_broken fails to import: RuntimeError\('needs libfoo'\)"):
+        loads("export:\n  fan: {type: bench_broken.Fan}\n")
 
 
 def test_pluggy_plugin_registers_a_short_name() -> None:
