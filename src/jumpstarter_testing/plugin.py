@@ -136,10 +136,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workers = config.getoption("numprocesses", None) if not hasattr(config, "workerinput") else None
     hosts = _hosts(config)
     if isinstance(workers, int) and workers > 1 and hosts and len(hosts) < workers:
-        raise pytest.UsageError(
-            f"jumpstarter: {workers} xdist workers but {len(hosts)} board(s) ({', '.join(hosts)}); give one "
-            "--jumpstarter-host per worker, or run fewer workers (-n)"
-        )
+        raise pytest.UsageError(_too_few_boards(workers, hosts))
     manager = LabManager(config)
     config.stash[MANAGER] = manager
     config.add_cleanup(manager.close)
@@ -294,13 +291,16 @@ def pick_host(config: pytest.Config, hosts: list[str]) -> str | None:
     if worker is None:
         return hosts[0]
     index, count = worker
-    if len(hosts) < count:
-        pytest.exit(
-            f"jumpstarter: {count} xdist workers but {len(hosts)} board(s) ({', '.join(hosts)}); give one "
-            "--jumpstarter-host per worker so no board is shared, or run fewer workers (-n)",
-            returncode=pytest.ExitCode.USAGE_ERROR,
-        )
+    if len(hosts) < count:  # workers started with --tx rather than -n: not checked at configure time
+        pytest.exit(_too_few_boards(count, hosts), returncode=pytest.ExitCode.USAGE_ERROR)
     return hosts[index]
+
+
+def _too_few_boards(workers: int, hosts: list[str]) -> str:
+    return (
+        f"jumpstarter: {workers} xdist workers but {len(hosts)} board(s) ({', '.join(hosts)}); give one "
+        "--jumpstarter-host per worker so no board is shared, or run fewer workers (-n)"
+    )
 
 
 # settings fixtures: override any of them in a conftest.py -----------------------------------------
