@@ -329,10 +329,11 @@ def test_broken_exporter_file_fails_the_run_once(pytester: pytest.Pytester, clea
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     text = result.stdout.str()
     assert text.count("jumpstarter: lab") == 1
-    result.stdout.fnmatch_lines(
-        ["ERROR: jumpstarter: lab *exporter.yaml is unusable: *exporter.yaml: "
-         "export.board.children.power.config.slot: MockPower: unknown config field 'slot'*"]
+    expected = (
+        "ERROR: jumpstarter: lab *exporter.yaml is unusable: *exporter.yaml: "
+        "export.board.children.power.config.slot: MockPower: unknown config field 'slot'*"
     )
+    result.stdout.fnmatch_lines([expected])
     assert "Traceback" not in text and "_pytest.outcomes.Exit" not in text
 
 
