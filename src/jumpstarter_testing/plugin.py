@@ -389,11 +389,11 @@ def _jumpstarter_test(request: pytest.FixtureRequest) -> None:
     if not _uses_lab(item):
         return
     lab: Lab = request.getfixturevalue("session")
-    item.stash[USED_LAB] = lab
     marker_nodes = [n for m in item.iter_markers(MARKER) for n in m.args]
     missing = [name for name in marker_nodes if lab.find(name) is None]
     if missing:
         pytest.skip(f"the lab at {lab.address} has no {', '.join(missing)} node (jumpstarter_requires)")
+    item.stash[USED_LAB] = lab  # from here on the finished hook is called too
     item.config.hook.pytest_jumpstarter_test_started(item=item, client=lab.client)
 
 

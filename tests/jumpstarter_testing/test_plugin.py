@@ -357,9 +357,10 @@ def test_hooks_around_the_lab_and_each_test(pytester: pytest.Pytester, clean_env
             print("EVENTS", events)
         """
     )
-    pytester.makepyfile(FAILING + "\ndef test_plain():\n    pass\n")
+    skipped = "\n@pytest.mark.jumpstarter_requires('no_such_node')\ndef test_skipped(client):\n    pass\n"
+    pytester.makepyfile("import pytest\n" + FAILING + "\ndef test_plain():\n    pass\n" + skipped)
     result = pytester.runpytest("-s")
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
     assert (
         "EVENTS [('ready', True), ('started', 'test_fails'), "
         "('finished', 'test_fails', True, ['call', 'setup', 'teardown']), ('started', 'test_passes'), "
