@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import tty
@@ -114,9 +115,13 @@ class QemuBoard(Driver):
         except (BlockingIOError, OSError):
             self.logger.debug("console input flushed")
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - QEMU writes it while running; closed at power off
-        self._process = subprocess.Popen(
-            self.command(), stdin=self.master, stdout=self.master, stderr=self._log, start_new_session=True
-        )
+        try:
+            self._process = subprocess.Popen(
+                self.command(), stdin=self.master, stdout=self.master, stderr=self._log, start_new_session=True
+            )
+        except BaseException:
+            self._log.close()
+            raise
         self.logger.info("QEMU started (pid %d)", self._process.pid)
 
     def power_off(self) -> None:
@@ -124,18 +129,22 @@ class QemuBoard(Driver):
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
-        self._log.seek(0)
-        errors = self._log.read().decode(errors="replace").strip()
-        self._log.close()
-        if process.returncode not in (0, -15) and errors and "terminating on signal" not in errors:
-            raise DriverError(f"QEMU exited with status {process.returncode}: {errors[-2000:]}")
+        try:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.logger.warning("QEMU did not stop within %s s of SIGTERM; killing it", STOP_TIMEOUT)
+                    process.kill()
+                    process.wait(STOP_TIMEOUT)
+            self._log.seek(0)
+            errors = self._log.read().decode(errors="replace").strip()
+        finally:
+            self._log.close()
+        stopped_by_us = (0, -signal.SIGTERM, -signal.SIGKILL)
+        if process.returncode not in stopped_by_us and "terminating on signal" not in errors:
+            raise DriverError(f"QEMU exited with status {process.returncode}: {errors[-2000:] or 'nothing on its stderr'}")
         self.logger.info("QEMU stopped")
 
     @export

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,21 @@ needs_qemu = pytest.mark.skipif(bool(qemu_missing()), reason=qemu_missing())
 def test_missing_bios_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="config field 'bios'.*does not exist"):
         QemuBoard(bios=str(tmp_path / "u-boot.bin"), qemu="sh")
+
+
+@needs_qemu
+def test_qemu_exiting_on_its_own_is_reported_at_power_off(tmp_path: Path) -> None:
+    board = QemuBoard(network="none", disk=str(tmp_path / "disk.img"), disk_size=1 << 20, extra_args=["-no-such-option"])
+    try:
+        board.power_on()
+        deadline = time.monotonic() + 10
+        while board.powered:
+            assert time.monotonic() < deadline, "QEMU with a bad option still runs after 10 s"
+            time.sleep(0.02)  # polling the process, bounded by the deadline
+        with pytest.raises(DriverError, match="QEMU exited with status 1: .*no-such-option"):
+            board.power_off()
+    finally:
+        board.close()
 
 
 @needs_qemu
