@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..core.driver import Driver, export
-from ..core.errors import ConfigurationError
+from ..core.errors import ConfigurationError, DriverError
 from ..flashers.common import sha256_file
 from ..flashers.driver import BaseFlasher
 from ..flashers.testing import make_reference_bundle
@@ -120,15 +120,18 @@ class VirtualBoard(Driver):
             self.logger.exception("virtual board crashed")
 
     def power_off(self) -> None:
-        """Stop the board; waits for its thread."""
+        """Stop the board; waits for its thread (``DriverError`` if it does not stop within ``STOP_TIMEOUT``)."""
         thread = self._thread
         if thread is None:
             return
         self._stop.set()
         os.write(self._wake_w, b"x")
         thread.join(STOP_TIMEOUT)
-        if thread.is_alive():
-            self.logger.warning("virtual board thread did not stop within %s s", STOP_TIMEOUT)
+        if thread.is_alive():  # still counts as powered: a second board must not start on the same pty
+            raise DriverError(
+                f"the virtual board did not stop within {STOP_TIMEOUT} s of power off (stuck in a network "
+                "transfer?); switch it off again"
+            )
         try:
             while os.read(self._wake_r, 64):
                 continue
@@ -151,15 +154,17 @@ class VirtualBoard(Driver):
         self.board.faults.hang_boot_once = hang_boot_once
 
     def close(self) -> None:
-        self.power_off()
-        super().close()
-        for fd in (self.master, self._slave, self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                continue
-        if self._own_dir is not None:
-            self._own_dir.cleanup()
+        try:
+            self.power_off()
+        finally:
+            super().close()
+            for fd in (self.master, self._slave, self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    continue
+            if self._own_dir is not None:
+                self._own_dir.cleanup()
 
 
 @dataclass(kw_only=True)

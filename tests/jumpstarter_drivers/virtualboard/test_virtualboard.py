@@ -194,3 +194,25 @@ def test_virtual_flasher_brings_the_reference_bundle(tmp_path: Path) -> None:
     finally:
         root.close()
     assert not Path(flasher.flasher_bundle).exists(), "the generated bundle is removed on close"
+
+
+def test_a_board_that_does_not_stop_is_reported_and_stays_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jumpstarter_drivers.virtualboard.driver as driver
+
+    monkeypatch.setattr(driver, "STOP_TIMEOUT", 0.2)
+    board = VirtualBoard(disk=str(tmp_path / "disk.img"), disk_size=1 << 20)
+    release = threading.Event()
+    board.board.run = lambda uart: release.wait(10)  # a board stuck where it does not look at its power
+    try:
+        board.power_on()
+        with pytest.raises(DriverError, match="did not stop within 0.2 s of power off"):
+            board.power_off()
+        assert board.powered, "a board still running is not reported as off"
+        stuck = board._thread
+        board.power_on()
+        assert board._thread is stuck, "power on started a second board on the same pty"
+    finally:
+        release.set()
+        board.close()
+    assert not board.powered
+
