@@ -266,8 +266,9 @@ class BaseFlasher(Driver):
             raise ValueError("no target given and the flasher has no default_target; name one (e.g. 'usd')")
         if image.startswith(("http://", "https://")):
             image = await anyio.to_thread.run_sync(self._download, image)
-        source = self._storage_root("http") / image
-        if not source.is_file():
+        storage = self._storage_root("http")
+        source = storage / image
+        if not Path(os.path.normpath(source)).is_relative_to(storage) or not source.is_file():
             raise ValueError(f"image {image!r} is not in the flasher's HTTP storage; upload it first")
         steps: dict[str, float] = {}
         started = time.monotonic()

@@ -164,6 +164,15 @@ def test_panic_during_flash_names_the_step_and_is_not_retried(lab, tmp_path: Pat
     assert not root.children["board"].powered
 
 
+def test_flash_of_a_file_outside_the_http_storage_is_refused(lab, tmp_path: Path) -> None:
+    root, client = lab
+    outside = image_file(tmp_path, 4096)
+    relative = os.path.relpath(outside, root.children["flasher"].children["http"].children["storage"].root)
+    with pytest.raises(DriverInvalidArgument, match="is not in the flasher's HTTP storage"):
+        client.flasher.call("flash", relative, "usd", "uboot")
+    assert not root.children["board"].powered, "refused before the board was touched"
+
+
 def test_flash_to_an_unmapped_target_is_refused(lab, tmp_path: Path) -> None:
     _, client = lab
     with pytest.raises(DriverInvalidArgument, match="'emmc' is not a U-Boot block device"):
