@@ -307,15 +307,17 @@ class BaseFlasher(Driver):
         temp = target.with_name(f".{name}.download")
         self.logger.info("downloading %s", url)
         try:
-            with requests.get(url, stream=True, timeout=60, verify=self.cacert or True) as response:
-                response.raise_for_status()
-                with temp.open("wb") as out:
-                    for chunk in response.iter_content(1 << 20):
-                        out.write(chunk)
-        except requests.RequestException as exc:
+            try:
+                with requests.get(url, stream=True, timeout=60, verify=self.cacert or True) as response:
+                    response.raise_for_status()
+                    with temp.open("wb") as out:
+                        for chunk in response.iter_content(1 << 20):
+                            out.write(chunk)
+            except requests.RequestException as exc:
+                raise ValueError(f"cannot download the image {url}: {exc}") from None
+            os.replace(temp, target)
+        finally:  # a failed download (a network error, a full disk) leaves no partial file behind
             temp.unlink(missing_ok=True)
-            raise ValueError(f"cannot download the image {url}: {exc}") from None
-        os.replace(temp, target)
         return name
 
     @contextlib.asynccontextmanager
