@@ -271,13 +271,17 @@ def _extract_tar(archive: Path, cache_dir: Path) -> Path:
     except (tarfile.TarError, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigurationError(f"flasher bundle {archive}: cannot unpack it: {exc}") from None
-    entries = [p for p in tmp.iterdir()]
-    if not (tmp / MANIFEST_NAME).exists() and len(entries) == 1 and entries[0].is_dir():
-        inner = entries[0]
-        for item in inner.iterdir():
-            item.rename(tmp / item.name)
-        inner.rmdir()
-    return _publish(tmp, final)
+    try:
+        entries = list(tmp.iterdir())
+        if not (tmp / MANIFEST_NAME).exists() and len(entries) == 1 and entries[0].is_dir():
+            inner = entries[0]
+            for item in inner.iterdir():
+                item.rename(tmp / item.name)
+            inner.rmdir()
+        return _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-unpacked stays in the cache
+        raise
 
 
 def _oras_client(host: str, cacert: str | None) -> Any:
@@ -338,7 +342,11 @@ def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = 
     except Exception as exc:  # noqa: BLE001 - oras raises plain exceptions of many kinds
         shutil.rmtree(tmp, ignore_errors=True)
         raise DriverError(f"flasher bundle {reference}: pull of {pinned} failed: {exc}") from None
-    return _publish(tmp, final)
+    try:
+        return _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def fetch_bundle(
