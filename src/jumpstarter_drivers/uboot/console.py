@@ -38,6 +38,8 @@ class Expecter:
     buffer: str = ""
     tail: str = ""
     log: Callable[[str], None] | None = None
+    #: While a list, everything received is appended to it (a command's whole output; ``tail`` is cut).
+    capture: list[str] | None = None
     _fail: re.Pattern | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class Expecter:
             raise ConsoleError(self.step, "the serial console closed", self.console_tail()) from None
         text = _ANSI.sub("", data.decode(errors="replace"))
         self.tail = (self.tail + text)[-4 * TAIL :]
+        if self.capture is not None:
+            self.capture.append(text)
         if self.log is not None:
             self.log(text)
         return text
@@ -110,9 +114,14 @@ class _Commands:
         :class:`StepFailed` naming the command, with the console tail."""
         n = next(self._ids)
         self.expecter.buffer = ""
-        await self.expecter.send(f"{command}; echo rc{n}:$?:\r")
-        _, match = await self.expecter.expect([re.compile(rf"rc{n}:(\d+):")], timeout)
-        consumed = self.expecter.tail[: len(self.expecter.tail) - len(self.expecter.buffer)]
+        self.expecter.capture = captured = []
+        try:
+            await self.expecter.send(f"{command}; echo rc{n}:$?:\r")
+            _, match = await self.expecter.expect([re.compile(rf"rc{n}:(\d+):")], timeout)
+        finally:
+            self.expecter.capture = None
+        received = "".join(captured)
+        consumed = received[: len(received) - len(self.expecter.buffer)]
         status = int(match.group(1))
         output = _command_output(consumed, n)
         # Typing before the prompt is back loses characters on real boards (U-Boot polls for ^C).

@@ -47,6 +47,14 @@ def test_boot_to_prompt_run_commands_and_environment(lab) -> None:
     assert client.uboot.get_env("greeting") is None
 
 
+def test_long_output_is_returned_whole(lab) -> None:
+    _, client = lab
+    client.uboot.reboot_to_console()
+    lines = [f"line {i:04d} " + "x" * 60 for i in range(400)]  # far more than the console tail keeps
+    output = client.uboot.run_command("; ".join(f"echo {line}" for line in lines))
+    assert output.splitlines() == lines
+
+
 def test_failed_command_names_it_with_console_tail(lab) -> None:
     _, client = lab
     client.uboot.reboot_to_console()
