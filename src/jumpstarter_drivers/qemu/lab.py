@@ -10,6 +10,7 @@ Needs root, ``/dev/net/tun`` and iproute2; :class:`LabUnavailable` says what is 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ import yaml
 
 from ..core.errors import DriverError, JumpstarterError
 from .driver import DEFAULT_BIOS
+
+logger = logging.getLogger(__name__)
 
 HOST_ADDRESS = "10.0.3.1"
 BOARD_ADDRESS = "10.0.3.2"
@@ -84,7 +87,10 @@ def tap_namespace() -> Iterator[Namespace]:
                 raise LabUnavailable(f"cannot set up {ns.tap} in {ns.name}: ip {' '.join(args)}: {done.stderr.strip()}")
         yield ns
     finally:
-        _ip("netns", "del", ns.name)
+        deleted = _ip("netns", "del", ns.name)
+        if deleted.returncode != 0:
+            logger.warning("could not delete network namespace %s (remove it with 'ip netns del %s'): %s",
+                           ns.name, ns.name, deleted.stderr.strip())
 
 
 def flasher_lab_config(ns: Namespace, bundle: str | os.PathLike, workdir: str | os.PathLike,
