@@ -19,7 +19,7 @@ HANG = 30.0
 
 
 @pytest.fixture
-def frozen(serve_lab: Callable[..., ServeProcess]) -> Iterator[Callable[[], None]]:
+def frozen(serve_lab: Callable[..., ServeProcess]) -> Iterator[tuple[ServeProcess, Callable[[], None]]]:
     """A fresh exporter, and a function that SIGSTOPs it (SIGCONT and stop at the end)."""
     with serve_lab() as served:
         stopped = []
