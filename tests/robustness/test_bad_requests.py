@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import random
 import socket
 import ssl
 from collections.abc import Iterator
@@ -233,11 +233,15 @@ def hammer(sock: socket.socket, payload: bytes) -> None:
 
 
 #: Each complete as what it pretends to be: a TLS record cut short would rightly be waited for.
+#: Seeded, so that every run sends the same bytes: random bytes after a TLS record header declare, now
+#: and then, a handshake message longer than the record, which a TLS server rightly waits for (a flake).
+_NOISE = random.Random(20261122)
 GARBAGE = [
-    b"\x00" + os.urandom(65535),
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(4096),
+    b"\x00" + _NOISE.randbytes(65535),
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _NOISE.randbytes(4096),
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"\x16\x03\x01\x02\x00" + os.urandom(512),  # a TLS handshake record of 512 random bytes
+    # a TLS handshake record of 512 bytes: a ClientHello header declaring the 508 bytes that follow, random
+    b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc" + _NOISE.randbytes(508),
 ]
 
 
