@@ -658,6 +658,12 @@ class _RouterService:
                         tg.start_soon(_expire_unclaimed, resource, session.resource_timeout)
                         await pump(resource.wire_end, context)
                         tg.cancel_scope.cancel()
+                except BaseException:
+                    # The client went away or the stream failed: the driver must not take what
+                    # arrived so far for the whole upload.
+                    with anyio.CancelScope(shield=True):
+                        await resource.wire_end.abort()
+                    raise
                 finally:
                     await resource.wire_end.aclose()
                     del session._resources[uuid]

@@ -105,16 +105,30 @@ def decode_frame(data: bytes) -> Frame:
     return Frame(payload, frame_type)
 
 
+class _PipeState:
+    """What both ends of a pipe share: whether it was aborted rather than ended."""
+
+    aborted = False
+
+
 class PipeStream(anyio.abc.ByteStream):
     """One end of an in-memory byte pipe (see :func:`pipe`)."""
 
-    def __init__(self, send: MemoryObjectSendStream[bytes], receive: MemoryObjectReceiveStream[bytes]) -> None:
+    def __init__(
+        self, send: MemoryObjectSendStream[bytes], receive: MemoryObjectReceiveStream[bytes], state: _PipeState
+    ) -> None:
         self._send = send
         self._receive = receive
+        self._state = state
         self._leftover = b""
 
     async def receive(self, max_bytes: int = MAX_FRAME) -> bytes:
-        data = self._leftover or await self._receive.receive()
+        try:
+            data = self._leftover or await self._receive.receive()
+        except anyio.EndOfStream:
+            if self._state.aborted:
+                raise anyio.BrokenResourceError("the peer went away before the end of the stream") from None
+            raise
         self._leftover = data[max_bytes:]
         return data[:max_bytes]
 
@@ -125,6 +139,11 @@ class PipeStream(anyio.abc.ByteStream):
     async def send_eof(self) -> None:
         await self._send.aclose()
 
+    async def abort(self) -> None:
+        """Close both ways; the other end's reads fail instead of seeing a clean end."""
+        self._state.aborted = True
+        await self.aclose()
+
     async def aclose(self) -> None:
         await self._send.aclose()
         await self._receive.aclose()
@@ -134,13 +153,15 @@ def pipe(buffer: int = 16) -> tuple[PipeStream, PipeStream]:
     """Two connected byte streams; each buffers up to ``buffer`` chunks before the writer waits."""
     a_send, b_receive = anyio.create_memory_object_stream[bytes](buffer)
     b_send, a_receive = anyio.create_memory_object_stream[bytes](buffer)
-    return PipeStream(a_send, a_receive), PipeStream(b_send, b_receive)
+    state = _PipeState()
+    return PipeStream(a_send, a_receive, state), PipeStream(b_send, b_receive, state)
 
 
 async def pump(stream: anyio.abc.ByteStream, context: Any) -> None:
     """Move bytes between ``stream`` and a gRPC bidi call until both directions have ended.
 
-    Inbound DATA frames are written to the stream, GOAWAY half-closes it, RST_STREAM aborts.
+    Inbound DATA frames are written to the stream, GOAWAY half-closes it; RST_STREAM, or the
+    request stream ending without a GOAWAY, aborts it.
     Outbound bytes become DATA frames, and the end of the stream a GOAWAY frame. The call's
     messages are :class:`Frame` tuples (see :func:`encode_frame` and :func:`decode_frame`).
     """
@@ -151,12 +172,20 @@ async def pump(stream: anyio.abc.ByteStream, context: Any) -> None:
         async def inbound() -> None:
             while True:
                 frame = await context.read()
-                if frame is grpc.aio.EOF or frame.frame_type == FRAME_GOAWAY:
+                if frame is not grpc.aio.EOF and frame.frame_type == FRAME_GOAWAY:
                     with contextlib.suppress(*_END, NotImplementedError):
                         await stream.send_eof()
                     return
-                if frame.frame_type == FRAME_RST_STREAM:
-                    logger.debug("peer reset the stream")
+                if frame is grpc.aio.EOF or frame.frame_type == FRAME_RST_STREAM:
+                    # Peers say goodbye with GOAWAY before they stop writing; a bare end of the
+                    # request stream is a client that was cancelled or died.
+                    logger.debug("peer %s", "reset the stream" if frame is not grpc.aio.EOF else "vanished")
+                    abort = getattr(stream, "abort", None)
+                    if abort is not None:
+                        await abort()
+                    else:
+                        with contextlib.suppress(*_END, NotImplementedError):
+                            await stream.send_eof()
                     tg.cancel_scope.cancel()
                     return
                 if frame.frame_type == FRAME_DATA and frame.payload:

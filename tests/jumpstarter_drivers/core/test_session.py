@@ -279,3 +279,26 @@ def test_streaming_batches_only_for_peers_that_ask(sample):
     assert dict(call.initial_metadata()).get(BATCH_KEY) == "1"
     items = [v.number_value for m in batched for v in m.result.list_value.values]
     assert items == list(range(1000)) and len(batched) < 1000
+
+
+def test_a_client_vanishing_mid_upload_is_not_a_clean_end():
+    with Session(root_device=Sample()) as session, session.serve_unix() as path, connect(path) as client:
+        with client.resource() as (handle, stream):
+            stream.send(b"x" * 1000)
+            outcome: dict = {}
+
+            def upload() -> None:
+                try:
+                    outcome["size"] = client.call("upload_size", handle)
+                except DriverError as exc:
+                    outcome["error"] = exc
+
+            caller = threading.Thread(target=upload)
+            caller.start()
+            resource = session._resources[next(iter(session._resources))]
+            assert _wait_for(resource.claimed.is_set), "the driver never claimed the resource"
+            stream._call.cancel()  # the client process dies: no end-of-stream frame
+            caller.join(10)
+        assert "size" not in outcome, f"a truncated upload was taken for a whole one: {outcome}"
+        assert "went away" in str(outcome["error"])
+        assert client.call("add", 1, 2) == 3
