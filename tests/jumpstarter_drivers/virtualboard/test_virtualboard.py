@@ -197,7 +197,7 @@ def test_virtual_flasher_brings_the_reference_bundle(tmp_path: Path) -> None:
 
 
 def test_a_board_that_does_not_stop_is_reported_and_stays_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import jumpstarter_drivers.virtualboard.driver as driver
+    from jumpstarter_drivers.virtualboard import driver
 
     monkeypatch.setattr(driver, "STOP_TIMEOUT", 0.2)
     board = VirtualBoard(disk=str(tmp_path / "disk.img"), disk_size=1 << 20)
