@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from jumpstarter_drivers import JMP_DRIVERS_ALLOW, JUMPSTARTER_HOST, Session, env
@@ -48,3 +50,33 @@ def test_our_client_drives_a_jumpstarter_session(monkeypatch):
             client.off()
             readings = list(client.read())
     assert readings == [PowerReading(voltage=0.0, current=0.0), PowerReading(voltage=5.0, current=2.0)]
+
+
+def test_our_log_stream_receives_a_jumpstarter_sessions_driver_logs(monkeypatch, caplog):
+    import threading
+
+    caplog.set_level(logging.INFO)  # as a Jumpstarter exporter process configures its logging
+
+    received: list[str] = []
+    arrived = threading.Event()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            received.append(record.getMessage())
+            arrived.set()
+
+    streamed = logging.getLogger("exporter:driver")
+    handler = Collect()
+    streamed.addHandler(handler)
+    # In one process Jumpstarter's session captures the root logger too; without this our
+    # re-emitted records would travel back to it and round again.
+    monkeypatch.setattr(streamed, "propagate", False)
+    try:
+        with JumpstarterSession(root_device=jumpstarter_power.MockPower()) as session, session.serve_unix() as path:
+            monkeypatch.setenv(JUMPSTARTER_HOST, str(path))
+            with env() as client, client.log_stream():
+                client.on()
+                assert arrived.wait(5), "no driver log arrived from the Jumpstarter session"
+    finally:
+        streamed.removeHandler(handler)
+    assert "power on" in received
