@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from jumpstarter_drivers.core.processes import stop_process
+
 IMAGE = "image.bin"
 #: A small file beside the image: fetched to learn that a server is up.
 PROBE = "probe"
@@ -60,17 +62,6 @@ def free_port(kind: socket.SocketKind) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """End ``process`` if it still runs: SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
 
 
 def checksum(url: str, *curl_options: str) -> str:

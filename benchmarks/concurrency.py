@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+from jumpstarter_drivers.core.processes import stop_process
+
 PASSPHRASE = "benchmark passphrase"
 
 
@@ -59,8 +61,7 @@ def jumpstarter_exporter(cert: Path, key: Path) -> Iterator[str]:
                 raise RuntimeError("Jumpstarter's session did not start")
             yield address
         finally:
-            child.terminate()
-            child.wait(10)
+            stop_process(child)
 
 
 @contextlib.contextmanager

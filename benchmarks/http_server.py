@@ -17,8 +17,9 @@ import statistics
 import subprocess
 import sys
 
-from _served import IMAGE, checksum, download, free_port, options, served_image, stop_process, wait_until_serving
+from _served import IMAGE, checksum, download, free_port, options, served_image, wait_until_serving
 
+from jumpstarter_drivers.core.processes import stop_process
 from jumpstarter_drivers.http import HttpServer
 
 NGINX_CONF = """

@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _served import stop_process
-
 from jumpstarter_drivers.core import connect
+from jumpstarter_drivers.core.processes import stop_process
 
 EXPORTER = """
 import sys

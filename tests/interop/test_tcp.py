@@ -21,6 +21,7 @@ from jumpstarter_drivers.cli.certs import write_self_signed
 from jumpstarter_drivers.cli.process import ServeProcess
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import Unauthenticated
+from jumpstarter_drivers.core.processes import stop_process
 from jumpstarter_drivers.core.session import Session
 from jumpstarter_drivers.power import MockPower, PowerClient, PowerReading
 
@@ -117,12 +118,7 @@ def jumpstarter_standalone(tls_files: tuple[Path, Path] | None) -> Iterator[str]
                     time.sleep(0.05)  # polling for the listener, with a deadline
             yield f"127.0.0.1:{port}"
         finally:
-            exporter.terminate()
-            try:
-                exporter.wait(10)
-            except subprocess.TimeoutExpired:
-                exporter.kill()
-                exporter.wait(10)
+            stop_process(exporter)
 
 
 @pytest.mark.parametrize("use_tls", [True, False], ids=["tls", "plaintext"])

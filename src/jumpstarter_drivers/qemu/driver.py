@@ -20,6 +20,7 @@ from typing import Literal
 
 from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError, DriverError
+from ..core.processes import stop_process
 from ..flashers.common import sha256_file
 from ..power.driver import BoardPower
 from ..pyserial.driver import PySerial
@@ -130,14 +131,7 @@ class QemuBoard(Driver):
         if process is None:
             return
         try:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.logger.warning("QEMU did not stop within %s s of SIGTERM; killing it", STOP_TIMEOUT)
-                    process.kill()
-                    process.wait(STOP_TIMEOUT)
+            stop_process(process, STOP_TIMEOUT, "QEMU")
             self._log.seek(0)
             errors = self._log.read().decode(errors="replace").strip()
         finally:

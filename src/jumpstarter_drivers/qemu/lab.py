@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import DriverError, JumpstarterError
+from ..core.processes import stop_process
 from .driver import DEFAULT_BIOS
 
 logger = logging.getLogger(__name__)
@@ -146,9 +147,4 @@ def serve_in_namespace(ns: Namespace, config: dict[str, Any], workdir: str | os.
             time.sleep(0.05)  # polling for the socket file, bounded by the deadline
         yield socket
     finally:
-        exporter.terminate()
-        try:
-            exporter.wait(20)
-        except subprocess.TimeoutExpired:
-            exporter.kill()
-            exporter.wait(5)
+        stop_process(exporter, 20, "the namespaced exporter")

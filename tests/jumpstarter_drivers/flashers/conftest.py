@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from jumpstarter_drivers.core.processes import stop_process
 from jumpstarter_drivers.flashers.testing import make_reference_bundle
 
 REGISTRY = "/usr/bin/docker-registry"
@@ -78,9 +79,4 @@ def oci_registry(tmp_path: Path) -> Iterator[Registry]:
             time.sleep(0.05)  # polling the registry's readiness, bounded by the deadline
         yield Registry(f"127.0.0.1:{port}", log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)

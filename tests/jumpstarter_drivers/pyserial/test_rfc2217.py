@@ -14,6 +14,7 @@ from tests.helpers.net import free_port
 
 from jumpstarter_drivers.core import serve
 from jumpstarter_drivers.core.errors import ConfigurationError
+from jumpstarter_drivers.core.processes import stop_process
 from jumpstarter_drivers.pyserial import PySerial
 
 SER2NET = shutil.which("ser2net", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
@@ -65,12 +66,7 @@ def rfc2217_url(board, tmp_path) -> Iterator[str]:
                 time.sleep(0.02)
         yield f"rfc2217://127.0.0.1:{port}?ign_set_control"
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        stop_process(server)
         server.stdout.close()
 
 
