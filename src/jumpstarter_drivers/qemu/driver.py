@@ -8,22 +8,18 @@ cycles exactly as a USB serial adapter does. The disk is a raw file on ``virtio-
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..core.driver import Driver, export
+from ..board.driver import PtyBoard
 from ..core.errors import ConfigurationError, DriverError
 from ..core.processes import stop_process
-from ..flashers.common import sha256_file
 from ..power.driver import BoardPower
-from ..pyserial.driver import PySerial
 
 DEFAULT_BIOS = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
 #: How long power-off waits for QEMU to exit after SIGTERM, then after SIGKILL.
@@ -31,7 +27,14 @@ STOP_TIMEOUT = 5.0
 
 
 @dataclass(kw_only=True)
-class QemuBoard(Driver):
+class QemuPower(BoardPower):
+    """The QEMU board's power: on starts the process, off ends it."""
+
+    current_when_on = 1.0
+
+
+@dataclass(kw_only=True)
+class QemuBoard(PtyBoard):
     """An arm64 ``virt`` machine booting ``bios`` (U-Boot), with a raw ``disk`` file.
 
     ``network`` is ``user`` (QEMU's own NAT, which answers TFTP on 10.0.2.2 itself), ``tap``
@@ -39,49 +42,24 @@ class QemuBoard(Driver):
     The disk file is created (sparse, ``disk_size`` bytes) when missing.
     """
 
+    power_class = QemuPower
+
     qemu: str = "qemu-system-aarch64"
     bios: str = DEFAULT_BIOS
     machine: str = "virt"
     cpu: str = "cortex-a57"
     memory_mb: int = 1024
-    disk: str | None = None
-    disk_size: int = 256 << 20
     network: Literal["user", "tap", "none"] = "user"
     tap: str = "tap0"
     extra_args: list[str] = field(default_factory=list)
 
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.children:
-            raise ConfigurationError(
-                f"QemuBoard: makes its own children 'serial' and 'power'; give it no children (got {', '.join(self.children)})"
-            )
+    def check(self) -> None:
         if shutil.which(self.qemu) is None:
             raise ConfigurationError(f"QemuBoard: {self.qemu!r} is not installed (Debian package qemu-system-arm)")
         if not Path(self.bios).is_file():
             raise ConfigurationError(f"QemuBoard: config field 'bios': {self.bios} does not exist (Debian package u-boot-qemu)")
-        if self.disk_size <= 0 or self.disk_size % 512:
-            raise ConfigurationError(f"QemuBoard: config field 'disk_size' must be a positive multiple of 512, got {self.disk_size}")
-        self._own_dir = None
-        if self.disk is None:
-            self._own_dir = tempfile.TemporaryDirectory(prefix="qemuboard-")
-            self.disk = str(Path(self._own_dir.name) / "disk.img")
-        disk = Path(self.disk)
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        if not disk.exists():
-            with disk.open("wb") as f:
-                f.truncate(self.disk_size)
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        tty.setraw(self.master)
-        os.set_blocking(self.master, False)
-        self.slave_path = os.ttyname(self._slave)
-        self.children["serial"] = PySerial(url=self.slave_path)
-        power = QemuPower()
-        power.board = self
-        self.children["power"] = power
 
     @classmethod
     def client(cls) -> str:
@@ -110,11 +88,7 @@ class QemuBoard(Driver):
         """Start QEMU (a no-op while it runs)."""
         if self.powered:
             return
-        try:  # what was typed while the board was off is lost, as on a real UART
-            while os.read(self.master, 65536):
-                continue
-        except (BlockingIOError, OSError):
-            self.logger.debug("console input flushed")
+        self.flush_console()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - QEMU writes it while running; closed at power off
         try:
             self._process = subprocess.Popen(
@@ -140,28 +114,3 @@ class QemuBoard(Driver):
         if process.returncode not in stopped_by_us and "terminating on signal" not in errors:
             raise DriverError(f"QEMU exited with status {process.returncode}: {errors[-2000:] or 'nothing on its stderr'}")
         self.logger.info("QEMU stopped")
-
-    @export
-    def disk_sha256(self, length: int = -1) -> str:
-        """SHA-256 of the first ``length`` bytes of the disk file (all of it when negative)."""
-        return sha256_file(self.disk, int(length))
-
-    def close(self) -> None:
-        try:
-            self.power_off()
-        finally:
-            super().close()
-            for fd in (self.master, self._slave):
-                try:
-                    os.close(fd)
-                except OSError:
-                    continue
-            if self._own_dir is not None:
-                self._own_dir.cleanup()
-
-
-@dataclass(kw_only=True)
-class QemuPower(BoardPower):
-    """The QEMU board's power: on starts the process, off ends it."""
-
-    current_when_on = 1.0

@@ -10,18 +10,16 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..core.driver import Driver, export
-from ..core.errors import ConfigurationError, DriverError
-from ..flashers.common import sha256_file
+from ..board.driver import PtyBoard
+from ..core.driver import export
+from ..core.errors import DriverError
 from ..flashers.driver import BaseFlasher
 from ..flashers.testing import make_reference_bundle
 from ..power.driver import BoardPower
-from ..pyserial.driver import PySerial
 from ..uboot.driver import UBoot
 from .simulator import BlockDevice, Faults, PoweredOff, Uart, VirtualUBoot
 
@@ -30,7 +28,14 @@ STOP_TIMEOUT = 10.0
 
 
 @dataclass(kw_only=True)
-class VirtualBoard(Driver):
+class VirtualBoardPower(BoardPower):
+    """The virtual board's power switch: on starts its simulator, off stops it."""
+
+    current_when_on = 0.4
+
+
+@dataclass(kw_only=True)
+class VirtualBoard(PtyBoard):
     """A board in pure Python that behaves like U-Boot on its serial console.
 
     ``disk`` is the backing file of its block device (a temporary file when not given),
@@ -38,8 +43,8 @@ class VirtualBoard(Driver):
     out ``ipaddr`` and ``serverip``; Linux accepts ``username``/``password``.
     """
 
-    disk: str | None = None
-    disk_size: int = 256 << 20
+    power_class = VirtualBoardPower
+
     block_interface: Literal["mmc", "virtio"] = "mmc"
     autoboot_delay: int = 2
     ipaddr: str = "127.0.0.1"
@@ -52,22 +57,8 @@ class VirtualBoard(Driver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.disk_size <= 0 or self.disk_size % 512:
-            raise ConfigurationError(f"VirtualBoard: config field 'disk_size' must be a positive multiple of 512, got {self.disk_size}")
-        if self.children:
-            raise ConfigurationError(
-                f"VirtualBoard: makes its own children 'serial' and 'power'; give it no children (got {', '.join(self.children)})"
-            )
-        self._own_dir = None
-        if self.disk is None:
-            self._own_dir = tempfile.TemporaryDirectory(prefix="virtualboard-")
-            self.disk = str(Path(self._own_dir.name) / "disk.img")
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self.master, False)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self.slave_path = os.ttyname(self._slave)
         self.board = VirtualUBoot(
             disk=BlockDevice(Path(self.disk), self.disk_size),
             block_interface=self.block_interface,
@@ -77,11 +68,6 @@ class VirtualBoard(Driver):
             username=self.username,
             password=self.password,
         )
-        self.board.disk.ensure()
-        self.children["serial"] = PySerial(url=self.slave_path)
-        power = VirtualBoardPower()
-        power.board = self
-        self.children["power"] = power
 
     @classmethod
     def client(cls) -> str:
@@ -100,12 +86,7 @@ class VirtualBoard(Driver):
         """Start the board (a no-op when it runs)."""
         if self.powered:
             return
-        while True:  # a powered-off UART loses what was typed at it
-            try:
-                if not os.read(self.master, 65536):
-                    break
-            except (BlockingIOError, OSError):
-                break
+        self.flush_console()
         self._stop = threading.Event()
         uart = Uart(self.master, self._stop, self._wake_r)
         self._thread = threading.Thread(target=self._run, args=(uart,), name="virtualboard", daemon=True)
@@ -140,11 +121,6 @@ class VirtualBoard(Driver):
         self._thread = None
 
     @export
-    def disk_sha256(self, length: int = -1) -> str:
-        """SHA-256 of the first ``length`` bytes of the disk (all of it when negative)."""
-        return sha256_file(self.disk, int(length))
-
-    @export
     def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False,
                    hang_boot_once: bool = False) -> None:
         """Make the board panic at a command (``tftpboot``, ``booti``, ``boot``, ``linux``, ...), time
@@ -153,25 +129,10 @@ class VirtualBoard(Driver):
         self.board.faults.tftp_timeout_once = tftp_timeout_once
         self.board.faults.hang_boot_once = hang_boot_once
 
-    def close(self) -> None:
-        try:
-            self.power_off()
-        finally:
-            super().close()
-            for fd in (self.master, self._slave, self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    continue
-            if self._own_dir is not None:
-                self._own_dir.cleanup()
+    def close_fds(self) -> tuple[int, ...]:
+        return (*super().close_fds(), self._wake_r, self._wake_w)
 
 
-@dataclass(kw_only=True)
-class VirtualBoardPower(BoardPower):
-    """The virtual board's power switch: on starts its simulator, off stops it."""
-
-    current_when_on = 0.4
 
 
 @dataclass(kw_only=True)
