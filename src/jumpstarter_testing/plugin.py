@@ -122,6 +122,17 @@ def _hosts(config: pytest.Config) -> list[str]:
     return list(config.getini("jumpstarter_host"))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which lab the lab fixtures of this run use (it starts only when a test needs it)."""
+    hosts = _hosts(config)
+    if hosts:
+        return f"jumpstarter: exporter{'s' if len(hosts) > 1 else ''} at {', '.join(hosts)}"
+    exporter = _exporter(config)
+    if exporter == VIRTUAL_LAB:
+        return f"jumpstarter: the built-in virtual lab ({VIRTUAL_LAB.name}), served in this process"
+    return f"jumpstarter: local lab from {exporter}, served in this process"
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
 

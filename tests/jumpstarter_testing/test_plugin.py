@@ -421,3 +421,11 @@ def test_two_workers_two_boards(pytester: pytest.Pytester, clean_env: pytest.Mon
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([f"ERROR: jumpstarter: lab is unusable: no exporter socket at {records}/gone.sock*"])
         assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_header_says_which_lab_the_run_uses(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, remote: Path) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    pytester.runpytest().stdout.fnmatch_lines(["jumpstarter: the built-in virtual lab (virtual_lab.yaml)*"])
+    pytester.makefile(".yaml", exporter=LAB_FILE)
+    pytester.runpytest().stdout.fnmatch_lines([f"jumpstarter: local lab from {pytester.path / 'exporter.yaml'}*"])
+    pytester.runpytest(f"--jumpstarter-host={remote}").stdout.fnmatch_lines([f"jumpstarter: exporter at {remote}"])
