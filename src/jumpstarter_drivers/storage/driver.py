@@ -21,10 +21,13 @@ import base64
 import binascii
 import builtins
 import contextlib
+import errno
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -42,29 +45,75 @@ MAX_INLINE = 16 << 20
 _END = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)
 
 
+#: Real directories that are never a storage root: everything under them belongs to the system.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr")
+#: Real directories that are no storage root themselves (their subdirectories may be).
+SYSTEM_DIRS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var", "/var/lib", "/var/tmp")
+
+
+def inside(root: Path, name: str) -> tuple[Path | None, str]:
+    """``(real path, "")`` of ``name`` under ``root``, or ``(None, why it leaves root)``.
+
+    ``name`` is relative; absolute names, ``..`` components, NUL bytes and symbolic links that
+    lead outside ``root`` leave it. ``root`` must already be a real (resolved) path.
+
+    >>> inside(Path("/srv"), "../etc/passwd")
+    (None, "contains '..'")
+    """
+    if "\0" in name:
+        return None, "contains a NUL byte"
+    if name.startswith("/") or os.path.isabs(name):
+        return None, "is absolute"
+    parts = PurePosixPath(name).parts
+    if ".." in parts:
+        return None, "contains '..'"
+    path = Path(os.path.realpath(root.joinpath(*parts)))
+    if path == root or path.is_relative_to(root):
+        return path, ""
+    return None, "leads through a symbolic link to a place outside the root"
+
+
 def resolve_inside(root: Path, name: str, logger: logging.Logger | logging.LoggerAdapter | None = None) -> Path:
     """The real path of ``name`` under ``root``, refusing anything that would leave ``root``.
 
     ``name`` is relative (a leading ``/`` is refused); ``..`` components, NUL bytes and symbolic
-    links that point outside the root raise :class:`DriverInvalidArgument`, logged at WARNING.
+    links that point outside the root raise :class:`DriverInvalidArgument`, logged at WARNING
+    (without the root's path: driver logs reach clients).
     ``root`` must already be a real (resolved) path.
     """
-    reason = None
-    parts = PurePosixPath(name).parts
-    if "\0" in name:
-        reason = "contains a NUL byte"
-    elif name.startswith("/") or os.path.isabs(name):
-        reason = "is absolute"
-    elif ".." in parts:
-        reason = "contains '..'"
-    else:
-        path = Path(os.path.realpath(root.joinpath(*parts)))
-        if path == root or path.is_relative_to(root):
-            return path
-        reason = "leads through a symbolic link to a place outside the root"
+    path, reason = inside(root, name)
+    if path is not None:
+        return path
     if logger is not None:
-        logger.warning("refused path %r (it %s): paths must stay inside %s", name, reason, root)
+        logger.warning("refused path %r (it %s): paths must stay inside the storage root", name, reason)
     raise DriverInvalidArgument(f"{name!r} leaves the storage root ({reason}); name a path inside it")
+
+
+def check_root(root_dir: str, owner: str) -> Path:
+    """The real path of a configured storage root; system directories, the home directory and ``''`` are refused.
+
+    >>> check_root("/etc/tftp", "Tftp")
+    Traceback (most recent call last):
+    ...
+    jumpstarter_drivers.core.errors.ConfigurationError: Tftp: root_dir '/etc/tftp' is /etc/tftp, a system directory; ...
+    """
+    if not root_dir.strip():
+        raise ConfigurationError(
+            f"{owner}: root_dir {root_dir!r} is empty (it would serve the current directory); name a directory "
+            "of its own, such as /srv/tftp"
+        )
+    real = Path(os.path.realpath(Path(root_dir).expanduser()))
+    home = Path(os.path.realpath(Path.home()))
+    if real == home:
+        raise ConfigurationError(
+            f"{owner}: root_dir {root_dir!r} is {real}, the home directory; name a directory of its own below it"
+        )
+    if str(real) in SYSTEM_DIRS or any(real == Path(t) or real.is_relative_to(t) for t in SYSTEM_TREES):
+        raise ConfigurationError(
+            f"{owner}: root_dir {root_dir!r} is {real}, a system directory; clients would read and write its "
+            "files. Name a directory of its own, such as /srv/tftp"
+        )
+    return real
 
 
 @dataclass(kw_only=True)
@@ -83,6 +132,7 @@ class Storage(Driver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_root(self.root_dir, type(self).__name__)
         root = Path(self.root_dir).expanduser()
         if root.exists() and not root.is_dir():
             raise ConfigurationError(f"{type(self).__name__}: root_dir {self.root_dir!r} exists and is not a directory")
@@ -93,6 +143,7 @@ class Storage(Driver):
                 f"{type(self).__name__}: cannot create root_dir {self.root_dir!r}: {exc.strerror}"
             ) from None
         self.root = self.real_root(root)
+        remove_stale_partials(self.root, self.logger)
 
     @staticmethod
     def real_root(root_dir: str | os.PathLike) -> Path:
@@ -110,7 +161,7 @@ class Storage(Driver):
     def _file(self, path: str) -> Path:
         target = self.resolve(path)
         if not target.is_file():
-            raise FileNotFoundError(f"no file {path!r} in the storage root {self.root}")
+            raise FileNotFoundError(f"no file {path!r} in the storage root")
         return target
 
     # writing --------------------------------------------------------------------------------
@@ -123,8 +174,9 @@ class Storage(Driver):
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.cleanup:
             self._created.update(missing)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
         os.fchmod(fd, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while open: remove_stale_partials leaves a live writer's file alone
         return target, Path(temp), os.fdopen(fd, "wb")
 
     def _commit(self, target: Path, temp: Path) -> None:
@@ -236,7 +288,7 @@ class Storage(Driver):
         """Size, modification time and kind of ``path``."""
         target = self.resolve(path)
         if not target.exists():
-            raise FileNotFoundError(f"no file {path!r} in the storage root {self.root}")
+            raise FileNotFoundError(f"no file {path!r} in the storage root")
         st = target.stat()
         return FileStat(size=st.st_size, mtime=st.st_mtime, is_dir=target.is_dir())
 
@@ -245,7 +297,7 @@ class Storage(Driver):
         """Names under the directory ``path``, relative to the root, sorted (files only when ``recursive``)."""
         target = self.resolve(path)
         if not target.is_dir():
-            raise NotADirectoryError(f"{path!r} is not a directory in the storage root {self.root}")
+            raise NotADirectoryError(f"{path!r} is not a directory in the storage root")
         if recursive:
             entries = (p for p in target.rglob("*") if p.is_file())
         else:
@@ -306,8 +358,47 @@ class Storage(Driver):
             super().close()
 
 
+PARTIAL_SUFFIX = ".part"
+
+
 def _is_partial(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".part")
+    return path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIX)
+
+
+def remove_stale_partials(root: Path, logger: logging.Logger | logging.LoggerAdapter) -> int:
+    """Delete the partial files (``.NAME.XXXX.part``) under ``root`` that no live writer holds; how many.
+
+    A writer holds an exclusive ``flock`` on its partial file until it commits or fails, and the
+    kernel drops it when the writer dies (even by SIGKILL), so a partial file that can be locked
+    is left over. Symbolic links are neither followed nor removed: only regular files of the
+    root's own tree go.
+    """
+    removed = 0
+    for directory, dirs, files in os.walk(root):  # does not descend into linked directories
+        for name in files:
+            path = Path(directory, name)
+            if not _is_partial(path):
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError as exc:  # a link (ELOOP), or gone meanwhile
+                if exc.errno not in (errno.ELOOP, errno.ENOENT):
+                    logger.warning("cannot check partial file %s: %s", path.relative_to(root), exc.strerror)
+                continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer's
+                path.unlink()
+                removed += 1
+            finally:
+                os.close(fd)
+    if removed:
+        logger.info("removed %d partial file(s) left by an interrupted write", removed)
+    return removed
 
 
 async def _drain(stream: Any) -> None:

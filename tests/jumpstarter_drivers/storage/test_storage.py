@@ -222,3 +222,79 @@ def test_default_progress_is_logged(client: StorageClient, tmp_path: Path, caplo
     assert any(m.startswith("upload initramfs -> initramfs: 2048/2048 bytes (100%)") for m in messages), messages
     assert any(m.startswith(f"download initramfs -> {tmp_path / 'copy'}: 2048/2048 bytes (100%)") for m in messages)
     assert (tmp_path / "copy").read_bytes() == b"\x00" * 2048
+
+
+def test_errors_do_not_reveal_the_root_path(client: StorageClient, root: Path, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="driver.Storage")
+    (root / "file").write_bytes(b"x")
+    for call in (lambda: client.stat("ghost"), lambda: client.read_bytes("ghost"), lambda: client.hash("ghost"),
+                 lambda: client.list("file"), lambda: client.read_bytes("../outside")):
+        with pytest.raises(DriverError) as excinfo:
+            call()
+        assert str(tmp_path) not in str(excinfo.value)
+    assert not [r for r in caplog.records if str(tmp_path) in r.getMessage()], "the refusal log reaches clients"
+
+
+@pytest.mark.parametrize("root_dir", ["", "/", "~", "/etc", "/etc/network", "/usr", "/proc", "/home", "/tmp"])
+def test_system_directories_are_refused_as_roots(root_dir: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"Storage: root_dir .* (is empty|system directory|home directory)"):
+        Storage(root_dir=root_dir)
+
+
+def test_a_link_to_a_system_directory_is_refused_as_root(tmp_path: Path) -> None:
+    (tmp_path / "etc").symlink_to("/etc")
+    with pytest.raises(ConfigurationError, match="system directory"):
+        Storage(root_dir=str(tmp_path / "etc"))
+
+
+def _killed_writer(root: Path) -> Path:
+    """Leave a partial upload behind the way a writer killed with SIGKILL does."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom jumpstarter_drivers.storage import Storage\n"
+        "storage = Storage(root_dir=sys.argv[1])\n"
+        "target, temp, out = storage._begin_write('images/big.img')\n"
+        "out.write(b'x' * 4096); out.flush()\n"
+        "print(temp, flush=True)\nsys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        partial = Path(proc.stdout.readline().strip())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stdin.close()
+    return partial
+
+
+def test_a_partial_file_of_a_killed_writer_is_removed_at_start(root: Path, tmp_path: Path) -> None:
+    partial = _killed_writer(root)
+    assert partial.is_file() and partial.name.endswith(".part")
+    outside = tmp_path / ".outside.img.abcd.part"  # a partial-looking file outside the root, reached by a link
+    outside.write_bytes(b"not ours")
+    (root / "elsewhere").symlink_to(tmp_path)
+    (root / ".linked.img.abcd.part").symlink_to(outside)
+    Storage(root_dir=str(root))
+    assert not partial.exists()
+    assert outside.read_bytes() == b"not ours"
+    assert (root / ".linked.img.abcd.part").is_symlink(), "a link is not a partial file of ours; it stays"
+
+
+def test_a_partial_file_being_written_is_kept(root: Path) -> None:
+    writer = Storage(root_dir=str(root))
+    target, temp, out = writer._begin_write("image")
+    try:
+        with out:
+            out.write(b"in progress")
+            Storage(root_dir=str(root))  # a second exporter on the same root starts meanwhile
+            assert temp.exists()
+        writer._commit(target, temp)
+    finally:
+        temp.unlink(missing_ok=True)
+    assert target.read_bytes() == b"in progress"
