@@ -114,6 +114,19 @@ def find(root: Driver, path: str) -> Driver:
     return node
 
 
+def _holds(node: Driver, wanted: Driver) -> bool:
+    """Whether ``wanted`` is ``node`` or below it (walked without recursion, each node once)."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if current is wanted:
+            return True
+        if id(current) not in seen:
+            seen.add(id(current))
+            stack.extend(current.children.values())
+    return False
+
+
 def resolve_refs(root: Driver) -> None:
     """Bind every unbound :class:`Proxy` in the tree to the node its ``ref`` names.
 
@@ -134,6 +147,11 @@ def resolve_refs(root: Driver) -> None:
                 raise ConfigurationError(f"Proxy: ref {proxy.ref!r} points at itself")
             if isinstance(target, Proxy) and target.target is None:
                 continue
+            if _holds(target, proxy):
+                raise ConfigurationError(
+                    f"Proxy: ref {proxy.ref!r} names a node that contains this ref; a ref may name a sibling or "
+                    "another branch, never a node above it (it would contain itself)"
+                )
             proxy.bind(target)
             progressed.append(proxy)
         if not progressed:

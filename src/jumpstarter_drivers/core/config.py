@@ -42,6 +42,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,11 +247,107 @@ def load(path: str | os.PathLike, registry: DriverRegistry | None = None) -> Exp
     return loads(text, source=str(path), registry=registry)
 
 
+#: Most values a YAML document may hold with its aliases expanded (a "billion laughs" document
+#: of 1 kB names 10**9), and its deepest nesting.
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 100
+
+
+class YamlRefused(yaml.YAMLError):
+    """A YAML document refused before it is built: a duplicate key, nesting or aliases beyond the bounds."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounds: nesting depth, values after alias expansion, no
+    self-referencing alias, and no duplicate key in a mapping (PyYAML keeps the last silently)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._open: set[str] = set()
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None and _count_values(node, {}) > MAX_YAML_VALUES:
+            raise YamlRefused(f"aliases expand to more than {MAX_YAML_VALUES} values; refused as an alias bomb", None)
+        return node
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self._open:
+                raise YamlRefused(f"alias *{anchor} refers to itself (a value that contains itself)", event.start_mark)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        if anchor is not None:
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open.discard(anchor)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        raise YamlRefused(f"duplicate key {key_node.value!r}; each key may appear once in a mapping",
+                                          key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _count_values(node: Any, counted: dict[int, int]) -> int:
+    """Values under ``node`` with aliases expanded (a shared node counts once per use); ``counted``
+    memoises per node, so the work is linear in the file however far the aliases expand."""
+    if id(node) not in counted:
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(_count_values(child, counted) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(_count_values(key, counted) + _count_values(value, counted) for key, value in node.value)
+        counted[id(node)] = size
+    return counted[id(node)]
+
+
+def yaml_error(source: str, exc: yaml.YAMLError) -> ConfigurationError:
+    """A :class:`ConfigurationError` naming ``source``, the line and column, and the problem."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or exc
+    if isinstance(exc, YamlRefused):
+        return ConfigurationError(f"{source}:{where} {problem}")
+    return ConfigurationError(f"{source}:{where} not valid YAML: {problem}")
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a few hundred characters, for error messages.
+
+    >>> short_repr(list(range(1000)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    """
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 200
+
+
 @functools.cache
 def _yaml_loader() -> type:
-    """A safe loader where only ``true``/``false`` are booleans (YAML 1.2), so ``on:`` stays a method name."""
+    """A bounded safe loader where only ``true``/``false`` are booleans (YAML 1.2), so ``on:`` stays a method name."""
 
-    class Loader(yaml.SafeLoader):
+    class Loader(BoundedSafeLoader):
         pass
 
     Loader.yaml_implicit_resolvers = {
@@ -269,12 +366,9 @@ def loads(text: str, source: str = "<string>", registry: DriverRegistry | None =
     Only ``true`` and ``false`` are booleans, as in YAML 1.2: ``on``, ``off``, ``yes`` and ``no`` are strings.
     """
     try:
-        document = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
+        document = yaml.load(text, Loader=_yaml_loader())  # a bounded SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise ConfigurationError(f"{source}:{where}: not valid YAML: {problem}") from None
+        raise yaml_error(source, exc) from None
     return from_document(document, source=source, registry=registry)
 
 
@@ -312,7 +406,7 @@ def from_document(
         labels = document.get("labels", {})
         where = "labels"
     if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise ConfigurationError(f"{source}: {where}: expected a mapping of strings to strings, got {labels!r}")
+        raise ConfigurationError(f"{source}: {where}: expected a mapping of strings to strings, got {short_repr(labels)}")
     builder = _Builder(source, registry)
     root = Composite(children=builder.children(export, "export"))
     try:
@@ -324,7 +418,7 @@ def from_document(
 
 
 def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+    return "nothing" if value is None else f"{type(value).__name__} {short_repr(value)}"
 
 
 def _close_built(drivers: Iterable[Driver]) -> None:

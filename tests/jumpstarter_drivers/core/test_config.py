@@ -288,3 +288,63 @@ def test_builtin_short_names_resolve(name: str) -> None:
 
 def test_jumpstarter_paths_map_to_registered_short_names() -> None:
     assert set(config.JUMPSTARTER_DRIVERS.values()) <= set(config.BUILTIN_DRIVERS)
+
+
+def alias_bomb(levels: int = 7) -> str:
+    """A "billion laughs" value in flow style: each level lists the previous one nine times (9**levels leaves)."""
+    items = ["&a0 [lol]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return f"[{', '.join(items)}]"
+
+
+@pytest.mark.parametrize("where", ["config", "labels", "description", "type"])
+def test_an_alias_bomb_is_refused_at_once(where: str) -> None:
+    bomb = alias_bomb()
+    assert len(bomb) < 1000
+    documents = {
+        "config": f"export:\n  lamp: {{type: Lamp, config: {{watts: {bomb}}}}}\n",
+        "labels": f"labels: {{a: {bomb}}}\nexport:\n  lamp: {{type: Lamp, config: {{watts: 1}}}}\n",
+        "description": f"export:\n  lamp: {{type: Lamp, description: {bomb}, config: {{watts: 1}}}}\n",
+        "type": f"export:\n  lamp: {{type: {bomb}}}\n",
+    }
+    with pytest.raises(ConfigurationError, match=r"^lab\.yaml: aliases expand to more than 100000 values") as excinfo:
+        loads(documents[where], source="lab.yaml", registry=lamp_registry())
+    assert len(str(excinfo.value)) < 200
+
+
+def test_a_self_referencing_alias_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"lab\.yaml: line 2.*alias \*loop refers to itself"):
+        loads("export:\n  lamp: &loop {type: Lamp, children: {again: *loop}}\n", source="lab.yaml",
+              registry=lamp_registry())
+
+
+def test_a_few_aliases_are_fine() -> None:
+    loaded = loads("export:\n  a: &power {type: MockPower}\n  b: *power\n", registry=lamp_registry())
+    assert sorted(loaded.root.children) == ["a", "b"]
+
+
+def test_deep_nesting_is_a_configuration_error() -> None:
+    node = "{type: MockPower}"
+    for _ in range(3000):
+        node = f"{{children: {{c: {node}}}}}"
+    with pytest.raises(ConfigurationError, match=r"lab\.yaml: line 2, column \d+: nested deeper than 100 levels"):
+        loads(f"export:\n  top: {node}\n", source="lab.yaml")
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    ("export:\n  a: {type: MockPower}\nexport:\n  b: {type: MockPower}\n", "export", 3),
+    ("export:\n  a: {type: MockPower}\n  a: {type: SyncMockPower}\n", "a", 3),
+    ("export:\n  a: {type: Lamp, config: {watts: 1, watts: 2}}\n", "watts", 2),
+])
+def test_a_duplicate_key_is_an_error_naming_it(text: str, key: str, line: int) -> None:
+    with pytest.raises(ConfigurationError, match=rf"lab\.yaml: line {line}, column \d+: duplicate key '{key}'"):
+        loads(text, source="lab.yaml", registry=lamp_registry())
+
+
+@pytest.mark.parametrize("text", [
+    "export:\n  board:\n    children:\n      power: {type: MockPower}\n      again: {ref: board}\n",
+    "export:\n  a:\n    children:\n      b:\n        children:\n          up: {ref: a}\n",
+    "export:\n  x: {ref: board.again}\n  board:\n    children:\n      again: {ref: x}\n",
+])
+def test_a_ref_to_a_node_holding_it_is_a_configuration_error(text: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"lab\.yaml: export\..*\.ref: .*(contains this ref|cycle)"):
+        loads(text, source="lab.yaml")
