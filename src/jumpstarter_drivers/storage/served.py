@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ class ServedDirectory(Driver):
             raise ConfigurationError(
                 f"{type(self).__name__}: port {self.port} is not in 0..65535 (0 picks a free port)"
             )
+        if self.host:  # '' is every address, as for socket.bind
+            try:
+                socket.getaddrinfo(self.host, self.port, proto=socket.IPPROTO_UDP if self.transport == "udp" else 0)
+            except (OSError, UnicodeError) as exc:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: host {self.host!r} does not resolve ({getattr(exc, 'strerror', None) or exc}); "
+                    "give an address of this machine (or 0.0.0.0 for all)"
+                ) from None
         self.storage = self._storage_child()
         self.server = self.make_server()
 

@@ -44,6 +44,13 @@ def test_storage_child_is_created_on_the_root_or_checked(kind: tuple, tmp_path: 
         driver_class(root_dir=str(root), port=70000)
 
 
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "999.1.1.1"])
+def test_a_host_that_does_not_resolve_is_a_configuration_error(kind: tuple, tmp_path: Path, host: str) -> None:
+    driver_class, _ = kind
+    with pytest.raises(ConfigurationError, match=rf"{driver_class.__name__}: host {host!r} does not resolve"):
+        driver_class(root_dir=str(tmp_path), host=host)
+
+
 def test_bind_failure_is_raised_by_start(kind: tuple, tmp_path: Path) -> None:
     driver_class, _ = kind
     with _socket(driver_class) as taken:
