@@ -1,7 +1,12 @@
 """Flasher bundles: the manifest and where a bundle comes from.
 
 A bundle is a directory with a ``manifest.yaml`` and the files it names. It may come as that
-directory, as a ``.tar``/``.tar.gz`` of it, or as an OCI artifact pulled with ``oras``.
+directory, as a ``.tar``/``.tar.gz`` of it, or as an OCI artifact from a registry.
+
+Bundles are untrusted input: the files a manifest names must be inside the bundle, archives
+and OCI layers are unpacked member by member (a link must point down into the bundle, no
+``..``, no absolute name, no device), and a bundle holds at most ``max_size`` bytes
+(:data:`MAX_BUNDLE_SIZE` by default) in at most :data:`MAX_MEMBERS` archive members.
 
 >>> m = parse_manifest('''
 ... apiVersion: jumpstarter.dev/v1alpha1
@@ -23,8 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -32,19 +39,31 @@ import tempfile
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
+from ..core.config import BoundedSafeLoader, short_repr, yaml_error
 from ..core.driver import conforms, type_name
 from ..core.errors import ConfigurationError, DriverError
+from ..storage.driver import inside
 from .common import sha256_file
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.yaml"
 _COMPLETE = ".complete"
+
+#: Default bound of a bundle's size: the bytes its archive or layers unpack to, or its named files hold.
+MAX_BUNDLE_SIZE = 1 << 30
+#: Most members one bundle archive (or OCI layer) may hold.
+MAX_MEMBERS = 10_000
+#: Largest manifest (``manifest.yaml`` or an OCI image manifest) read.
+MAX_MANIFEST = 1 << 20
+#: OCI media type of a layer that is a gzipped tar of a directory (what ``oras push`` makes of one).
+OCI_DIR_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_TITLE = "org.opencontainers.image.title"
 
 
 @dataclass(frozen=True)
@@ -127,7 +146,7 @@ def _build(tp: Any, value: Any, where: str, source: str) -> Any:
         return _build(inner[0], value, where, source)
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         if not isinstance(value, dict):
-            raise ConfigurationError(f"{source}: field '{where}' expects a mapping, got {value!r}")
+            raise ConfigurationError(f"{source}: field '{where}' expects a mapping, got {short_repr(value)}")
         hints = typing.get_type_hints(tp)
         kwargs = {}
         for f in fields(tp):
@@ -139,25 +158,28 @@ def _build(tp: Any, value: Any, where: str, source: str) -> Any:
         return tp(**kwargs)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigurationError(f"{source}: field '{where}' expects a mapping, got {value!r}")
+            raise ConfigurationError(f"{source}: field '{where}' expects a mapping, got {short_repr(value)}")
         return {str(k): _build(args[1], v if v is not None else {}, f"{where}.{k}", source) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigurationError(f"{source}: field '{where}' expects a list, got {value!r}")
+            raise ConfigurationError(f"{source}: field '{where}' expects a list, got {short_repr(value)}")
         return [_build(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if not conforms(value, tp):
         raise ConfigurationError(
-            f"{source}: field '{where}' expects {type_name(tp)}, got {value!r} ({type(value).__name__})"
+            f"{source}: field '{where}' expects {type_name(tp)}, got {short_repr(value)} ({type(value).__name__})"
         )
     return value
 
 
 def parse_manifest(text: str, source: str = MANIFEST_NAME) -> Manifest:
-    """Parse manifest YAML; a bad manifest raises :class:`ConfigurationError` naming ``source`` and the field."""
+    """Parse manifest YAML; a bad manifest raises :class:`ConfigurationError` naming ``source`` and the field.
+
+    The YAML is loaded with the bounds of exporter files (alias expansion, nesting, duplicate keys).
+    """
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=BoundedSafeLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{source}: not valid YAML: {exc}") from None
+        raise yaml_error(source, exc) from None
     manifest = _build(Manifest, data, "", source)
     dtb = manifest.spec.dtb
     if dtb is not None and dtb.default not in dtb.variants:
@@ -183,21 +205,49 @@ class Bundle:
     root: Path
     manifest: Manifest
     manifest_yaml: str
+    label: str = ""
 
     @classmethod
-    def load(cls, root: str | os.PathLike, manifest: str = MANIFEST_NAME) -> Bundle:
-        """Read ``root/manifest`` and check that the files it names exist."""
-        root = Path(root)
-        path = root / manifest
+    def load(cls, root: str | os.PathLike, manifest: str = MANIFEST_NAME, *, label: str | None = None,
+             max_size: int = MAX_BUNDLE_SIZE) -> Bundle:
+        """Read ``root/manifest`` and check the files it names: inside the bundle, present, at most ``max_size`` bytes.
+
+        Errors name the bundle as ``label`` (default: its path), so a bundle a client named is
+        reported in the client's words, not with the exporter's paths.
+        """
+        root = Path(os.path.realpath(root))
+        label = label or str(root)
+        source = f"{label.rstrip('/')}/{manifest}"
+        path, reason = inside(root, manifest)
+        if path is None:
+            raise ConfigurationError(f"flasher bundle {label}: its manifest {manifest!r} leads out of the bundle ({reason})")
         try:
-            text = path.read_text()
+            with path.open("rb") as f:
+                raw = f.read(MAX_MANIFEST + 1)
         except OSError as exc:
-            raise ConfigurationError(f"flasher bundle {root}: cannot read its manifest {path}: {exc.strerror}") from None
-        parsed = parse_manifest(text, source=str(path))
-        bundle = cls(root, parsed, text)
+            raise ConfigurationError(f"flasher bundle {label}: cannot read its manifest {manifest}: {exc.strerror}") from None
+        if len(raw) > MAX_MANIFEST:
+            raise ConfigurationError(f"{source}: larger than {MAX_MANIFEST} bytes; not a flasher bundle manifest")
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(f"{source}: byte {exc.start} is not UTF-8; a manifest is YAML text") from None
+        bundle = cls(root, parse_manifest(text, source=source), text, label)
+        total = 0
         for where, name in bundle.files():
-            if not (root / name).is_file():
-                raise ConfigurationError(f"{path}: field '{where}' names {name!r}, which is not a file in the bundle")
+            file, reason = inside(root, name)
+            if file is None:
+                raise ConfigurationError(
+                    f"{source}: field '{where}' names {name!r}, which leads out of the bundle (it {reason}); "
+                    "name a file inside the bundle"
+                )
+            if not file.is_file():
+                raise ConfigurationError(f"{source}: field '{where}' names {name!r}, which is not a file in the bundle")
+            total += file.stat().st_size
+        if total > max_size:
+            raise ConfigurationError(
+                f"{source}: the files the manifest names hold {total} bytes, more than {max_size} (max_bundle_size)"
+            )
         return bundle
 
     def files(self) -> list[tuple[str, str]]:
@@ -211,8 +261,11 @@ class Bundle:
         return named
 
     def path(self, relative: str) -> Path:
-        """The local path of a bundle file."""
-        return self.root / relative
+        """The real local path of a bundle file (checked again: still inside the bundle)."""
+        path, reason = inside(self.root, relative)
+        if path is None:
+            raise ConfigurationError(f"flasher bundle {self.label or self.root}: {relative!r} leads out of the bundle ({reason})")
+        return path
 
 
 # sources --------------------------------------------------------------------------------------
@@ -258,20 +311,73 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def _extract_tar(archive: Path, cache_dir: Path) -> Path:
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why an archive member may not be unpacked into a bundle, or ``None``."""
+    name = PurePosixPath(member.name)
+    if "\0" in member.name or "\0" in member.linkname:
+        return "holds a NUL byte"
+    if name.is_absolute():
+        return "has an absolute name"
+    if ".." in name.parts:
+        return "climbs out with '..'"
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        return "is a device, FIFO or other special file"
+    if member.issym() or member.islnk():
+        kind = "symbolic link" if member.issym() else "hard link"
+        target = PurePosixPath(member.linkname)
+        if target.is_absolute():
+            return f"is a {kind} to an absolute path"
+        if ".." in target.parts:
+            return f"is a {kind} that climbs out with '..' (links must point down into the bundle)"
+    return None
+
+
+def unpack(archive: str | os.PathLike, dest: Path, label: str, max_size: int) -> int:
+    """Unpack the tar ``archive`` into the real directory ``dest`` member by member; the bytes of its files.
+
+    Every member is checked before it is written (:func:`_member_problem`), its directory must
+    really be inside ``dest`` (no link leads out), and the running size of its files stays within
+    ``max_size`` and its member count within :data:`MAX_MEMBERS`; the first that is not is a
+    :class:`ConfigurationError` naming ``label`` and the member. The caller removes ``dest`` then.
+    """
+    total = 0
+    try:
+        with tarfile.open(archive) as tar:
+            for count, member in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise ConfigurationError(f"flasher bundle {label}: holds more than {MAX_MEMBERS} members; refused")
+                problem = _member_problem(member)
+                if problem is None:
+                    parent, _ = inside(dest, posixpath.dirname(member.name) or ".")
+                    if parent is None:
+                        problem = "is below a link that leads out of the bundle"
+                    elif member.islnk() and inside(dest, member.linkname)[0] is None:
+                        problem = "is a hard link through a link that leads out of the bundle"
+                if problem is not None:
+                    raise ConfigurationError(f"flasher bundle {label}: archive member {member.name!r} {problem}; refused")
+                if member.isfile():
+                    total += member.size
+                    if total > max_size:
+                        raise ConfigurationError(
+                            f"flasher bundle {label}: unpacks to more than {max_size} bytes (max_bundle_size); "
+                            f"refused at member {member.name!r}"
+                        )
+                tar.extract(member, dest, filter="data")  # the standard library's checks as a second line
+    except (tarfile.TarError, OSError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigurationError(f"flasher bundle {label}: cannot unpack it: {detail}") from None
+    return total
+
+
+def _extract_tar(archive: Path, cache_dir: Path, label: str, max_size: int) -> Path:
     final = cache_dir / "tar" / sha256_file(archive)
     if (final / _COMPLETE).exists():
-        logger.debug("bundle %s already unpacked at %s", archive, final)
+        logger.debug("bundle %s already unpacked at %s", label, final)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".unpack-"))
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigurationError(f"flasher bundle {archive}: cannot unpack it: {exc}") from None
-    try:
+        unpack(archive, Path(os.path.realpath(tmp)), label, max_size)
         entries = list(tmp.iterdir())
         if not (tmp / MANIFEST_NAME).exists() and len(entries) == 1 and entries[0].is_dir():
             inner = entries[0]
@@ -292,37 +398,71 @@ def _oras_client(host: str, cacert: str | None) -> Any:
     return oras.client.OrasClient(hostname=host, insecure=insecure, tls_verify=tls_verify)
 
 
-def resolve_digest(reference: str, cacert: str | None = None) -> str:
-    """The manifest digest (``sha256:...``) an OCI reference names, asked of its registry."""
+def _registry_get(client: Any, url: str, reference: str, what: str, cacert: str | None, **kwargs: Any) -> Any:
+    """GET from the registry (30 s per read), the response streamed; an error names ``reference`` and ``what``."""
     import requests
 
-    ref = reference.removeprefix("oci://")
-    if "@sha256:" in ref:
-        return "sha256:" + ref.split("@sha256:", 1)[1]
-    import oras.defaults
-
-    client = _oras_client(ref.split("/", 1)[0], cacert)
-    container = client.get_container(ref)
-    url = f"{client.prefix}://{container.manifest_url()}"
     try:
-        response = client.session.get(
-            url,
-            headers={"Accept": ", ".join(oras.defaults.default_manifest_accepted_media_types)},
-            timeout=30,
-            verify=cacert or True,
-        )
+        response = client.session.get(url, timeout=30, verify=cacert or True, stream=True, **kwargs)
     except requests.RequestException as exc:
         raise DriverError(f"flasher bundle {reference}: cannot reach the registry: {exc}") from None
     if response.status_code != 200:
+        response.close()
         raise DriverError(
-            f"flasher bundle {reference}: the registry answered {response.status_code} for the manifest; "
+            f"flasher bundle {reference}: the registry answered {response.status_code} for the {what}; "
             "check the reference (host/repository:tag) and that the artifact was pushed"
         )
-    return "sha256:" + hashlib.sha256(response.content).hexdigest()
+    return response
 
 
-def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = None) -> Path:
-    """Pull an OCI bundle into ``cache_dir`` under its digest; a cached digest is not pulled again."""
+def _read_bounded(response: Any, limit: int, out: Any = None) -> tuple[bytes, int, str]:
+    """Read a streamed response: ``(content if no out, bytes read, sha256 digest)``; ``OverflowError`` past ``limit``."""
+    digest, size, kept = hashlib.sha256(), 0, []
+    with response:
+        for chunk in response.iter_content(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise OverflowError(size)
+            digest.update(chunk)
+            if out is not None:
+                out.write(chunk)
+            else:
+                kept.append(chunk)
+    return b"".join(kept), size, "sha256:" + digest.hexdigest()
+
+
+def _manifest(client: Any, container: Any, reference: str, cacert: str | None) -> tuple[bytes, str]:
+    """The raw image manifest a reference names and its digest."""
+    import oras.defaults
+
+    url = f"{client.prefix}://{container.manifest_url()}"
+    response = _registry_get(client, url, reference, "manifest", cacert,
+                             headers={"Accept": ", ".join(oras.defaults.default_manifest_accepted_media_types)})
+    try:
+        content, _, digest = _read_bounded(response, MAX_MANIFEST)
+    except OverflowError:
+        raise DriverError(f"flasher bundle {reference}: its manifest is larger than {MAX_MANIFEST} bytes") from None
+    return content, digest
+
+
+def resolve_digest(reference: str, cacert: str | None = None) -> str:
+    """The manifest digest (``sha256:...``) an OCI reference names, asked of its registry."""
+    ref = reference.removeprefix("oci://")
+    if "@sha256:" in ref:
+        return "sha256:" + ref.split("@sha256:", 1)[1]
+    client = _oras_client(ref.split("/", 1)[0], cacert)
+    return _manifest(client, client.get_container(ref), reference, cacert)[1]
+
+
+def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = None, *,
+             max_size: int = MAX_BUNDLE_SIZE) -> Path:
+    """Pull an OCI bundle into ``cache_dir`` under its digest; a cached digest is not pulled again.
+
+    The layers are fetched and unpacked here, not by the OCI client library: a layer's title
+    must stay inside the bundle, a directory layer is unpacked with :func:`unpack`, each blob
+    must match its digest, and the layers together hold at most ``max_size`` bytes, declared
+    and unpacked.
+    """
     ref = reference.removeprefix("oci://")
     digest = resolve_digest(ref, cacert)
     final = Path(cache_dir) / "oci" / digest.replace(":", "-")
@@ -333,41 +473,94 @@ def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = 
     if ":" in repository.rsplit("/", 1)[-1]:
         repository = repository.rsplit(":", 1)[0]
     pinned = f"{repository}@{digest}"
+    client = _oras_client(ref.split("/", 1)[0], cacert)
+    container = client.get_container(pinned)
+    content, got = _manifest(client, container, reference, cacert)
+    if got != digest:
+        raise DriverError(f"flasher bundle {reference}: the registry sent a manifest that does not match {digest}")
+    try:
+        layers = list(json.loads(content).get("layers") or [])
+        declared = sum(int(layer.get("size", 0)) for layer in layers)
+    except (ValueError, TypeError, AttributeError):
+        raise DriverError(f"flasher bundle {reference}: its manifest is not an OCI image manifest") from None
+    if declared > max_size:
+        raise DriverError(
+            f"flasher bundle {reference}: its layers hold {declared} bytes, more than {max_size} (max_bundle_size)"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".pull-"))
     logger.info("pulling flasher bundle %s (%s)", reference, digest)
     try:
-        client = _oras_client(ref.split("/", 1)[0], cacert)
-        client.pull(target=pinned, outdir=str(tmp))
-    except Exception as exc:  # noqa: BLE001 - oras raises plain exceptions of many kinds
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DriverError(f"flasher bundle {reference}: pull of {pinned} failed: {exc}") from None
-    try:
+        root = Path(os.path.realpath(tmp))
+        total = 0
+        for layer in layers:
+            total += _pull_layer(client, container, layer, root, reference, cacert, max_size - total)
         return _publish(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-pulled stays in the cache
         raise
 
 
+def _pull_layer(client: Any, container: Any, layer: dict, root: Path, reference: str, cacert: str | None,
+                room: int) -> int:
+    """Fetch one layer into the bundle directory ``root``; the bytes it added."""
+    title = (layer.get("annotations") or {}).get(OCI_TITLE)
+    if not title:
+        logger.debug("flasher bundle %s: skipping layer %s without a title", reference, layer.get("digest"))
+        return 0
+    where, reason = inside(root, str(title))
+    parent, _ = inside(root, posixpath.dirname(str(title)) or ".")
+    if where is None or parent is None or where == root:
+        raise DriverError(f"flasher bundle {reference}: layer title {title!r} leads out of the bundle "
+                          f"({reason or 'it names the bundle itself'}); refused")
+    parent.mkdir(parents=True, exist_ok=True)
+    blob = Path(tempfile.mkstemp(dir=root, prefix=".blob-")[1])
+    try:
+        url = f"{client.prefix}://{container.get_blob_url(layer['digest'])}"
+        response = _registry_get(client, url, reference, f"layer {title!r}", cacert)
+        try:
+            with blob.open("wb") as out:
+                _, size, got = _read_bounded(response, min(room, int(layer.get("size", 0))), out)
+        except OverflowError:
+            raise DriverError(
+                f"flasher bundle {reference}: layer {title!r} is larger than its declared size or than what is left "
+                "of max_bundle_size; refused"
+            ) from None
+        if got != layer["digest"]:
+            raise DriverError(f"flasher bundle {reference}: layer {title!r} does not match its digest {layer['digest']}")
+        if layer.get("mediaType") == OCI_DIR_LAYER:
+            return unpack(blob, parent, reference, room)
+        os.replace(blob, where)
+        return size
+    finally:
+        blob.unlink(missing_ok=True)
+
+
 def fetch_bundle(
-    source: str | os.PathLike, cache_dir: str | os.PathLike, cacert: str | None = None
+    source: str | os.PathLike, cache_dir: str | os.PathLike, cacert: str | None = None, *,
+    label: str | None = None, max_size: int = MAX_BUNDLE_SIZE,
 ) -> Path:
-    """The local directory of a bundle given as a directory, a ``.tar``/``.tar.gz`` or an OCI reference."""
+    """The local directory of a bundle given as a directory, a ``.tar``/``.tar.gz`` or an OCI reference.
+
+    Errors name the bundle as ``label`` (default: ``source`` as given); an archive or OCI
+    artifact unpacks to at most ``max_size`` bytes.
+    """
     text = os.fspath(source)
+    label = label or text
     path = Path(text).expanduser()
     if path.is_dir():
         return path
     if path.is_file():
         if not tarfile.is_tarfile(path):
             raise ConfigurationError(
-                f"flasher bundle {text} is a file but not a tar archive; give a directory, a .tar/.tar.gz or an "
+                f"flasher bundle {label} is a file but not a tar archive; give a directory, a .tar/.tar.gz or an "
                 "OCI reference"
             )
-        return _extract_tar(path, Path(cache_dir))
+        return _extract_tar(path, Path(cache_dir), label, max_size)
     if is_oci_reference(text):
-        return pull_oci(text, cache_dir, cacert)
+        return pull_oci(text, cache_dir, cacert, max_size=max_size)
     raise ConfigurationError(
-        f"flasher bundle {text!r} is neither an existing directory or tar file nor an OCI reference "
+        f"flasher bundle {label!r} is neither an existing directory or tar file nor an OCI reference "
         "(host/repository:tag)"
     )
 

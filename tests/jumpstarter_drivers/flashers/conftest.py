@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +53,53 @@ class Registry:
             mp.chdir(directory)
             response = client.push(target=f"{self.host}/{reference}", files=files, quiet=True)
         assert response.status_code == 201, response.text
+
+    def push_layers(self, reference: str, layers: list[tuple[str, str, bytes]]) -> None:
+        """Push an artifact of hand-made ``(title, media type, blob)`` layers, with the registry's HTTP API
+        (the way a hostile publisher would, bypassing what a client library checks)."""
+        repository, tag = reference.rsplit(":", 1)
+        base = f"http://{self.host}/v2/{repository}"
+
+        def blob(data: bytes) -> dict:
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            start = requests.post(f"{base}/blobs/uploads/", timeout=10)
+            assert start.status_code == 202, start.text
+            location = start.headers["Location"]
+            put = requests.put(location, params={"digest": digest}, data=data, timeout=10,
+                               headers={"Content-Type": "application/octet-stream"})
+            assert put.status_code == 201, put.text
+            return {"digest": digest, "size": len(data)}
+
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.unknown.config.v1+json", **blob(b"{}")},
+            "layers": [{"mediaType": media_type, **blob(data),
+                        "annotations": {"org.opencontainers.image.title": title}}
+                       for title, media_type, data in layers],
+        }
+        put = requests.put(f"{base}/manifests/{tag}", data=json.dumps(manifest), timeout=10,
+                           headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        assert put.status_code == 201, put.text
+
+
+def tar_bytes(members: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]], mode: str = "w:gz") -> bytes:
+    """A tar archive (gzipped by default) of the given members, built by hand so it may hold anything."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode=mode) as tar:
+        for member in members:
+            info, data = member if isinstance(member, tuple) else (member, b"")
+            if info.isfile():
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return out.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    """A tar member header: a file (default), a directory, or a link to ``linkname``."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
 
 
 @pytest.fixture

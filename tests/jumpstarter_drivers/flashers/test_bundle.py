@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -9,7 +11,11 @@ import pytest
 
 from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
 from jumpstarter_drivers.flashers.bundle import Bundle, fetch_bundle, is_oci_reference, parse_manifest
-from jumpstarter_drivers.flashers.testing import REFERENCE_FILES
+from jumpstarter_drivers.flashers.testing import REFERENCE_FILES, REFERENCE_MANIFEST
+
+from .conftest import member, tar_bytes
+
+OCI_DIR_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 def test_reference_manifest_has_attribute_access(reference_bundle: Path) -> None:
@@ -45,7 +51,7 @@ def test_bad_manifest_names_file_and_field(text: str, field: str) -> None:
 
 
 def test_invalid_yaml_names_file() -> None:
-    with pytest.raises(ConfigurationError, match="^m.yaml: not valid YAML"):
+    with pytest.raises(ConfigurationError, match=r"^m\.yaml: line 1, column 8: not valid YAML"):
         parse_manifest("spec: [", source="m.yaml")
 
 
@@ -101,3 +107,132 @@ def test_oci_pull_from_loopback_registry_is_cached(oci_registry, reference_bundl
 def test_oci_unknown_tag_is_a_clear_error(oci_registry, tmp_path: Path) -> None:
     with pytest.raises(DriverError, match="answered 404"):
         fetch_bundle(f"{oci_registry.host}/flasher/none:v9", tmp_path / "cache")
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("/etc/hostname", "is absolute"),
+    ("../outside", "contains '..'"),
+    ("data/link", "leads through a symbolic link"),
+])
+def test_manifest_paths_stay_inside_the_bundle(reference_bundle: Path, tmp_path: Path, name: str, reason: str) -> None:
+    (tmp_path / "outside").write_bytes(b"a file of the exporter host")
+    (reference_bundle / "data" / "link").symlink_to(tmp_path / "outside")
+    manifest = reference_bundle / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("file: data/kernel", f"file: {name}"))
+    expected = rf"field 'spec\.kernel\.file' names {re.escape(repr(name))}, which leads out of the bundle \(it {reason}"
+    with pytest.raises(ConfigurationError, match=expected):
+        Bundle.load(reference_bundle)
+
+
+def test_a_manifest_alias_bomb_is_refused_at_once() -> None:
+    items = ["&a0 [lol]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 8)]
+    text = f"spec: {{kernel: {{file: k, address: '1'}}, targets: [{', '.join(items)}]}}"
+    assert len(text) < 1000
+    with pytest.raises(ConfigurationError, match=r"^m\.yaml: aliases expand to more than 100000 values") as excinfo:
+        parse_manifest(text, source="m.yaml")
+    assert len(str(excinfo.value)) < 200
+
+
+def test_a_duplicate_manifest_key_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"^m\.yaml: line 1, column \d+: duplicate key 'kernel'"):
+        parse_manifest("spec: {kernel: {file: k, address: '1'}, kernel: {file: j, address: '2'}}", source="m.yaml")
+
+
+def escapes(outside: Path) -> list[list]:
+    """Archive contents that try to write into ``outside``: links out, then a file through them; climbing names."""
+    return [
+        [member("bundle", tarfile.DIRTYPE), member("bundle/escape", tarfile.SYMTYPE, str(outside)),
+         (member("bundle/escape/pwned.txt"), b"pwned")],
+        [member("bundle", tarfile.DIRTYPE), member("bundle/escape", tarfile.SYMTYPE, "../" * 12 + str(outside)[1:]),
+         (member("bundle/escape/pwned.txt"), b"pwned")],
+        [member("bundle", tarfile.DIRTYPE), member("bundle/up", tarfile.SYMTYPE, ".."),
+         member("bundle/up/up", tarfile.SYMTYPE, ".."), (member("bundle/up/up/pwned.txt"), b"pwned")],
+        [(member("bundle/victim"), b"x"), member("bundle/hard", tarfile.LNKTYPE, str(outside / "victim"))],
+        [(member("../pwned.txt"), b"pwned")],
+        [(member(str(outside / "pwned.txt")), b"pwned")],
+        [member("bundle/null", tarfile.CHRTYPE)],
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_a_tar_bundle_cannot_reach_outside_the_cache(tmp_path: Path, case: int) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"kept")
+    archive = tmp_path / "evil.tar.gz"
+    archive.write_bytes(tar_bytes(escapes(outside)[case]))
+    with pytest.raises(ConfigurationError, match=r"flasher bundle .*evil\.tar\.gz: archive member .* refused"):
+        fetch_bundle(archive, tmp_path / "cache")
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"] and (outside / "victim").read_bytes() == b"kept"
+    assert not (tmp_path / "pwned.txt").exists()
+    assert list((tmp_path / "cache" / "tar").iterdir()) == [], "nothing half-unpacked stays in the cache"
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_an_oci_layer_cannot_reach_outside_the_cache(oci_registry, tmp_path: Path, case: int) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"kept")
+    oci_registry.push_layers("flasher/evil:v1", [("bundle", OCI_DIR_LAYER, tar_bytes(escapes(outside)[case]))])
+    with pytest.raises(ConfigurationError, match=r"flasher bundle .*flasher/evil:v1: archive member .* refused"):
+        fetch_bundle(f"{oci_registry.host}/flasher/evil:v1", tmp_path / "cache")
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"] and (outside / "victim").read_bytes() == b"kept"
+    assert not (tmp_path / "pwned.txt").exists()
+    assert list((tmp_path / "cache" / "oci").iterdir()) == [], "nothing half-pulled stays in the cache"
+
+
+def test_an_oci_file_layer_cannot_be_titled_outside(oci_registry, tmp_path: Path) -> None:
+    oci_registry.push_layers("flasher/evil:v2", [("../../pwned.txt", "application/octet-stream", b"pwned")])
+    with pytest.raises(DriverError, match=r"layer title '\.\./\.\./pwned\.txt' leads out of the bundle"):
+        fetch_bundle(f"{oci_registry.host}/flasher/evil:v2", tmp_path / "cache")
+    assert not list(tmp_path.rglob("pwned.txt"))
+
+
+def test_an_oci_bundle_with_links_inside_is_pulled(oci_registry, tmp_path: Path) -> None:
+    layer = tar_bytes([member("data", tarfile.DIRTYPE), (member("data/kernel"), bytes(1024)),
+                       member("data/vmlinuz", tarfile.SYMTYPE, "kernel"), member("data/again", tarfile.LNKTYPE, "data/kernel")])
+    oci_registry.push_layers("flasher/links:v1", [("data", OCI_DIR_LAYER, layer),
+                                                  ("manifest.yaml", "application/yaml", REFERENCE_MANIFEST.encode())])
+    root = fetch_bundle(f"{oci_registry.host}/flasher/links:v1", tmp_path / "cache")
+    assert (root / "data" / "vmlinuz").read_bytes() == bytes(1024) and (root / "data" / "again").stat().st_nlink == 2
+    assert (root / "manifest.yaml").read_text() == REFERENCE_MANIFEST
+
+
+def test_a_tar_bundle_bigger_than_the_bound_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "big.tar.gz"
+    archive.write_bytes(tar_bytes([(member("manifest.yaml"), b"spec: {}"), (member("data/blob"), bytes(3 << 20))]))
+    with pytest.raises(ConfigurationError, match=r"big\.tar\.gz: unpacks to more than 2097152 bytes \(max_bundle_size\)"):
+        fetch_bundle(archive, tmp_path / "cache", max_size=2 << 20)
+    assert not list((tmp_path / "cache").rglob("blob"))
+    assert (fetch_bundle(archive, tmp_path / "cache", max_size=4 << 20) / "data" / "blob").stat().st_size == 3 << 20
+
+
+def test_a_tar_bundle_with_too_many_members_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "many.tar.gz"
+    archive.write_bytes(tar_bytes([member(f"f{i}") for i in range(10_001)]))
+    with pytest.raises(ConfigurationError, match=r"many\.tar\.gz: holds more than 10000 members"):
+        fetch_bundle(archive, tmp_path / "cache")
+
+
+def test_an_oci_bundle_bigger_than_the_bound_is_not_downloaded(oci_registry, reference_bundle: Path,
+                                                               tmp_path: Path) -> None:
+    (reference_bundle / "data" / "big").write_bytes(os.urandom(3 << 20))  # does not compress
+    oci_registry.push(reference_bundle, "flasher/big:v1")
+    with pytest.raises(DriverError, match=r"flasher/big:v1: its layers hold \d+ bytes, more than 2097152 \(max_bundle_size\)"):
+        fetch_bundle(f"{oci_registry.host}/flasher/big:v1", tmp_path / "cache", max_size=2 << 20)
+    assert oci_registry.blob_fetches("flasher/big") == 0
+
+
+def test_an_oci_layer_that_unpacks_beyond_the_bound_is_refused(oci_registry, reference_bundle: Path,
+                                                               tmp_path: Path) -> None:
+    (reference_bundle / "data" / "zeros").write_bytes(bytes(3 << 20))  # compresses to a few kB
+    oci_registry.push(reference_bundle, "flasher/zeros:v1")
+    with pytest.raises(ConfigurationError, match=r"flasher/zeros:v1: unpacks to more than 2097152 bytes"):
+        fetch_bundle(f"{oci_registry.host}/flasher/zeros:v1", tmp_path / "cache", max_size=2 << 20)
+    assert list((tmp_path / "cache" / "oci").iterdir()) == []
+
+
+def test_files_a_directory_manifest_names_are_bounded(reference_bundle: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"the files the manifest names hold 10240 bytes, more than 10000"):
+        Bundle.load(reference_bundle, max_size=10_000)
+    assert Bundle.load(reference_bundle, max_size=10_240).manifest.metadata.name == "test-bundle"
