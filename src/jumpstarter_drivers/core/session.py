@@ -526,6 +526,11 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
         )
 
     async def EndSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # The client is done: what it chose for its session (a flasher's bundle, ...) ends with it.
+        try:
+            await anyio.to_thread.run_sync(self.session.root_device.reset)
+        except Exception as exc:  # noqa: BLE001 - reported to the client as a status
+            await _abort(context, exc)
         return jumpstarter_pb2.EndSessionResponse(success=True, message="session ended")
 
     async def Reset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -11,9 +11,11 @@ never.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import functools
 import os
+import posixpath
 import re
-import shutil
 import tempfile
 import time
 import zlib
@@ -21,23 +23,56 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import unquote, urljoin, urlsplit
 
 import anyio
 
 from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError
 from ..http.driver import HttpServer
+from ..storage.common import CHUNK
+from ..storage.driver import Storage, resolve_inside
 from ..tftp.driver import Tftp
 from ..uboot.common import ConsoleError, StepFailed
 from ..uboot.console import ShellConsole, UBootConsole, call_maybe_async
 from ..uboot.driver import UBoot
-from .bundle import Bundle, fetch_bundle
+from .bundle import MAX_BUNDLE_SIZE, Bundle, fetch_bundle, is_oci_reference, pull_oci
 from .common import BLOCK_SIZE, FlashResult, sha256_file
 
 T = TypeVar("T")
 
 DEFAULT_CACHE = "~/.cache/jumpstarter-toolkit/bundles"
 METHODS = ("uboot", "busybox")
+#: Redirects an image download follows (each one checked against ``allowed_urls``).
+MAX_REDIRECTS = 5
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def url_allowed(url: str, prefixes: list[str]) -> bool:
+    """Whether ``url`` is under one of the URL ``prefixes``: same scheme, host and port, its path
+    below the prefix's, no user name or password, no ``..`` segment.
+
+    >>> url_allowed("https://images.lab/boards/a.img", ["https://images.lab/boards/"])
+    True
+    >>> [url_allowed(u, ["https://images.lab/boards/"]) for u in (
+    ...     "https://images.lab/boards/../secret", "https://images.lab:8443/boards/a.img",
+    ...     "http://images.lab/boards/a.img", "https://images.lab@127.0.0.1/boards/a.img")]
+    [False, False, False, False]
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return False
+    path = unquote(parts.path) or "/"
+    if parts.scheme not in _DEFAULT_PORTS or parts.username or parts.password or ".." in path.split("/"):
+        return False
+    for prefix in prefixes:
+        allowed = urlsplit(prefix)
+        if ((allowed.scheme, allowed.hostname, allowed.port or _DEFAULT_PORTS.get(allowed.scheme))
+                == (parts.scheme, parts.hostname, port) and path.startswith(allowed.path or "/")):
+            return True
+    return False
 
 
 @dataclass(kw_only=True)
@@ -72,8 +107,12 @@ class BaseFlasher(Driver):
     retries: int = 2
     login_timeout: float = 120.0
     write_timeout: float = 1800.0
+    bundle_sources: list[str] = field(default_factory=list)
+    allowed_urls: list[str] = field(default_factory=list)
+    max_bundle_size: int = MAX_BUNDLE_SIZE
 
     _bundle: Bundle | None = field(default=None, init=False, repr=False)
+    _chosen: Bundle | None = field(default=None, init=False, repr=False)
     _variant: str | None = field(default=None, init=False, repr=False)
     _temp_dirs: list[tempfile.TemporaryDirectory] = field(default_factory=list, init=False, repr=False)
 
@@ -86,6 +125,17 @@ class BaseFlasher(Driver):
             )
         if self.retries < 0:
             raise ConfigurationError(f"{type(self).__name__}: config field 'retries' must be >= 0, got {self.retries}")
+        if self.max_bundle_size <= 0:
+            raise ConfigurationError(
+                f"{type(self).__name__}: config field 'max_bundle_size' must be positive, got {self.max_bundle_size}"
+            )
+        for prefix in self.allowed_urls:
+            parts = urlsplit(prefix)
+            if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: config field 'allowed_urls': {prefix!r} is not an http(s) URL prefix "
+                    "such as https://images.lab/boards/"
+                )
         for name, device in self.uboot_targets.items():
             try:
                 parse_block_device(device, f"{type(self).__name__}: config field 'uboot_targets.{name}'")
@@ -121,17 +171,48 @@ class BaseFlasher(Driver):
 
     # the bundle -------------------------------------------------------------------------------
 
-    def bundle(self, source: str | None = None) -> Bundle:
-        """The bundle (fetched and parsed on first use; ``source`` replaces the configured one)."""
-        if self._bundle is None or source is not None:
-            root = fetch_bundle(source or self.flasher_bundle, Path(self.cache_dir).expanduser(), self.cacert)
-            self._bundle = Bundle.load(root, self.manifest)
+    def bundle(self) -> Bundle:
+        """The bundle in use: the one a client chose for its session, else the configured one (fetched once)."""
+        if self._chosen is not None:
+            return self._chosen
+        if self._bundle is None:
+            cache = Path(self.cache_dir).expanduser()
+            root = fetch_bundle(self.flasher_bundle, cache, self.cacert, max_size=self.max_bundle_size)
+            self._bundle = Bundle.load(root, self.manifest, max_size=self.max_bundle_size)
             if self._variant is not None:
                 self._check_variant(self._variant)
         return self._bundle
 
-    def _check_variant(self, name: str) -> None:
-        dtb = self.bundle().manifest.spec.dtb
+    def _client_bundle(self, source: str) -> Bundle:
+        """A bundle a client names: uploaded into the HTTP storage, or allowed by ``bundle_sources``.
+
+        Errors name the bundle as the client gave it, never with the exporter's paths.
+        """
+        cache = Path(self.cache_dir).expanduser()
+        refused = ValueError(
+            f"flasher bundle {source!r} is not allowed here: name a bundle uploaded to the flasher's HTTP storage "
+            "(a path relative to it) or one matching config field 'bundle_sources' "
+            f"({', '.join(self.bundle_sources) or 'none configured'})"
+        )
+        if is_oci_reference(source):
+            reference = source.removeprefix("oci://")
+            if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
+                raise refused
+            root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
+        elif not os.path.isabs(source):
+            path = resolve_inside(self._storage_root("http"), source, self.logger)
+            root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+        else:
+            real = os.path.realpath(source)
+            if ".." in Path(source).parts or not any(
+                fnmatch.fnmatchcase(real, p) for p in self.bundle_sources if p.startswith("/")
+            ):
+                raise refused
+            root = fetch_bundle(real, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+        return Bundle.load(root, self.manifest, label=source, max_size=self.max_bundle_size)
+
+    def _check_variant(self, name: str, bundle: Bundle | None = None) -> None:
+        dtb = (bundle or self.bundle()).manifest.spec.dtb
         variants = list(dtb.variants) if dtb else []
         if name not in variants:
             raise ValueError(
@@ -145,19 +226,36 @@ class BaseFlasher(Driver):
         chosen = dtb.variants[self._variant or dtb.default]
         return chosen.file or dtb.variants[dtb.default].file
 
+    def reset(self) -> None:
+        """Back to the configuration: a client's bundle and DTB variant end with its session."""
+        if self._chosen is not None or self._variant != self.variant:
+            self.logger.info("session ended: back to the configured bundle and DTB variant")
+        self._chosen = None
+        self._variant = self.variant
+        super().reset()
+
     @export
     def setup_flasher_bundle(self, force_flash_bundle: str | None = None) -> None:
-        """Stage the kernel, initramfs and the chosen variant's DTB into the TFTP root under their base names."""
-        bundle = self.bundle(force_flash_bundle)
-        root = self._storage_root("tftp")
+        """Stage the kernel, initramfs and the chosen variant's DTB into the TFTP root under their base names.
+
+        ``force_flash_bundle`` chooses another bundle for the rest of this client's session: one
+        uploaded to the HTTP storage (a path relative to it) or one ``bundle_sources`` allows.
+        """
+        if force_flash_bundle:
+            chosen = self._client_bundle(force_flash_bundle)
+            if self._variant is not None:
+                self._check_variant(self._variant, chosen)
+            self._chosen = chosen
+            self.logger.info("using flasher bundle %s until this session ends", force_flash_bundle)
+        bundle = self.bundle()
+        storage: Storage = self.children["tftp"].children["storage"]
         spec = bundle.manifest.spec
         files = [spec.kernel.file] + ([spec.initram.file] if spec.initram else []) + [f for f in [self._dtb_file()] if f]
         for relative in files:
-            target = root / os.path.basename(relative)
-            temp = target.with_name(f".{target.name}.staging")
-            shutil.copyfile(bundle.path(relative), temp)
-            os.replace(temp, target)
-            self.logger.info("staged %s as %s", relative, target.name)
+            name = os.path.basename(relative)
+            with bundle.path(relative).open("rb") as source:
+                storage.write_chunks(name, iter(functools.partial(source.read, CHUNK), b""))
+            self.logger.info("staged %s as %s", relative, name)
 
     @export
     def use_dtb_variant(self, name: str) -> None:
@@ -265,6 +363,7 @@ class BaseFlasher(Driver):
         if target is None:
             raise ValueError("no target given and the flasher has no default_target; name one (e.g. 'usd')")
         if image.startswith(("http://", "https://")):
+            self._refuse_url(image, f"image URL {image!r}")
             image = await anyio.to_thread.run_sync(self._download, image)
         storage = self._storage_root("http")
         source = storage / image
@@ -298,26 +397,38 @@ class BaseFlasher(Driver):
                          ", ".join(f"{k} {v:.1f} s" for k, v in steps.items() if k != "total"))
         return FlashResult(image=image, target=target, method=method, size=size, steps=steps)
 
+    def _refuse_url(self, url: str, what: str) -> None:
+        if not url_allowed(url, self.allowed_urls):
+            raise ValueError(
+                f"{what} is refused: this flasher fetches only URLs under config field 'allowed_urls' "
+                f"({', '.join(self.allowed_urls) or 'none configured'}); upload the image instead "
+                "(FlasherClient.flash with a local file)"
+            )
+
     def _download(self, url: str) -> str:
-        """Fetch an image URL into the HTTP storage; its file name there."""
+        """Fetch an allowed image URL into the HTTP storage (redirects checked too); its file name there."""
         import requests
 
-        name = os.path.basename(url.split("?", 1)[0]) or "image"
-        target = self._storage_root("http") / name
-        temp = target.with_name(f".{name}.download")
+        name = posixpath.basename(urlsplit(url).path) or "image"
+        storage: Storage = self.children["http"].children["storage"]
         self.logger.info("downloading %s", url)
+        current = url
         try:
-            try:
-                with requests.get(url, stream=True, timeout=60, verify=self.cacert or True) as response:
-                    response.raise_for_status()
-                    with temp.open("wb") as out:
-                        for chunk in response.iter_content(1 << 20):
-                            out.write(chunk)
-            except requests.RequestException as exc:
-                raise ValueError(f"cannot download the image {url}: {exc}") from None
-            os.replace(temp, target)
-        finally:  # a failed download (a network error, a full disk) leaves no partial file behind
-            temp.unlink(missing_ok=True)
+            for _ in range(MAX_REDIRECTS + 1):
+                response = requests.get(current, stream=True, timeout=60, verify=self.cacert or True,
+                                        allow_redirects=False)
+                if not response.is_redirect:
+                    break
+                response.close()
+                current = urljoin(current, response.headers["location"])
+                self._refuse_url(current, f"image URL {url!r} redirects to {current!r}, which")
+            else:
+                raise ValueError(f"cannot download the image {url}: more than {MAX_REDIRECTS} redirects")
+            with response:
+                response.raise_for_status()
+                storage.write_chunks(name, response.iter_content(1 << 20))
+        except requests.RequestException as exc:
+            raise ValueError(f"cannot download the image {url}: {exc}") from None
         return name
 
     @contextlib.asynccontextmanager

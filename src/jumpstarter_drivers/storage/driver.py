@@ -29,6 +29,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -187,14 +188,24 @@ class Storage(Driver):
 
     def write_local(self, path: str, data: bytes) -> int:
         """Write ``data`` to ``path`` atomically (for drivers on the exporter); returns its length."""
+        return self.write_chunks(path, [data])
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes]) -> int:
+        """Write ``path`` atomically from ``chunks`` (for drivers on the exporter); returns the bytes written.
+
+        Whatever fails midway (the source, a full disk) leaves ``path`` as it was and no partial file.
+        """
         target, temp, out = self._begin_write(path)
+        written = 0
         try:
             with out:
-                out.write(data)
+                for chunk in chunks:
+                    out.write(chunk)
+                    written += len(chunk)
             self._commit(target, temp)
         finally:
             temp.unlink(missing_ok=True)
-        return len(data)
+        return written
 
     @export
     def write_bytes(self, path: str, data: str) -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
 import os
+import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +15,11 @@ import pytest
 
 from jumpstarter_drivers.composite.driver import Composite, Proxy, resolve_refs
 from jumpstarter_drivers.core import serve
+from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import ConfigurationError, DriverError, DriverInvalidArgument
 from jumpstarter_drivers.flashers.client import FlasherClient
 from jumpstarter_drivers.flashers.driver import BaseFlasher
+from jumpstarter_drivers.flashers.testing import make_reference_bundle
 from jumpstarter_drivers.power import MockPower
 from jumpstarter_drivers.pyserial.driver import PySerial
 from jumpstarter_drivers.uboot import UBoot
@@ -218,30 +224,79 @@ def test_a_board_hanging_at_boot_is_power_cycled_again(tmp_path: Path, reference
         root.close()
 
 
-def test_flash_from_a_url(lab, tmp_path: Path) -> None:
-    import functools
-    import http.server
-    import threading
-
-    root, client = lab
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A plain HTTP server on loopback serving a directory: (its base URL, the directory)."""
     www = tmp_path / "www"
     www.mkdir()
-    image = www / "remote.img"
-    image.write_bytes(os.urandom(300_000))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/redirect/"):  # /redirect/<url>: a redirect to anywhere
+                self.send_response(302)
+                self.send_header("Location", self.path.removeprefix("/redirect/"))
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        result = client.flasher.flash(f"http://127.0.0.1:{server.server_address[1]}/remote.img")
+        yield f"http://127.0.0.1:{server.server_address[1]}/", www
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
-    assert result.image == "remote.img" and result.size == 300_000
-    assert Path(root.children["board"].disk).read_bytes()[:300_000] == image.read_bytes()
-    with pytest.raises(DriverInvalidArgument, match="cannot download the image"):
-        client.flasher.flash("http://127.0.0.1:9/none.img")
+
+
+def test_flash_from_a_url(web: tuple[str, Path], tmp_path: Path, reference_bundle: Path) -> None:
+    base, www = web
+    image = www / "images" / "remote.img"
+    image.parent.mkdir()
+    image.write_bytes(os.urandom(300_000))
+    root = make_lab(tmp_path, reference_bundle, allowed_urls=[base + "images/"])
+    try:
+        with serve(root) as client:
+            result = client.flasher.flash(base + "images/remote.img")
+            assert result.image == "remote.img" and result.size == 300_000
+            assert Path(root.children["board"].disk).read_bytes()[:300_000] == image.read_bytes()
+            with pytest.raises(DriverInvalidArgument, match="cannot download the image"):
+                client.flasher.flash(base + "images/none.img")
+    finally:
+        root.close()
+
+
+def test_url_sources_are_refused_unless_configured(lab, web: tuple[str, Path]) -> None:
+    _, client = lab
+    base, www = web
+    (www / "secret").write_bytes(b"a loopback-only service's answer")
+    with pytest.raises(DriverInvalidArgument, match=r"image URL .* is refused: this flasher fetches only URLs under "
+                                                    r"config field 'allowed_urls' \(none configured\)"):
+        client.flasher.flash(base + "secret")
+    assert not client.flasher.http.storage.exists("secret")
+
+
+@pytest.mark.parametrize("path", ["other/secret", "images/../secret", "redirect/{base}secret"])
+def test_urls_outside_the_allowed_prefixes_are_refused(web: tuple[str, Path], tmp_path: Path, reference_bundle: Path,
+                                                       path: str) -> None:
+    base, www = web
+    (www / "secret").write_bytes(b"not for the board")
+    root = make_lab(tmp_path, reference_bundle, allowed_urls=[base + "images/", base + "redirect/"])
+    try:
+        with serve(root) as client, pytest.raises(DriverInvalidArgument, match="is refused"):
+            client.flasher.flash(base + path.format(base=base))
+        assert not (Path(root.children["flasher"].children["http"].children["storage"].root) / "secret").exists()
+    finally:
+        root.close()
+
+
+def test_a_bad_allowed_url_is_a_configuration_error(tmp_path: Path, reference_bundle: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"allowed_urls.*'ftp://x/' is not an http\(s\) URL prefix"):
+        make_lab(tmp_path, reference_bundle, allowed_urls=["ftp://x/"])
 
 
 def test_flasher_with_an_oci_bundle_pulls_it_once(oci_registry, tmp_path: Path, reference_bundle: Path) -> None:
@@ -294,3 +349,88 @@ def test_tftp_block_and_window_sizes_reach_uboot(tmp_path: Path, reference_bundl
         root.close()
     assert "setenv tftpblocksize 4096" in commands and "setenv tftpwindowsize 4" in commands
     assert commands.index("setenv tftpwindowsize 4") < next(i for i, c in enumerate(commands) if c.startswith("tftpboot"))
+
+
+def bundle_archive(tmp_path: Path, kernel: str = "vmlinuz", manifest_kernel: str | None = None) -> Path:
+    """A tar.gz of the reference bundle whose kernel file is called ``kernel`` (or the manifest names another)."""
+    bundle = make_reference_bundle(tmp_path / f"bundle-{kernel}")
+    (bundle / "data" / "kernel").rename(bundle / "data" / kernel)
+    manifest = bundle / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("file: data/kernel", f"file: {manifest_kernel or 'data/' + kernel}"))
+    archive = tmp_path / f"{kernel}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname="bundle")
+    return archive
+
+
+def test_a_client_bundle_lasts_until_its_session_ends(lab, tmp_path: Path) -> None:
+    _, client = lab
+    archive = bundle_archive(tmp_path)
+    client.flasher.http.storage.write_from_path("mine/bundle.tar.gz", archive)
+    client.flasher.setup_flasher_bundle("mine/bundle.tar.gz")
+    assert client.flasher.get_kernel_filename() == "vmlinuz"
+    assert client.flasher.tftp.storage.read_bytes("vmlinuz") == bytes(1024)
+    client.flasher.use_dtb_variant("alternate")
+    assert client.end_session()
+    with connect(client.connection.address) as later:
+        assert later.flasher.get_kernel_filename() == "kernel"
+        assert later.flasher.get_dtb_filename() == "test-dtb.dtb"
+
+
+def test_reset_brings_back_the_configured_bundle(lab, tmp_path: Path) -> None:
+    root, client = lab
+    client.flasher.http.storage.write_from_path("b.tar.gz", bundle_archive(tmp_path))
+    client.flasher.setup_flasher_bundle("b.tar.gz")
+    root.reset()
+    assert client.flasher.get_kernel_filename() == "kernel"
+
+
+@pytest.mark.parametrize("name", ["{outside}", "{outside}/../bundle", "../../../bundle", "quay.io/evil/bundle:1"])
+def test_a_client_cannot_name_bundles_elsewhere(lab, tmp_path: Path, reference_bundle: Path, name: str) -> None:
+    _, client = lab
+    outside = make_reference_bundle(tmp_path / "elsewhere" / "bundle").parent
+    with pytest.raises(DriverInvalidArgument, match=r"(is not allowed|leaves the storage root)") as excinfo:
+        client.flasher.setup_flasher_bundle(name.format(outside=outside / "bundle"))
+    assert str(tmp_path) not in str(excinfo.value).replace(str(outside), "")
+    assert client.flasher.get_kernel_filename() == "kernel"
+
+
+def test_configured_bundle_sources_admit_a_client_bundle(tmp_path: Path, reference_bundle: Path) -> None:
+    shelf = tmp_path / "shelf"
+    archive = bundle_archive(shelf)
+    root = make_lab(tmp_path, reference_bundle, bundle_sources=[f"{shelf}/*.tar.gz"])
+    try:
+        with serve(root) as client:
+            client.flasher.setup_flasher_bundle(str(archive))
+            assert client.flasher.get_kernel_filename() == "vmlinuz"
+            with pytest.raises(DriverInvalidArgument, match="is not allowed"):
+                client.flasher.setup_flasher_bundle(str(reference_bundle))
+    finally:
+        root.close()
+
+
+@pytest.mark.parametrize("kernel", ["/etc/hostname", "../../../../../../../../etc/hostname"])
+def test_an_uploaded_manifest_cannot_name_host_files(lab, tmp_path: Path, kernel: str) -> None:
+    _, client = lab
+    storage = client.flasher.http.storage
+    storage.write_bytes("evil/manifest.yaml", f"spec: {{kernel: {{file: '{kernel}', address: '0x1'}}}}\n".encode())
+    with pytest.raises(DriverError, match="leads out of the bundle") as excinfo:
+        client.flasher.setup_flasher_bundle("evil")
+    assert "/tmp" not in str(excinfo.value), "the error names the exporter's paths"
+    assert not client.flasher.tftp.storage.exists("hostname")
+    archive = bundle_archive(tmp_path, "vmlinuz", manifest_kernel=kernel)
+    storage.write_from_path("evil.tar.gz", archive)
+    with pytest.raises(DriverError, match="leads out of the bundle"):
+        client.flasher.setup_flasher_bundle("evil.tar.gz")
+    assert not client.flasher.tftp.storage.exists("hostname")
+
+
+def test_the_bundle_size_bound_is_configurable(tmp_path: Path, reference_bundle: Path) -> None:
+    root = make_lab(tmp_path, reference_bundle, max_bundle_size=8192)
+    try:
+        with serve(root) as client, pytest.raises(DriverError, match=r"more than 8192 \(max_bundle_size\)"):
+            client.flasher.get_kernel_filename()
+    finally:
+        root.close()
+    with pytest.raises(ConfigurationError, match="'max_bundle_size' must be positive"):
+        make_lab(tmp_path, reference_bundle, max_bundle_size=0)
