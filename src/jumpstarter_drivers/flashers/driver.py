@@ -151,6 +151,7 @@ class BaseFlasher(Driver):
             raise ConfigurationError(f"{type(self).__name__}: child 'uboot' must be UBoot, got {type(uboot).__name__}")
         if "serial" not in uboot.children:
             uboot.bind(self.children["serial"], self.children["power"])
+        self._remove_chunks()  # a flash killed mid-way (SIGKILL) left its image chunks in the TFTP root
 
     def _dir(self, configured: str | None, what: str) -> str:
         if configured:
@@ -390,8 +391,7 @@ class BaseFlasher(Driver):
                 await call_maybe_async(self.children["power"].off)
             except Exception as exc:  # noqa: BLE001 - the flash's own outcome matters more; say so
                 self.logger.warning("could not power the board off after flashing: %s", exc)
-            for name in self._chunk_names():
-                (self._storage_root("tftp") / name).unlink(missing_ok=True)
+            self._remove_chunks()
         steps["total"] = time.monotonic() - started
         self.logger.info("flashed %s to %s in %.1f s (%s)", image, target, steps["total"],
                          ", ".join(f"{k} {v:.1f} s" for k, v in steps.items() if k != "total"))
@@ -479,14 +479,18 @@ class BaseFlasher(Driver):
         root = self._storage_root("tftp")
         return sorted(p.name for p in root.glob(".flash-chunk-*")) if root.is_dir() else []
 
+    def _remove_chunks(self) -> None:
+        root = self._storage_root("tftp")
+        for name in self._chunk_names():
+            (root / name).unlink(missing_ok=True)
+
     def _prepare_chunks(self, source: Path) -> list[tuple[str, int, int]]:
         """Split the image into TFTP files of ``chunk_size`` (the last padded to whole blocks).
 
         Returns ``(file name, size, crc32)`` for each.
         """
         root = self._storage_root("tftp")
-        for name in self._chunk_names():
-            (root / name).unlink()
+        self._remove_chunks()
         chunks = []
         with source.open("rb") as f:
             for index in range(1 << 30):

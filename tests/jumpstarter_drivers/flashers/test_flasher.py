@@ -434,3 +434,19 @@ def test_the_bundle_size_bound_is_configurable(tmp_path: Path, reference_bundle:
         root.close()
     with pytest.raises(ConfigurationError, match="'max_bundle_size' must be positive"):
         make_lab(tmp_path, reference_bundle, max_bundle_size=0)
+
+
+def test_leftovers_of_a_killed_flash_are_removed_at_start(tmp_path: Path, reference_bundle: Path) -> None:
+    tftp, http = tmp_path / "tftp", tmp_path / "http"
+    tftp.mkdir()
+    http.mkdir()
+    (tftp / ".flash-chunk-00000").write_bytes(bytes(4096))  # what a flash killed with SIGKILL leaves
+    (tftp / ".kernel.k2j3h4.part").write_bytes(bytes(100))
+    (http / ".image.raw.x8y7z6.part").write_bytes(bytes(100))
+    (tftp / "kept").write_bytes(b"a file of the operator")
+    root = make_lab(tmp_path, reference_bundle, tftp_dir=str(tftp), http_dir=str(http))
+    try:
+        assert sorted(p.name for p in tftp.iterdir()) == ["kept"]
+        assert list(http.iterdir()) == []
+    finally:
+        root.close()
