@@ -12,6 +12,8 @@ An exporter file for a board with a USB serial console and a switched outlet::
         config:
           flasher_bundle: quay.io/example/board-flasher-bundle:latest   # or a directory / .tar.gz
           uboot_targets: {usd: "mmc 0", emmc: "mmc 1"}                  # for method uboot
+          allowed_urls: ["https://images.lab/boards/"]       # image URLs flash() may fetch (none by default)
+          bundle_sources: ["registry.lab/flasher/*"]          # bundles a client may choose besides its uploads
         children:
           serial: {ref: board.serial}
           power: {ref: board.power}

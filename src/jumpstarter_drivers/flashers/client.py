@@ -24,7 +24,7 @@ class FlasherClient(DriverClient):
         return parse_manifest(self.get_flasher_manifest_yaml(), source=f"{self.name or 'flasher'} manifest")
 
     def flash(self, path_or_url: str | os.PathLike, target: str | None = None, method: str | None = None) -> FlashResult:
-        """Write an image (a local file or an http(s) URL the exporter can fetch) to ``target``.
+        """Write an image (a local file, or an http(s) URL under the flasher's ``allowed_urls``) to ``target``.
 
         A local file is uploaded into the exporter's HTTP storage unless a file of the same name
         and SHA-256 is already there. ``method`` is ``uboot`` or ``busybox`` (the driver's default
@@ -75,7 +75,12 @@ class FlasherClient(DriverClient):
         return group
 
     def setup_flasher_bundle(self, force_flash_bundle: str | None = None) -> None:
-        """Stage the bundle's kernel, initramfs and chosen DTB into the TFTP root."""
+        """Stage the bundle's kernel, initramfs and chosen DTB into the TFTP root.
+
+        ``force_flash_bundle`` uses another bundle until this session ends (:meth:`end_session`):
+        one uploaded to ``self.http.storage`` (named by its path there) or one the flasher's
+        ``bundle_sources`` allows.
+        """
         self.call("setup_flasher_bundle", force_flash_bundle)
 
     def use_dtb_variant(self, name: str) -> None:
