@@ -31,7 +31,7 @@ from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError
 from ..http.driver import HttpServer
 from ..storage.common import CHUNK
-from ..storage.driver import Storage, resolve_inside
+from ..storage.driver import Storage, inside, resolve_inside
 from ..tftp.driver import Tftp
 from ..uboot.common import ConsoleError, StepFailed
 from ..uboot.console import ShellConsole, UBootConsole, call_maybe_async
@@ -366,9 +366,8 @@ class BaseFlasher(Driver):
         if image.startswith(("http://", "https://")):
             self._refuse_url(image, f"image URL {image!r}")
             image = await anyio.to_thread.run_sync(self._download, image)
-        storage = self._storage_root("http")
-        source = storage / image
-        if not Path(os.path.normpath(source)).is_relative_to(storage) or not source.is_file():
+        source, _ = inside(self._storage_root("http"), image)
+        if source is None or not source.is_file():
             raise ValueError(f"image {image!r} is not in the flasher's HTTP storage; upload it first")
         steps: dict[str, float] = {}
         started = time.monotonic()

@@ -104,7 +104,10 @@ def check_root(root_dir: str, owner: str) -> Path:
             "of its own, such as /srv/tftp"
         )
     real = Path(os.path.realpath(Path(root_dir).expanduser()))
-    home = Path(os.path.realpath(Path.home()))
+    try:
+        home: Path | None = Path(os.path.realpath(Path.home()))
+    except RuntimeError:  # no home directory known for this user
+        home = None
     if real == home:
         raise ConfigurationError(
             f"{owner}: root_dir {root_dir!r} is {real}, the home directory; name a directory of its own below it"

@@ -173,9 +173,11 @@ def test_panic_during_flash_names_the_step_and_is_not_retried(lab, tmp_path: Pat
 def test_flash_of_a_file_outside_the_http_storage_is_refused(lab, tmp_path: Path) -> None:
     root, client = lab
     outside = image_file(tmp_path, 4096)
-    relative = os.path.relpath(outside, root.children["flasher"].children["http"].children["storage"].root)
-    with pytest.raises(DriverInvalidArgument, match="is not in the flasher's HTTP storage"):
-        client.flasher.call("flash", relative, "usd", "uboot")
+    http_root = root.children["flasher"].children["http"].children["storage"].root
+    (http_root / "link.img").symlink_to(outside)  # planted by someone else on the exporter host
+    for name in (os.path.relpath(outside, http_root), "link.img"):
+        with pytest.raises(DriverInvalidArgument, match="is not in the flasher's HTTP storage"):
+            client.flasher.call("flash", name, "usd", "uboot")
     assert not root.children["board"].powered, "refused before the board was touched"
 
 
