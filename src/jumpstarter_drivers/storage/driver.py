@@ -29,7 +29,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -88,6 +88,18 @@ def resolve_inside(root: Path, name: str, logger: logging.Logger | logging.Logge
     if logger is not None:
         logger.warning("refused path %r (it %s): paths must stay inside the storage root", name, reason)
     raise DriverInvalidArgument(f"{name!r} leaves the storage root ({reason}); name a path inside it")
+
+
+@contextlib.contextmanager
+def host_errors(path: str) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names files of the host (absolute paths) as a :class:`DriverError`
+    naming ``path`` as the client gave it: error texts reach clients, the host's layout does not."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        raise DriverError(f"{path!r}: {exc.strerror or type(exc).__name__}") from None
 
 
 def check_root(root_dir: str, owner: str) -> Path:
@@ -168,6 +180,12 @@ class Storage(Driver):
             raise FileNotFoundError(f"no file {path!r} in the storage root")
         return target
 
+    def _open(self, path: str) -> Any:
+        """The file ``path`` opened for reading (errors name ``path``, not the host's paths)."""
+        target = self._file(path)
+        with host_errors(path):
+            return target.open("rb")
+
     # writing --------------------------------------------------------------------------------
 
     def _begin_write(self, path: str) -> tuple[Path, Path, Any]:
@@ -175,17 +193,19 @@ class Storage(Driver):
         if target == self.root or target.is_dir():
             raise DriverInvalidArgument(f"{path!r} is a directory in the storage root; name a file")
         missing = [p for p in reversed(target.parents) if p.is_relative_to(self.root) and not p.exists()]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if self.cleanup:
-            self._created.update(missing)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
+        with host_errors(path):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self.cleanup:
+                self._created.update(missing)
+            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
         os.fchmod(fd, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while open: remove_stale_partials leaves a live writer's file alone
         return target, Path(temp), os.fdopen(fd, "wb")
 
-    def _commit(self, target: Path, temp: Path) -> None:
+    def _commit(self, path: str, target: Path, temp: Path) -> None:
         existed = target.exists()
-        os.replace(temp, target)
+        with host_errors(path):
+            os.replace(temp, target)
         if self.cleanup and not existed:
             self._created.add(target)
 
@@ -205,7 +225,7 @@ class Storage(Driver):
                 for chunk in chunks:
                     out.write(chunk)
                     written += len(chunk)
-            self._commit(target, temp)
+            self._commit(path, target, temp)
         finally:
             temp.unlink(missing_ok=True)
         return written
@@ -254,7 +274,7 @@ class Storage(Driver):
                     raise DriverError(
                         f"write {path!r}: the stream ended after {written} of {size} bytes; {path!r} is unchanged"
                     )
-                self._commit(target, temp)
+                self._commit(path, target, temp)
             finally:
                 temp.unlink(missing_ok=True)
         self.logger.info("wrote %s (%d bytes)", path, written)
@@ -265,13 +285,13 @@ class Storage(Driver):
     @export
     def read_bytes(self, path: str) -> str:
         """A small file's content in base64 (at most 16 MiB; use ``read_into_path`` for more)."""
-        target = self._file(path)
-        size = target.stat().st_size
-        if size > MAX_INLINE:
-            raise DriverInvalidArgument(
-                f"{path!r} is {size} bytes, more than read_bytes returns ({MAX_INLINE}); use read_into_path"
-            )
-        return base64.b64encode(target.read_bytes()).decode("ascii")
+        with self._open(path) as source:
+            size = os.fstat(source.fileno()).st_size
+            if size > MAX_INLINE:
+                raise DriverInvalidArgument(
+                    f"{path!r} is {size} bytes, more than read_bytes returns ({MAX_INLINE}); use read_into_path"
+                )
+            return base64.b64encode(source.read()).decode("ascii")
 
     @export
     async def read_into_resource(self, path: str, handle: dict) -> int:
@@ -279,9 +299,8 @@ class Storage(Driver):
         from ..core.session import current_session
 
         async with current_session.get().open_resource(handle) as stream:
-            target = self._file(path)
             sent = 0
-            with target.open("rb") as source:
+            with self._open(path) as source:
                 while chunk := await anyio.to_thread.run_sync(source.read, CHUNK):
                     await stream.send(chunk)
                     sent += len(chunk)
@@ -303,7 +322,8 @@ class Storage(Driver):
         target = self.resolve(path)
         if not target.exists():
             raise FileNotFoundError(f"no file {path!r} in the storage root")
-        st = target.stat()
+        with host_errors(path):
+            st = target.stat()
         return FileStat(size=st.st_size, mtime=st.st_mtime, is_dir=target.is_dir())
 
     @export
@@ -312,10 +332,8 @@ class Storage(Driver):
         target = self.resolve(path)
         if not target.is_dir():
             raise NotADirectoryError(f"{path!r} is not a directory in the storage root")
-        if recursive:
-            entries = (p for p in target.rglob("*") if p.is_file())
-        else:
-            entries = target.iterdir()
+        with host_errors(path):
+            entries = [p for p in target.rglob("*") if p.is_file()] if recursive else builtins.list(target.iterdir())
         return sorted(p.relative_to(self.root).as_posix() for p in entries if not _is_partial(p))
 
     @export
@@ -325,9 +343,8 @@ class Storage(Driver):
             raise DriverInvalidArgument(
                 f"unknown hash algorithm {algo!r}; use one of {', '.join(sorted(hashlib.algorithms_guaranteed))}"
             )
-        target = self._file(path)
         digest = hashlib.new(algo)
-        with target.open("rb") as source:
+        with self._open(path) as source:
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
         return digest.hexdigest(*(() if not algo.startswith("shake") else (32,)))
@@ -342,14 +359,15 @@ class Storage(Driver):
             raise DriverInvalidArgument("refusing to delete the storage root itself; name a path inside it")
         name = PurePosixPath(path)
         entry = self.resolve(str(name.parent)) / name.name  # the name itself, not where a link leads
-        if entry.is_symlink():
-            entry.unlink()
-        elif entry.is_dir():
-            shutil.rmtree(entry)
-        elif entry.exists():
-            entry.unlink()
-        else:
-            return False
+        with host_errors(path):
+            if entry.is_symlink():
+                entry.unlink()
+            elif entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.exists():
+                entry.unlink()
+            else:
+                return False
         self.logger.info("deleted %s", path)
         return True
 

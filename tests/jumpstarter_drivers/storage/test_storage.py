@@ -294,7 +294,18 @@ def test_a_partial_file_being_written_is_kept(root: Path) -> None:
             out.write(b"in progress")
             Storage(root_dir=str(root))  # a second exporter on the same root starts meanwhile
             assert temp.exists()
-        writer._commit(target, temp)
+        writer._commit("image", target, temp)
     finally:
         temp.unlink(missing_ok=True)
     assert target.read_bytes() == b"in progress"
+
+
+def test_os_errors_do_not_reveal_the_root_path(client: StorageClient, root: Path, tmp_path: Path) -> None:
+    (root / "file").write_bytes(b"x")
+    (root / "dir").mkdir()
+    source = tmp_path / "source"
+    source.write_bytes(b"payload")
+    for call in (lambda: client.write_bytes("file/child", b"x"), lambda: client.write_from_path("file/child", source)):
+        with pytest.raises(DriverError, match=r"'file/child': (File exists|Not a directory)") as excinfo:
+            call()
+        assert str(tmp_path) not in str(excinfo.value)
