@@ -31,7 +31,7 @@ from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError
 from ..http.driver import HttpServer
 from ..storage.common import CHUNK
-from ..storage.driver import Storage, inside, resolve_inside
+from ..storage.driver import Storage, host_errors, inside, resolve_inside
 from ..tftp.driver import Tftp
 from ..uboot.common import ConsoleError, StepFailed
 from ..uboot.console import ShellConsole, UBootConsole, call_maybe_async
@@ -195,22 +195,23 @@ class BaseFlasher(Driver):
             "(a path relative to it) or one matching config field 'bundle_sources' "
             f"({', '.join(self.bundle_sources) or 'none configured'})"
         )
-        if is_oci_reference(source):
-            reference = source.removeprefix("oci://")
-            if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
-                raise refused
-            root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
-        elif not os.path.isabs(source):
-            path = resolve_inside(self._storage_root("http"), source, self.logger)
-            root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
-        else:
-            real = os.path.realpath(source)
-            if ".." in Path(source).parts or not any(
-                fnmatch.fnmatchcase(real, p) for p in self.bundle_sources if p.startswith("/")
-            ):
-                raise refused
-            root = fetch_bundle(real, cache, self.cacert, label=source, max_size=self.max_bundle_size)
-        return Bundle.load(root, self.manifest, label=source, max_size=self.max_bundle_size)
+        with host_errors(source):  # a failing cache write names the client's words, not the host's paths
+            if is_oci_reference(source):
+                reference = source.removeprefix("oci://")
+                if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
+                    raise refused
+                root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
+            elif not os.path.isabs(source):
+                path = resolve_inside(self._storage_root("http"), source, self.logger)
+                root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+            else:
+                real = os.path.realpath(source)
+                if ".." in Path(source).parts or not any(
+                    fnmatch.fnmatchcase(real, p) for p in self.bundle_sources if p.startswith("/")
+                ):
+                    raise refused
+                root = fetch_bundle(real, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+            return Bundle.load(root, self.manifest, label=source, max_size=self.max_bundle_size)
 
     def _check_variant(self, name: str, bundle: Bundle | None = None) -> None:
         dtb = (bundle or self.bundle()).manifest.spec.dtb
