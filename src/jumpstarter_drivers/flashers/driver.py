@@ -48,6 +48,16 @@ MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def _is_url_prefix(text: str) -> bool:
+    """Whether ``text`` is an http(s) URL with a host, a numeric port if any, and no user name or password."""
+    try:
+        parts = urlsplit(text)
+        return (parts.scheme in _DEFAULT_PORTS and bool(parts.hostname) and not (parts.username or parts.password)
+                and (parts.port is None or parts.port > 0))
+    except ValueError:  # a port that is not a number
+        return False
+
+
 def url_allowed(url: str, prefixes: list[str]) -> bool:
     """Whether ``url`` is under one of the URL ``prefixes``: same scheme, host and port, its path
     below the prefix's, no user name or password, no ``..`` segment.
@@ -130,8 +140,7 @@ class BaseFlasher(Driver):
                 f"{type(self).__name__}: config field 'max_bundle_size' must be positive, got {self.max_bundle_size}"
             )
         for prefix in self.allowed_urls:
-            parts = urlsplit(prefix)
-            if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
+            if not _is_url_prefix(prefix):
                 raise ConfigurationError(
                     f"{type(self).__name__}: config field 'allowed_urls': {prefix!r} is not an http(s) URL prefix "
                     "such as https://images.lab/boards/"
@@ -181,7 +190,7 @@ class BaseFlasher(Driver):
             root = fetch_bundle(self.flasher_bundle, cache, self.cacert, max_size=self.max_bundle_size)
             self._bundle = Bundle.load(root, self.manifest, max_size=self.max_bundle_size)
             if self._variant is not None:
-                self._check_variant(self._variant)
+                self._check_variant(self._variant, self._bundle)
         return self._bundle
 
     def _client_bundle(self, source: str) -> Bundle:

@@ -296,9 +296,10 @@ def test_urls_outside_the_allowed_prefixes_are_refused(web: tuple[str, Path], tm
         root.close()
 
 
-def test_a_bad_allowed_url_is_a_configuration_error(tmp_path: Path, reference_bundle: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"allowed_urls.*'ftp://x/' is not an http\(s\) URL prefix"):
-        make_lab(tmp_path, reference_bundle, allowed_urls=["ftp://x/"])
+@pytest.mark.parametrize("prefix", ["ftp://x/", "https://x:port/", "/images/"])
+def test_a_bad_allowed_url_is_a_configuration_error(tmp_path: Path, reference_bundle: Path, prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"allowed_urls.*'{prefix}' is not an http\(s\) URL prefix"):
+        make_lab(tmp_path, reference_bundle, allowed_urls=[prefix])
 
 
 def test_flasher_with_an_oci_bundle_pulls_it_once(oci_registry, tmp_path: Path, reference_bundle: Path) -> None:
