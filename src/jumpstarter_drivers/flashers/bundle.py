@@ -514,7 +514,9 @@ def _pull_layer(client: Any, container: Any, layer: dict, root: Path, reference:
         raise DriverError(f"flasher bundle {reference}: layer title {title!r} leads out of the bundle "
                           f"({reason or 'it names the bundle itself'}); refused")
     parent.mkdir(parents=True, exist_ok=True)
-    blob = Path(tempfile.mkstemp(dir=root, prefix=".blob-")[1])
+    fd, name = tempfile.mkstemp(dir=root.parent, prefix=".blob-")  # beside the bundle, where no member can reach
+    os.close(fd)
+    blob = Path(name)
     try:
         url = f"{client.prefix}://{container.get_blob_url(layer['digest'])}"
         response = _registry_get(client, url, reference, f"layer {title!r}", cacert)
