@@ -406,16 +406,16 @@ def remove_stale_partials(root: Path, logger: logging.Logger | logging.LoggerAda
     root's own tree go.
     """
     removed = 0
-    for directory, dirs, files in os.walk(root):  # does not descend into linked directories
+    for directory, _, files, dir_fd in os.fwalk(root):  # by directory descriptors, never through a link
         for name in files:
-            path = Path(directory, name)
-            if not _is_partial(path):
+            if not _is_partial(Path(name)):
                 continue
+            relative = Path(directory, name).relative_to(root)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
             except OSError as exc:  # a link (ELOOP), or gone meanwhile
                 if exc.errno not in (errno.ELOOP, errno.ENOENT):
-                    logger.warning("cannot check partial file %s: %s", path.relative_to(root), exc.strerror)
+                    logger.warning("cannot check partial file %s: %s", relative, exc.strerror)
                 continue
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -424,7 +424,7 @@ def remove_stale_partials(root: Path, logger: logging.Logger | logging.LoggerAda
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live writer's
-                path.unlink()
+                os.unlink(name, dir_fd=dir_fd)
                 removed += 1
             finally:
                 os.close(fd)
