@@ -76,6 +76,19 @@ def virtual_power_commands(client: Any) -> click.Group:
     return group
 
 
+@command_builder("jumpstarter_drivers.energenie.client.EnerGenieClient")
+def energenie_commands(client: Any) -> click.Group:
+    """The power commands, and ``state``: whether the socket is on, as the strip says."""
+    group = power_commands(client)
+
+    @group.command()
+    def state() -> None:
+        """Whether the slot's socket is on, as the strip reports it (prints on or off)."""
+        click.echo("on" if client.state() else "off")
+
+    return group
+
+
 #: Ctrl-]: ends ``jumpstarter serial console``.
 CONSOLE_ESCAPE = b"\x1d"
 

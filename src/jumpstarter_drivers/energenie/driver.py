@@ -126,7 +126,7 @@ class EnerGenie(PowerInterface):
         """Not available: the EG-PMS2-LAN measures neither voltage nor current."""
         raise NotImplementedError(
             f"{self._where}: the EG-PMS2-LAN cannot measure voltage or current, so read() is not available; "
-            "use state() to learn whether the socket is on"
+            "use `state` (state() from Python) to learn whether the socket is on"
         )
         yield  # a generator function, so read() is a streaming call as the power interface says
 

@@ -256,6 +256,29 @@ def test_read_is_not_implemented(simulator, lock_dir: str) -> None:
     assert sim.exchanges == []
 
 
+def test_the_read_error_names_a_command_the_cli_has(simulator, lock_dir: str) -> None:
+    """The error for read() points at state(); ``jumpstarter power state`` is that command."""
+    from click.testing import CliRunner
+    from jumpstarter_drivers.cli.main import main
+    from jumpstarter_drivers.composite import Composite
+    from jumpstarter_drivers.core.session import Session
+
+    sim = simulator()
+    root = Composite(children={"power": EnerGenie(host=sim.address, slot=2, lock_dir=lock_dir)})
+    with Session(root_device=root) as session, session.serve_unix() as path:
+        def jumpstarter(*args: str):
+            return CliRunner().invoke(main, ["--host", str(path), "power", *args])
+
+        result = jumpstarter("read")
+        assert result.exit_code != 0
+        assert "use `state` (state() from Python)" in " ".join(result.output.split()), result.output
+        result = jumpstarter("state")
+        assert (result.exit_code, result.output) == (0, "off\n"), result.output
+        assert jumpstarter("on").exit_code == 0
+        assert jumpstarter("state").output == "on\n"
+        assert "Whether the slot's socket is on" in jumpstarter("--help").output
+
+
 # serialisation -------------------------------------------------------------------------------
 
 
