@@ -1,23 +1,31 @@
 """A console session over the board's serial port, with pexpect.
 
-The virtual lab's serial port is a loopback (what is sent comes back); on a real board you
-would expect a boot banner and a login prompt instead. Everything the console receives is
-written to the test's log (``--jumpstarter-log-dir``) and shown when the test fails.
+The virtual lab's board prints a U-Boot banner and counts down to autoboot when powered on; a
+key stops the countdown at U-Boot's ``=>`` prompt. Everything the console receives is written
+to the test's log (``--jumpstarter-log-dir``) and shown when the test fails.
 """
 
 import pytest
 
 
-@pytest.mark.jumpstarter_requires("serial")
-def test_console_echo(client):
+@pytest.mark.jumpstarter_requires("power", "serial")
+def test_uboot_prompt(client):
+    """Open the console first, then power on: nothing the board prints is missed."""
     with client.serial.pexpect(timeout=10, encoding="utf-8") as console:
-        console.sendline("hello board")
-        console.expect("hello board")
+        client.power.cycle(wait=0.1)
+        console.expect("Hit any key to stop autoboot")
+        console.sendline("")
+        console.expect_exact("=> ")
+        console.sendline("echo hello board")
+        console.expect("\nhello board")
+        console.expect_exact("=> ")
 
 
 @pytest.mark.jumpstarter_requires("power", "serial")
-def test_power_on_then_talk(client):
-    client.power.on()
+def test_power_cycle_restarts_the_board(client):
+    client.power.off()
     with client.serial.pexpect(timeout=10, encoding="utf-8") as console:
-        console.sendline("uname")
-        console.expect("uname")
+        client.power.on()
+        console.expect("U-Boot 2023.01")
+        client.power.cycle(wait=0.1)
+        console.expect("U-Boot 2023.01")

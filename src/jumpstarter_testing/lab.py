@@ -169,15 +169,30 @@ class Lab:
 
     @functools.cached_property
     def node_names(self) -> dict[str, str]:
-        """Dotted node paths by driver uuid (the root is ``root``), for labelling driver logs."""
+        """Dotted node paths by driver uuid (the root is ``root``), for labelling driver logs and consoles.
+
+        A ``ref:`` node is named by the node it stands for: the virtual lab's ``serial`` is ``board.serial``.
+        """
+        from jumpstarter_drivers.composite.common import REF_LABEL
+
         names: dict[str, str] = {}
+        refs: dict[str, str] = {}
 
         def visit(node: DriverClient, path: str) -> None:
             names[str(node.uuid)] = path or "root"
+            if REF_LABEL in node.labels:
+                refs[str(node.uuid)] = node.labels[REF_LABEL]
             for name, child in node.children.items():
                 visit(child, f"{path}.{name}" if path else name)
 
         visit(self.client, "")
+        by_path = {path: uuid for uuid, path in names.items()}
+        for uuid, ref in refs.items():
+            seen = {uuid}
+            while ref in by_path and by_path[ref] in refs and by_path[ref] not in seen:  # a ref to a ref
+                seen.add(by_path[ref])
+                ref = refs[by_path[ref]]
+            names[uuid] = ref
         return names
 
 

@@ -428,7 +428,8 @@ class LogCapture(logging.Handler):
         if lab is None:
             return
         if record.name.startswith(CONSOLE_LOGGER):
-            source = f"console[{getattr(record, 'console', record.name.rpartition('.')[2])}]"
+            node = lab.node_names.get(str(getattr(record, "driver_uuid", "")))
+            source = f"console[{node or getattr(record, 'console', record.name.rpartition('.')[2])}]"
         elif record.name == STREAMED_LOGGER:
             if lab.local is not None:
                 return
@@ -497,6 +498,10 @@ def log_file_for(log_dir: Path, nodeid: str) -> Path:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    if USED_LAB in item.stash:
+        from jumpstarter_drivers.pyserial.common import flush_consoles
+
+        flush_consoles()  # a prompt the board printed belongs to the phase that saw it
     outcome = yield
     report = outcome.get_result()
     capture = item.stash.get(CAPTURE, None)

@@ -24,12 +24,30 @@ def test_local_virtual_lab() -> None:
         assert report.uuid == str(lab.local.uuid)
         top_level = set(yaml.safe_load(Path(VIRTUAL_LAB).read_text())["export"])
         assert {"power", "serial", "board", "flasher"} <= top_level
-        assert top_level | {"root"} <= set(lab.node_names.values())
+        assert {"root", "board", "board.power", "board.serial", "flasher"} <= set(lab.node_names.values())
+        assert not {"power", "serial", "flasher.power", "flasher.serial"} & set(lab.node_names.values())
         assert set(lab.flashers()) == {"flasher"} and lab.flasher() is lab.find("flasher")
         with lab.connect() as second:
             second.power.on()
         address = lab.address
     assert not Path(address).exists(), "closing a local lab stops its server"
+
+
+def test_virtual_lab_is_one_board() -> None:
+    """The top-level power switches the board, serial is its console; logs name nodes by where they live."""
+    with Lab.start_local(VIRTUAL_LAB) as lab:
+        client = lab.client
+        assert next(client.board.power.read()).current == 0
+        with client.serial.pexpect(timeout=10) as console:
+            client.power.on()
+            console.expect("U-Boot 2023.01")
+            assert next(client.board.power.read()).current > 0
+            client.power.off()
+        assert next(client.board.power.read()).current == 0
+        names = lab.node_names
+        assert names[str(client.serial.uuid)] == names[str(client.board.serial.uuid)] == "board.serial"
+        assert names[str(client.flasher.power.uuid)] == "board.power"
+        assert names[str(client.flasher.uuid)] == "flasher"
 
 
 def test_bad_allow_list_starts_no_driver() -> None:

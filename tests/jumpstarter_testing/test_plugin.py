@@ -219,7 +219,7 @@ def test_failing_test_report_carries_driver_logs_local(pytester: pytest.Pytester
     result.stdout.fnmatch_lines(
         [
             "*- jumpstarter driver logs (call) -*",
-            "*INFO    power: power on",
+            "*INFO    board.power: power on",
             "*- jumpstarter log file -*",
             f"*{logs}/test_failing_test_report_carries_driver_logs_local.py__test_fails.log",
         ]
@@ -227,8 +227,8 @@ def test_failing_test_report_carries_driver_logs_local(pytester: pytest.Pytester
     assert "power off" not in result.stdout.str(), "a passing test's logs stay out of the report"
     failed_log = (logs / "test_failing_test_report_carries_driver_logs_local.py__test_fails.log").read_text()
     passed_log = (logs / "test_failing_test_report_carries_driver_logs_local.py__test_passes.log").read_text()
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    power: power on\n", failed_log)
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    power: power off\n", passed_log)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    board.power: power on\n", failed_log)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    board.power: power off\n", passed_log)
 
 
 def test_failing_test_report_carries_driver_logs_remote(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
@@ -243,20 +243,36 @@ def test_failing_test_report_carries_driver_logs_remote(pytester: pytest.Pyteste
 
 
 def test_console_output_is_captured(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    """Console lines are named by the node's full path; a prompt (no newline) belongs to the phase
+    that saw it and sits in the log file where it arrived, not where the console closed."""
     pytester.makepyfile(
         """
-        def test_console(client):
+        import pytest
+
+        @pytest.fixture
+        def console(client):
             with client.serial.pexpect(timeout=10) as console:
-                console.sendline("U-Boot 2024.01")
-                console.expect("2024.01")
+                yield console
+                client.power.off()
+
+        def test_console(client, console):
+            client.power.on()
+            console.expect("Hit any key to stop autoboot")
+            console.sendline("")
+            console.expect_exact(b"=> ")
             assert False, "no login prompt"
         """
     )
     logs = pytester.path / "logs"
     result = pytester.runpytest(f"--jumpstarter-log-dir={logs}")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*- jumpstarter driver logs (call) -*", "*INFO    console[[]serial[]]: U-Boot 2024.01"])
-    assert "console[serial]: U-Boot 2024.01" in (logs / "test_console_output_is_captured.py__test_console.log").read_text()
+    text = result.stdout.str()
+    call = text[text.index("- jumpstarter driver logs (call) -"):]
+    assert re.search(r"INFO    console\[board\.serial\]: U-Boot 2023\.01 \(virtual board\)\n", call), text
+    assert re.search(r"INFO    console\[board\.serial\]: => \n", call), "the prompt is in the call's section"
+    assert "jumpstarter driver logs (teardown)" not in text
+    log = (logs / "test_console_output_is_captured.py__test_console.log").read_text()
+    assert log.index("console[board.serial]: => \n") < log.index("board.power: power off"), log
 
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

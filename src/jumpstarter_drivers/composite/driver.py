@@ -20,6 +20,7 @@ from typing import Any
 
 from ..core.driver import Driver, ExportedMethod
 from ..core.errors import ConfigurationError
+from .common import REF_LABEL
 
 COMPOSITE_CLIENT = "jumpstarter_drivers.composite.client.CompositeClient"
 
@@ -38,7 +39,7 @@ class Proxy(Driver):
     """Forwards every exported method to the node ``ref`` names (a dotted path from the root).
 
     The proxy is a node of its own (its own uuid in the report) with the target's client class,
-    methods and labels; its children mirror the target's. Closing or resetting a proxy leaves the
+    methods and labels, and the label :data:`REF_LABEL` naming ``ref``; its children mirror the target's. Closing or resetting a proxy leaves the
     target alone: the target is closed where it is defined.
     """
 
@@ -65,7 +66,7 @@ class Proxy(Driver):
                 )
             target = target.target
         self.target = target
-        self.labels = {**target.labels, **self.labels}
+        self.labels = {**target.labels, **self.labels, REF_LABEL: self.ref}
         if self.description is None:
             self.description = target.description
         self.children = {

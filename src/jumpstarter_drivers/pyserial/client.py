@@ -85,6 +85,8 @@ class ConsoleSpawn(SpawnBase):
         """
         if self.closed:
             raise ValueError(f"{self.name} is closed")
+        if self.capture is not None:
+            self.capture.flush()  # the prompt being answered is a line of its own
         if isinstance(s, (bytes, bytearray)):
             data = bytes(s)
             self._log(data if self.encoding is None else data.decode(self.encoding, "replace"), "send")
@@ -161,8 +163,8 @@ class PySerialClient(DriverClient):
 
     Console capture: everything received through :meth:`pexpect` and :meth:`open` is also
     logged line by line at INFO on the logger ``jumpstarter.console.<node name>``, each record
-    carrying ``console=<node name>`` (see :mod:`jumpstarter_drivers.pyserial.common`); the
-    pytest plugin writes these records into the test's log. The raw :meth:`stream` is not
+    carrying ``console=<node name>`` and the node's uuid (see :mod:`jumpstarter_drivers.pyserial.common`);
+    the pytest plugin writes these records into the test's log. The raw :meth:`stream` is not
     captured. Ending a console (leaving the ``with`` block, or ``send_eof()`` on the stream)
     ends it in both directions and releases the port on the exporter.
     """
@@ -191,7 +193,7 @@ class PySerialClient(DriverClient):
         """
         with self.stream() as stream:
             console = ConsoleSpawn(
-                stream, timeout=timeout, encoding=encoding, capture=ConsoleLog(self.console_name), **kwargs
+                stream, timeout=timeout, encoding=encoding, capture=ConsoleLog(self.console_name, self._uuid), **kwargs
             )
             try:
                 yield console

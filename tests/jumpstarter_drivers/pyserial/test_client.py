@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pexpect
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from jumpstarter_drivers.core import Driver, Session, connect, serve
 from jumpstarter_drivers.core.client import AllowList
 from jumpstarter_drivers.core.errors import DriverError
-from jumpstarter_drivers.pyserial import CONSOLE_LOGGER, PySerial, PySerialClient
+from jumpstarter_drivers.pyserial import CONSOLE_LOGGER, PySerial, PySerialClient, flush_consoles
 
 ALL_BYTES = bytes(range(256))
 BIG = 4 << 20
@@ -162,6 +163,31 @@ def test_console_capture_is_logged_by_line(console, shell, caplog) -> None:
     records = [r for r in caplog.records if r.name.startswith(CONSOLE_LOGGER)]
     assert [r.getMessage() for r in records] == ["echo captured line", "captured line", "fakeboard:~# "]
     assert {(r.name, r.console, r.levelno) for r in records} == {(f"{CONSOLE_LOGGER}.serial", "serial", logging.INFO)}
+
+
+def test_an_unfinished_line_is_logged_when_answered_or_flushed(console, shell, caplog) -> None:
+    """A prompt has no newline: it is logged when the test answers it, or when the plugin flushes
+    the consoles at the end of a test phase, stamped with the time it arrived."""
+    caplog.set_level(logging.INFO, logger=CONSOLE_LOGGER)
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith(CONSOLE_LOGGER)]
+
+    with console.pexpect(timeout=5) as session:
+        session.sendline("echo one")
+        session.expect_exact(b"one\r\n" + shell.PROMPT)
+        seen = time.time()
+        assert logged() == ["echo one", "one"]
+        flush_consoles()
+        assert logged() == ["echo one", "one", "fakeboard:~# "]
+        assert caplog.records[-1].created <= seen, "stamped when it arrived, not when it was flushed"
+        assert caplog.records[-1].driver_uuid == str(console.uuid)
+        session.sendline("echo two")
+        session.expect_exact(b"two\r\n" + shell.PROMPT)
+        session.sendline("echo three")
+        assert logged()[3:] == ["echo two", "two", "fakeboard:~# "], "the prompt is logged once answered"
+        session.expect_exact(b"three\r\n" + shell.PROMPT)
+    assert logged()[6:] == ["echo three", "three", "fakeboard:~# "]
 
 
 def test_raw_stream_is_not_captured(console, board, caplog) -> None:
