@@ -144,10 +144,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}(*nodes): skip unless the lab has these nodes (dotted paths, e.g. 'power', 'board.serial')",
     )
-    workers = config.getoption("numprocesses", None) if not hasattr(config, "workerinput") else None
-    hosts = _hosts(config)
-    if isinstance(workers, int) and workers > 1 and hosts and len(hosts) < workers:
-        raise pytest.UsageError(_too_few_boards(workers, hosts))
+    if not hasattr(config, "workerinput"):
+        _check_boards_and_workers(config)
     manager = LabManager(config)
     config.stash[MANAGER] = manager
     config.add_cleanup(manager.close)
@@ -305,6 +303,29 @@ def pick_host(config: pytest.Config, hosts: list[str]) -> str | None:
     if len(hosts) < count:  # workers started with --tx rather than -n: not checked at configure time
         pytest.exit(_too_few_boards(count, hosts), returncode=pytest.ExitCode.USAGE_ERROR)
     return hosts[index]
+
+
+def _check_boards_and_workers(config: pytest.Config) -> None:
+    """Each board has its own worker and each worker its own board; otherwise say what to change."""
+    hosts = _hosts(config)
+    workers = config.getoption("numprocesses", None)
+    distributed = (isinstance(workers, int) and workers > 0) or bool(config.getoption("tx", None))
+    boards = f"{len(hosts)} boards ({', '.join(hosts)})"
+    if len(hosts) > 1 and not distributed:
+        raise pytest.UsageError(
+            f"jumpstarter: {boards} but the run is not distributed, so only the first would be used; run one "
+            f"board per worker with -n {len(hosts)} (pytest-xdist), or give one --jumpstarter-host"
+        )
+    if not isinstance(workers, int) or not hosts:
+        return
+    if len(hosts) < workers:
+        raise pytest.UsageError(_too_few_boards(workers, hosts))
+    if len(hosts) > workers:
+        idle = ", ".join(hosts[workers:])
+        raise pytest.UsageError(
+            f"jumpstarter: {boards} but {workers} xdist worker{'s' if workers > 1 else ''}, so {idle} would stay "
+            f"unused; run one board per worker with -n {len(hosts)}, or give fewer boards"
+        )
 
 
 def _too_few_boards(workers: int, hosts: list[str]) -> str:

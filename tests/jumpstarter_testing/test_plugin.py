@@ -445,3 +445,23 @@ def test_header_says_which_lab_the_run_uses(pytester: pytest.Pytester, clean_env
     pytester.makefile(".yaml", exporter=LAB_FILE)
     pytester.runpytest().stdout.fnmatch_lines([f"jumpstarter: local lab from {pytester.path / 'exporter.yaml'}*"])
     pytester.runpytest(f"--jumpstarter-host={remote}").stdout.fnmatch_lines([f"jumpstarter: exporter at {remote}"])
+
+
+def test_several_hosts_need_one_worker_each(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, remote: Path) -> None:
+    """Two boards without -n would run everything on the first while the header names both: refused."""
+    pytester.makepyfile(SAMPLE)
+    other = pytester.path / "other.sock"
+    result = pytester.runpytest(f"--jumpstarter-host={remote}", f"--jumpstarter-host={other}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        (f"ERROR: jumpstarter: 2 boards ({remote}, {other}) but the run is not distributed, so only the first "
+        "would be used; run one board per worker with -n 2 (pytest-xdist), or give one --jumpstarter-host")
+    ])
+    clean_env.setenv(JUMPSTARTER_HOST, str(remote))
+    pytester.makeini(f"[pytest]\njumpstarter_host =\n    {remote}\n    {other}\n")
+    pytester.runpytest().assert_outcomes(passed=1)  # the environment's one host wins over the ini's two
+    clean_env.delenv(JUMPSTARTER_HOST)
+    result = pytester.runpytest("-n", "1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([(f"ERROR: jumpstarter: 2 boards ({remote}, {other}) but 1 xdist worker, so {other} "
+                                 "would stay unused; run one board per worker with -n 2, or give fewer boards")])
