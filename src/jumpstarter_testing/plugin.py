@@ -28,6 +28,7 @@ import pytest
 from jumpstarter_drivers.core.errors import JumpstarterError
 
 from .lab import VIRTUAL_LAB
+from .reporting import CAPTURED, SKIP_CAPTURED, Board, failure_line, log_line
 
 if TYPE_CHECKING:
     from jumpstarter_drivers.core.client import DriverClient
@@ -204,6 +205,13 @@ class LabManager:
         self._levels: dict[str, int] = {}
         #: Why the lab could not start (the run stopped there), for the terminal summary.
         self.failure: str | None = None
+        self._boards: dict[int, Board] = {}
+
+    def board(self, lab: Lab) -> Board:
+        """The identity of ``lab`` (asked once per lab)."""
+        if id(lab) not in self._boards:
+            self._boards[id(lab)] = Board.of(lab)
+        return self._boards[id(lab)]
 
     def get(self, settings: LabSettings) -> Lab:
         lab = self.labs.get(settings)
@@ -281,6 +289,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     crash = getattr(memo, "reprcrash", None)
     if crash is not None and manager.failure in crash.message:
         terminalreporter._keyboardinterrupt_memo = None
+
+
+SUITE_PROPERTIES = "jumpstarter_suite_properties"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """Under xdist: the JUnit testsuite properties of the worker's board, written by the controller."""
+    from _pytest.junitxml import xml_key
+
+    xml = node.config.stash.get(xml_key, None)
+    for name, value in getattr(node, "workeroutput", {}).get(SUITE_PROPERTIES, []):
+        if xml is not None and (name, value) not in xml.global_properties:
+            xml.add_global_property(name, value)
 
 
 def _worker(config: pytest.Config) -> tuple[int, int] | None:
@@ -377,15 +399,19 @@ def session(
 
     A remote exporter when a host is given, else a local lab from the exporter file, served on a
     private unix socket for the whole run (``session.local`` is its Session). Its address is put
-    in ``JUMPSTARTER_HOST`` for subprocesses; the exporter's uuid and labels go to the JUnit XML.
+    in ``JUMPSTARTER_HOST`` for subprocesses; the exporter's address, uuid and labels go to the
+    JUnit XML's testsuite properties (from every board under xdist), and each test that uses the
+    lab records the address of its board as a testcase property.
     """
     settings = LabSettings(pick_host(pytestconfig, jumpstarter_hosts), jumpstarter_exporter, jumpstarter_drivers_allow)
-    lab = pytestconfig.stash[MANAGER].get(settings)
-    report = lab.report()
-    record_testsuite_property("jumpstarter_exporter_address", lab.address)
-    record_testsuite_property("jumpstarter_exporter_uuid", report.uuid)
-    for key, value in sorted(report.labels.items()):
-        record_testsuite_property(f"jumpstarter_exporter_label:{key}", value)
+    manager = pytestconfig.stash[MANAGER]
+    lab = manager.get(settings)
+    properties = manager.board(lab).suite_properties()
+    workeroutput = getattr(pytestconfig, "workeroutput", None)
+    if workeroutput is not None:  # xdist writes the JUnit file in the controller: see pytest_testnodedown
+        workeroutput.setdefault(SUITE_PROPERTIES, []).extend(properties)
+    for name, value in properties:
+        record_testsuite_property(name, value)
     return lab
 
 
@@ -426,6 +452,7 @@ def _jumpstarter_test(request: pytest.FixtureRequest) -> None:
     if missing:
         pytest.skip(f"the lab at {lab.address} has no {', '.join(missing)} node (jumpstarter_requires)")
     item.stash[USED_LAB] = lab  # from here on the finished hook is called too
+    item.user_properties.append(("jumpstarter_exporter_address", lab.address))
     item.config.hook.pytest_jumpstarter_test_started(item=item, client=lab.client)
 
 
@@ -441,7 +468,10 @@ class LogCapture(logging.Handler):
     def __init__(self, manager: LabManager) -> None:
         super().__init__(logging.DEBUG)
         self.manager = manager
+        #: The records, for the report's sections.
         self.lines: list[str] = []
+        #: The records and why phases failed, for the log file.
+        self.file_lines: list[str] = []
         self._arrived = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -452,7 +482,8 @@ class LogCapture(logging.Handler):
             node = lab.node_names.get(str(getattr(record, "driver_uuid", "")))
             source = f"console[{node or getattr(record, 'console', record.name.rpartition('.')[2])}]"
         elif record.name == STREAMED_LOGGER:
-            if lab.local is not None:
+            if lab.local is not None:  # a copy of what the local lab's drivers logged here directly
+                setattr(record, CAPTURED, True)
                 return
             source = self._node(lab, record)
         else:
@@ -464,8 +495,10 @@ class LogCapture(logging.Handler):
         except Exception:  # noqa: BLE001 - logging's contract: a bad record must not fail the test
             self.handleError(record)
             return
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        self.lines.append(f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {source}: {message}")
+        setattr(record, CAPTURED, True)
+        line = log_line(record.created, record.levelname, source, message)
+        self.lines.append(line)
+        self.file_lines.append(line)
         self._arrived.set()
 
     @staticmethod
@@ -504,6 +537,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     capture = LogCapture(item.config.stash[MANAGER])
     item.stash[CAPTURE] = capture
     item.stash[REPORTS] = {}
+    logging_plugin = item.config.pluginmanager.get_plugin("logging-plugin")
+    report_handler = getattr(logging_plugin, "report_handler", None)  # pytest's "Captured log" sections
+    if report_handler is not None:
+        report_handler.addFilter(SKIP_CAPTURED)
     with capture.attached():
         yield
 
@@ -534,6 +571,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         capture.settle()
         if capture.lines:
             report.sections.append((f"jumpstarter driver logs ({report.when})", "\n".join(capture.lines)))
+        capture.file_lines.append(failure_line(item, report, call))
     if report.when != "teardown":
         return
     log_dir = _path_setting(item.config, "jumpstarter_log_dir", JUMPSTARTER_LOG_DIR)
@@ -541,7 +579,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         capture.settle()
         path = log_file_for(log_dir, item.nodeid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in capture.lines))
+        worker = getattr(item.config, "workerinput", {}).get("workerid")
+        header = item.config.stash[MANAGER].board(lab).header(item.nodeid, worker)
+        path.write_text("".join(line + "\n" for line in [*header, *capture.file_lines]))
         item.user_properties.append(("jumpstarter_log", str(path)))
         report.user_properties.append(("jumpstarter_log", str(path)))
         for phase in item.stash[REPORTS].values():

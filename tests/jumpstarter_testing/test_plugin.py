@@ -227,8 +227,11 @@ def test_failing_test_report_carries_driver_logs_local(pytester: pytest.Pytester
     assert "power off" not in result.stdout.str(), "a passing test's logs stay out of the report"
     failed_log = (logs / "test_failing_test_report_carries_driver_logs_local.py__test_fails.log").read_text()
     passed_log = (logs / "test_failing_test_report_carries_driver_logs_local.py__test_passes.log").read_text()
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    board.power: power on\n", failed_log)
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    board.power: power off\n", passed_log)
+    header = r"# test_failing\S+::test_{}\n# board: local lab from \S+virtual_lab.yaml at \S+ \(uuid [0-9a-f-]{{36}}, labels none\)\n"
+    stamp = r"\d\d:\d\d:\d\d\.\d{3}"
+    failure = rf"{stamp} ERROR   test: failed \(call\) at test_failing\S+\.py:3: AssertionError: board did not boot\nassert False\n"
+    assert re.fullmatch(header.format("fails") + rf"{stamp} INFO    board.power: power on\n" + failure, failed_log)
+    assert re.fullmatch(header.format("passes") + rf"{stamp} INFO    board.power: power off\n", passed_log)
 
 
 def test_failing_test_report_carries_driver_logs_remote(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
@@ -465,3 +468,87 @@ def test_several_hosts_need_one_worker_each(pytester: pytest.Pytester, clean_env
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([(f"ERROR: jumpstarter: 2 boards ({remote}, {other}) but 1 xdist worker, so {other} "
                                  "would stay unused; run one board per worker with -n 2, or give fewer boards")])
+
+
+FAILED_FLASH = """
+def test_flash_fails(flasher, client, tmp_path):
+    image = tmp_path / "image.raw"
+    image.write_bytes(b"x" * 4096)
+    client.board.set_faults(panic_on="tftpboot")
+    with client.serial.pexpect(timeout=10) as console:
+        client.power.cycle(wait=0.1)
+        console.expect("Hit any key to stop autoboot")
+    flasher.flash(image, method="uboot")
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_each_record_once_and_the_reason_in_the_log_file(
+    pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, where: str
+) -> None:
+    """A failed flash: every driver and console line once in the report and once in the log file,
+    and the log file ends with why the test failed."""
+    from jumpstarter_drivers.cli.process import ServeProcess
+    from jumpstarter_testing.lab import VIRTUAL_LAB
+
+    pytester.makepyfile(FAILED_FLASH)
+    logs = pytester.path / "logs"
+    with contextlib.ExitStack() as stack:
+        options = [f"--jumpstarter-log-dir={logs}"]
+        if where == "remote":
+            options.append(f"--jumpstarter-host={stack.enter_context(ServeProcess(VIRTUAL_LAB)).address}")
+        result = pytester.runpytest(*options)
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    log = (logs / "test_each_record_once_and_the_reason_in_the_log_file.py__test_flash_fails.log").read_text()
+    for line in ("flasher: step: load", "console[board.serial]: Hit any key to stop autoboot"):
+        assert text.count(line) == 1, f"{line!r} {text.count(line)} times in the report:\n{text}"
+        assert log.count(line) == 1, f"{line!r} {log.count(line)} times in the log file:\n{log}"
+    assert text.count("Synchronous Abort handler, esr") == 1, "the console tail once, in the exception"
+    assert "Captured log" not in text, "pytest's own copy of the same records is left out"
+    assert re.search(r"ERROR   test: failed \(call\) at test_each\w+\.py:8: jumpstarter_drivers\.core\.errors\."
+                     r"DriverError: step 'tftpboot \.flash-chunk-00000' failed: the board failed", log), log
+    assert "--- console tail ---" in log and log.rstrip().endswith("### ERROR ### Please RESET the board ###"), log
+
+
+def test_which_board_ran_each_test(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    """Under xdist the JUnit testsuite keeps every board's identity, each testcase names its board,
+    and each per-test log starts with a header naming the board."""
+    from jumpstarter_drivers.composite import Composite
+
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_board(n, client):
+            client.power.on()
+        """
+    )
+    logs = pytester.path / "logs"
+    with contextlib.ExitStack() as stack:
+        labs, paths = [], []
+        for name in ("one", "two"):
+            lab = stack.enter_context(Session(root_device=Composite(children={"power": MockPower()}), labels={"board": name}))
+            labs.append(lab)
+            paths.append(str(stack.enter_context(lab.serve_unix())))
+        hosts = [f"--jumpstarter-host={path}" for path in paths]
+        result = pytester.runpytest("-n", "2", *hosts, "--junitxml=out.xml", f"--jumpstarter-log-dir={logs}")
+    result.assert_outcomes(passed=4)
+    xml = (pytester.path / "out.xml").read_text()
+    suite = xml[:xml.index("<testcase")]
+    for lab, path, name in zip(labs, paths, ("one", "two"), strict=True):
+        assert f'<property name="jumpstarter_exporter_address" value="{path}" />' in suite, xml
+        assert f'<property name="jumpstarter_exporter_uuid" value="{lab.uuid}" />' in suite, xml
+        assert f'<property name="jumpstarter_exporter_label:board" value="{name}" />' in suite, xml
+    cases = re.findall(r"<testcase .*?</testcase>", xml, re.DOTALL)
+    assert len(cases) == 4
+    for case in cases:
+        boards = re.findall(r'<property name="jumpstarter_exporter_address" value="([^"]+)" />', case)
+        assert len(boards) == 1 and boards[0] in paths, case
+    for log in logs.iterdir():
+        header = log.read_text().splitlines()[:2]
+        assert re.fullmatch(r"# test_which_board_ran_each_test\.py::test_board\[\d\]", header[0]), header
+        board = re.fullmatch(r"# board: exporter at (\S+) \(uuid ([0-9a-f-]{36}), labels board=(one|two)\), worker gw[01]",
+                             header[1])
+        assert board and board[1] in paths, header

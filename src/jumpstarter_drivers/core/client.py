@@ -41,6 +41,9 @@ from .streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME, Fram
 
 logger = logging.getLogger(__name__)
 driver_log = logging.getLogger("exporter:driver")
+#: Open log streams by exporter address (see DriverClient.log_stream).
+_log_streams: dict[str, int] = {}
+_log_streams_lock = threading.Lock()
 
 CLIENT_LABEL = "jumpstarter.dev/client"
 NAME_LABEL = "jumpstarter.dev/name"
@@ -253,11 +256,32 @@ class DriverClient:
             yield handle, stream
 
     @contextlib.contextmanager
-    def log_stream(self) -> Iterator[None]:
+    def log_stream(self, join: bool = False) -> Iterator[None]:
         """Re-emit the exporter's driver logs on the logger ``exporter:driver`` while inside.
 
         Returns once the exporter has the subscription, so nothing logged afterwards is missed.
+        With ``join``, a stream from the same exporter already open in this process (the pytest
+        plugin's, say) is used instead of a second one, so each record is emitted once.
         """
+        address = self.connection.address
+        with _log_streams_lock:
+            joined = join and _log_streams.get(address, 0) > 0
+            if not joined:
+                _log_streams[address] = _log_streams.get(address, 0) + 1
+        if joined:
+            yield
+            return
+        try:
+            with self._subscribe_logs():
+                yield
+        finally:
+            with _log_streams_lock:
+                _log_streams[address] -= 1
+                if not _log_streams[address]:
+                    del _log_streams[address]
+
+    @contextlib.contextmanager
+    def _subscribe_logs(self) -> Iterator[None]:
         import grpc
 
         call = self.connection.exporter.LogStream(self.connection.empty(), metadata=self.connection.metadata)

@@ -44,7 +44,7 @@ class FlasherClient(DriverClient):
                 logger.info("image %s is already on the exporter (sha256 %s), not uploading it", image, local[:12])
             else:
                 storage.write_from_path(image, path)
-        with self.log_stream():
+        with self.log_stream(join=True):
             return self.call_as(FlashResult, "flash", image, target, method)
 
     def cli(self) -> click.Group:

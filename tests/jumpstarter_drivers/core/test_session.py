@@ -185,6 +185,20 @@ def test_several_log_subscribers_each_get_every_record(caplog):
     assert sorted(messages) == sorted([f"burst {i}" for i in range(500)] * 2)
 
 
+def test_a_joining_log_stream_adds_no_copies(caplog):
+    """``log_stream(join=True)`` inside another stream from the same exporter: each record once."""
+    caplog.set_level(logging.INFO, logger="exporter:driver")
+    with Session(root_device=Sample()) as session, session.serve_unix() as path:
+        with connect(path) as first, connect(path) as second:
+            with first.log_stream(), second.log_stream(join=True):
+                first.call("log", "burst", 100)
+                assert _wait_for(lambda: len(_messages(caplog)) >= 100)
+            with second.log_stream(join=True):  # nothing to join any more: a stream of its own
+                first.call("log", "again", 1)
+                assert _wait_for(lambda: "again 0" in _messages(caplog))
+    assert sorted(_messages(caplog)) == sorted([f"burst {i}" for i in range(100)] + ["again 0"])
+
+
 def test_power_on_log_reaches_exporter_driver_logger(caplog):
     caplog.set_level(logging.INFO, logger="exporter:driver")
     with serve(MockPower()) as client, client.log_stream():
