@@ -133,6 +133,30 @@ class Lab:
                 return None
         return node
 
+    def lacks(self, requirement: str) -> str | None:
+        """Why the lab cannot meet ``requirement``, or ``None`` when it can.
+
+        A requirement is a node's dotted path (``"board.serial"``) or a method of a node
+        (``"power.read"``): the method must be one the node's client or report offers and
+        not one its driver reports unsupported (``EnerGenie`` cannot ``read``).
+        """
+        if self.find(requirement) is not None:
+            return None
+        path, _, method = requirement.rpartition(".")
+        node = self.find(path) if path else None
+        if node is None:
+            return f"has no {requirement} node"
+        from jumpstarter_drivers.core.client import DriverClient
+        from jumpstarter_drivers.core.driver import UNSUPPORTED_LABEL
+
+        if method in node.labels.get(UNSUPPORTED_LABEL, "").split(","):
+            return f"cannot {requirement}(): its driver does not support it"
+        classes = type(node).__mro__
+        client_methods = {name for cls in classes[: classes.index(DriverClient)] for name in vars(cls)}
+        if method in node.methods_description or method in client_methods:
+            return None
+        return f"has no {requirement} node or method"
+
     def flashers(self) -> dict[str, DriverClient]:
         """Every flasher node by dotted path (see :data:`FLASHER_SUFFIX`)."""
         found: dict[str, DriverClient] = {}

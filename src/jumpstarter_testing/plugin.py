@@ -143,7 +143,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(*nodes): skip unless the lab has these nodes (dotted paths, e.g. 'power', 'board.serial')",
+        f"{MARKER}(*requirements): skip unless the lab has these nodes (dotted paths, e.g. 'power', "
+        "'board.serial') and methods ('power.read': present, and supported by the node's driver)",
     )
     if not hasattr(config, "workerinput"):
         _check_boards_and_workers(config)
@@ -447,10 +448,10 @@ def _jumpstarter_test(request: pytest.FixtureRequest) -> None:
     if not _uses_lab(item):
         return
     lab: Lab = request.getfixturevalue("session")
-    marker_nodes = [n for m in item.iter_markers(MARKER) for n in m.args]
-    missing = [name for name in marker_nodes if lab.find(name) is None]
-    if missing:
-        pytest.skip(f"the lab at {lab.address} has no {', '.join(missing)} node (jumpstarter_requires)")
+    requirements = [n for m in item.iter_markers(MARKER) for n in m.args]
+    lacking = [reason for reason in map(lab.lacks, requirements) if reason is not None]
+    if lacking:
+        pytest.skip(f"the lab at {lab.address} {'; '.join(lacking)} (jumpstarter_requires)")
     item.stash[USED_LAB] = lab  # from here on the finished hook is called too
     item.user_properties.append(("jumpstarter_exporter_address", lab.address))
     item.config.hook.pytest_jumpstarter_test_started(item=item, client=lab.client)

@@ -318,7 +318,7 @@ def test_requires_marker(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatc
     )
     result = pytester.runpytest("-rs", "--strict-markers")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*the lab at * has no board.serial node (jumpstarter_requires)*"])
+    result.stdout.fnmatch_lines(["*the lab at * has no board.serial node or method (jumpstarter_requires)*"])
 
 
 def test_unreachable_host_fails_the_run_once(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -552,3 +552,46 @@ def test_which_board_ran_each_test(pytester: pytest.Pytester, clean_env: pytest.
         board = re.fullmatch(r"# board: exporter at (\S+) \(uuid ([0-9a-f-]{36}), labels board=(one|two)\), worker gw[01]",
                              header[1])
         assert board and board[1] in paths, header
+
+
+def test_requires_a_method_the_driver_supports(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``jumpstarter_requires("power.read")`` skips with the reason on an EnerGenie, which cannot measure."""
+    from jumpstarter_drivers.energenie.simulator import EnerGenieSimulator
+
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.jumpstarter_requires("power.read")
+        def test_reads(client):
+            assert list(client.power.read())
+
+        @pytest.mark.jumpstarter_requires("power.on", "power.state")
+        def test_switches(client):
+            client.power.on()
+            assert client.power.state()
+
+        @pytest.mark.jumpstarter_requires("power.levitate")
+        def test_levitates(client):
+            raise AssertionError("must not run")
+
+        @pytest.mark.jumpstarter_requires("power.close")
+        def test_closes(client):
+            raise AssertionError("close() is the client's, not a driver method")
+        """
+    )
+    sim = EnerGenieSimulator().start()
+    try:
+        pytester.makefile(".yaml", strip=f"export:\n  power:\n    type: EnerGenie\n    config: {{host: '{sim.address}', "
+                                         f"lock_dir: '{tmp_path}'}}\n")
+        result = pytester.runpytest("-rs", "--jumpstarter-exporter=strip.yaml")
+    finally:
+        sim.close()
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines_random([
+        "SKIPPED*the lab at * cannot power.read(): its driver does not support it (jumpstarter_requires)",
+        "SKIPPED*the lab at * has no power.levitate node or method (jumpstarter_requires)",
+        "SKIPPED*the lab at * has no power.close node or method (jumpstarter_requires)",
+    ])
+    result = pytester.runpytest("-rs", "-k", "reads or levitates")  # the virtual lab's power measures
+    result.assert_outcomes(passed=1, skipped=1)

@@ -93,6 +93,9 @@ class Proxy(Driver):
     def describe_methods(self) -> dict[str, str]:
         return self._bound().describe_methods()
 
+    def unsupported_methods(self) -> frozenset[str]:
+        return self._bound().unsupported_methods()
+
     def __getattr__(self, name: str) -> Callable[..., Any]:
         target = self.__dict__.get("target")
         if target is not None and name in target.exported_methods():

@@ -37,6 +37,8 @@ from uuid import UUID, uuid4
 from .errors import ConfigurationError
 
 GENERIC_CLIENT = "jumpstarter_drivers.core.client.DriverClient"
+#: Report label listing a driver's :attr:`Driver.unsupported` methods, comma-separated.
+UNSUPPORTED_LABEL = "jumpstarter-toolkit/unsupported"
 
 
 class MethodKind(enum.Enum):
@@ -255,6 +257,9 @@ class Driver(metaclass=DriverMeta):
     """
 
     required_children: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+    #: Exported methods of the interface this driver cannot do (they raise NotImplementedError);
+    #: the report names them (label :data:`UNSUPPORTED_LABEL`), so a test can skip instead of fail.
+    unsupported: ClassVar[frozenset[str]] = frozenset()
 
     children: dict[str, Driver] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -288,6 +293,10 @@ class Driver(metaclass=DriverMeta):
         """Method descriptions for the report: the configured ones over the docstrings."""
         described = {name: m.description for name, m in self.exported_methods().items() if m.description}
         return described | self.methods_description
+
+    def unsupported_methods(self) -> frozenset[str]:
+        """Exported methods this driver cannot do (:attr:`unsupported`)."""
+        return self.unsupported
 
     def close(self) -> None:
         """Release what the driver holds; reaches the whole tree (children first)."""

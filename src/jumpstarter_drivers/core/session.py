@@ -31,7 +31,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 
 from . import loop
 from .codec import decode, encode_into, restore
-from .driver import Driver, ExportedMethod, MethodKind
+from .driver import UNSUPPORTED_LABEL, Driver, ExportedMethod, MethodKind
 from .errors import ConfigurationError
 from .status import ExporterStatus
 from .streams import PipeStream, decode_frame, encode_frame, pipe, pump
@@ -274,6 +274,8 @@ class Session:
             labels = dict(driver.labels)
             labels[CLIENT_LABEL] = jumpstarter_name_for(ours)
             labels[TOOLKIT_CLIENT_LABEL] = ours
+            if unsupported := driver.unsupported_methods():
+                labels[UNSUPPORTED_LABEL] = ",".join(sorted(unsupported))
             if name is not None:
                 labels[NAME_LABEL] = name
             report = response.reports.add(

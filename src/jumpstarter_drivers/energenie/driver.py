@@ -121,6 +121,8 @@ class EnerGenie(PowerInterface):
         with self._operation() as http:
             return self._read_states(http)[self._slot - 1]
 
+    unsupported = frozenset({"read"})
+
     @export
     def read(self) -> Generator[PowerReading, None, None]:
         """Not available: the EG-PMS2-LAN measures neither voltage nor current."""
