@@ -259,6 +259,7 @@ class LabManager:
         each step runs even when an earlier one fails."""
         labs = list(self.labs.values())
         self.labs.clear()
+        self._boards.clear()
         self.current = None
         with contextlib.ExitStack() as steps:  # the callbacks run last-registered first
             steps.callback(self._restore)
