@@ -57,7 +57,13 @@ def snippets(root: Path = ROOT, sources: tuple[str, ...] = SNIPPET_SOURCES, lang
 
 
 def snippets_in_text(text: str, path: Path) -> list[Snippet]:
-    """Every fenced block of a markdown text (the language is the info string's first word)."""
+    """Every fenced block of a markdown text (the language is the info string's first word).
+
+    A block indented in a list item loses that indentation:
+
+    >>> [(s.line, s.language, s.code) for s in snippets_in_text("1. run\\n\\n   ```python\\n   x = 1\\n   ```\\n", Path("a.md"))]
+    [(3, 'python', 'x = 1\\n')]
+    """
     blocks = []
     for match in FENCE.finditer(text):
         indent = match["indent"]
