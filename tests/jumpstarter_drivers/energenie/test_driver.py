@@ -397,3 +397,82 @@ def test_a_jumpstarter_exporter_file_drives_the_simulator(simulator, lock_dir: s
         client.power.on()
         assert client.power.state() is True
     assert sim.states == [False, True, False, False]
+
+
+# the lock file in a shared temp dir -------------------------------------------------------------
+
+
+def test_a_planted_symlink_lock_file_is_refused_and_its_target_untouched(simulator, tmp_path: Path) -> None:
+    sim = simulator()
+    victim = tmp_path / "victim"
+    victim.write_text("root's data\n")
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    driver = EnerGenie(host=sim.address, lock_dir=str(lock_dir))
+    driver.lock_path.symlink_to(victim)
+    with pytest.raises(DriverError, match=r"lock file .* is a symbolic link; remove it"):
+        driver.on()
+    assert victim.read_text() == "root's data\n"
+    assert sim.exchanges == []
+
+
+def test_a_hard_linked_lock_file_is_refused(simulator, tmp_path: Path) -> None:
+    sim = simulator()
+    victim = tmp_path / "victim"
+    victim.write_text("data\n")
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    driver = EnerGenie(host=sim.address, lock_dir=str(lock_dir))
+    os.link(victim, driver.lock_path)
+    with pytest.raises(DriverError, match=r"not a plain file of this user with a single link .*2 links"):
+        driver.on()
+    assert victim.read_text() == "data\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's directory needs root")
+def test_a_default_lock_dir_planted_by_another_user_is_refused(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With XDG_RUNTIME_DIR unset the lock dir lives in the (world-writable) temp dir."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(shared))
+    planted = shared / f"jumpstarter-drivers-{os.getuid()}"
+    (planted / "energenie").mkdir(parents=True)
+    os.chown(planted, 65534, 65534)
+    sim = simulator()
+    driver = EnerGenie(host=sim.address)
+    assert driver.lock_path.parent == planted / "energenie"
+    with pytest.raises(DriverError, match=rf"lies in {planted}, which another user can change \(uid 65534"):
+        driver.on()
+    assert not driver.lock_path.exists()
+
+
+def test_a_lock_dir_writable_by_others_is_refused(simulator, tmp_path: Path) -> None:
+    sim = simulator()
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir()
+    lock_dir.chmod(0o777)
+    with pytest.raises(DriverError, match=r"lock directory .*locks is writable by other users \(mode 0777\)"):
+        EnerGenie(host=sim.address, lock_dir=str(lock_dir)).on()
+
+
+def test_a_new_default_lock_dir_is_private(simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(shared))
+    old_umask = os.umask(0)
+    try:
+        sim = simulator()
+        driver = EnerGenie(host=sim.address)
+        driver.on()
+    finally:
+        os.umask(old_umask)
+    for folder in (driver.lock_path.parent, driver.lock_path.parent.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert driver.lock_path.stat().st_mode & 0o777 == 0o600
+    assert sim.states[0] is True
