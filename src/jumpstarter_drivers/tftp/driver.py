@@ -39,9 +39,7 @@ class Tftp(ServedDirectory):
             raise ConfigurationError(f"{name}: config field 'timeout' is {self.timeout}; give seconds > 0")
         if self.retries < 0:
             raise ConfigurationError(f"{name}: config field 'retries' is {self.retries}; give a count >= 0")
-        for field in ("max_transfers", "max_transfers_per_host", "max_transfer_time"):
-            if getattr(self, field) <= 0:
-                raise ConfigurationError(f"{name}: config field {field!r} is {getattr(self, field)}; give a bound > 0")
+        self.check_bounds("max_transfers", "max_transfers_per_host", "max_transfer_time")
         return TftpServer(
             root=self.storage.root,
             host=self.host,

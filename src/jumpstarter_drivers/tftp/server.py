@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..storage.served import DirectoryServer
+from ..storage.served import DirectoryServer, PeerQuota
 
 #: Largest block RFC 2348 allows.
 MAX_BLKSIZE = 65464
@@ -163,12 +163,8 @@ class TftpServer(DirectoryServer):
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._listener: threading.Thread | None = None
-        self._transfers: dict[threading.Thread, str] = {}
-        self._per_host: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._busy = False
-        #: Requests answered "busy" because a bound was reached (since the server was created).
-        self.refused = 0
+        assert self.log is not None
+        self._transfers = PeerQuota("TFTP", self.max_transfers, self.max_transfers_per_host, "transfers", self.log)
         self._bound_port = 0
 
     @property
@@ -225,9 +221,13 @@ class TftpServer(DirectoryServer):
         else:
             self.log.info("TFTP server stopped")
 
+    @property
+    def refused(self) -> int:
+        """Requests answered "busy" because a bound was reached (since the server was created)."""
+        return self._transfers.refused
+
     def _active_transfers(self) -> list[threading.Thread]:
-        with self._lock:
-            return list(self._transfers)
+        return self._transfers.snapshot()
 
     # serving ---------------------------------------------------------------------------------
 
@@ -254,24 +254,12 @@ class TftpServer(DirectoryServer):
 
     def _admit(self, thread: threading.Thread, peer: tuple) -> bool:
         """Count ``thread`` as a transfer of ``peer``; answer "busy" instead when a bound is reached."""
-        host = peer[0]
-        with self._lock:
-            total, mine = len(self._transfers), self._per_host.get(host, 0)
-            if total < self.max_transfers and mine < self.max_transfers_per_host:
-                self._transfers[thread] = host
-                self._per_host[host] = mine + 1
-                self._busy = False
-                return True
-            self.refused += 1
-            first, self._busy = not self._busy, True
-        if total >= self.max_transfers:
-            reason = f"server busy: {total} transfers in progress (max_transfers); try again later"
-        else:
-            reason = f"server busy: {mine} transfers from {host} in progress (max_transfers_per_host); try again later"
-        (self.log.warning if first else self.log.debug)("TFTP: refused a request from %s:%d: %s", *peer[:2], reason)
+        reason = self._transfers.admit(thread, peer[0])
+        if reason is None:
+            return True
         assert self._socket is not None
         try:
-            self._socket.sendto(error_packet(ErrorCode.NOT_DEFINED, reason), peer)
+            self._socket.sendto(error_packet(ErrorCode.NOT_DEFINED, f"server busy: {reason}; try again later"), peer)
         except OSError as exc:
             self.log.debug("TFTP: cannot tell %s:%d it is refused: %s", peer[0], peer[1], exc)
         return False
@@ -286,12 +274,7 @@ class TftpServer(DirectoryServer):
         except OSError as exc:
             self.log.info("TFTP transfer to %s:%d ended: %s", peer[0], peer[1], exc)
         finally:
-            with self._lock:
-                host = self._transfers.pop(threading.current_thread())
-                if self._per_host[host] > 1:
-                    self._per_host[host] -= 1
-                else:
-                    del self._per_host[host]
+            self._transfers.release(threading.current_thread())
 
 
 class _Transfer:
