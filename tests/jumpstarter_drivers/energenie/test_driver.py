@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import random
 import re
 import select
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -476,3 +480,78 @@ def test_a_new_default_lock_dir_is_private(simulator, tmp_path: Path, monkeypatc
         assert folder.stat().st_mode & 0o777 == 0o700, folder
     assert driver.lock_path.stat().st_mode & 0o777 == 0o600
     assert sim.states[0] is True
+
+
+# replies a strip on the lab network should not be trusted with ----------------------------------
+
+
+def endless(connection: socket.socket) -> int:
+    """A 200 whose body never ends (up to 128 MiB, or until the driver hangs up)."""
+    sent, chunk = 0, b"x" * (64 << 10)
+    with contextlib.suppress(OSError):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n")
+        while sent < 128 << 20:
+            connection.sendall(chunk)
+            sent += len(chunk)
+    return sent
+
+
+def dripping(head: bytes) -> Callable[[socket.socket], int]:
+    """Send ``head``, then one byte every 0.05 s (300 at most, 15 s): each read finishes well within a timeout."""
+
+    def reply(connection: socket.socket) -> int:
+        dripped = 0
+        with contextlib.suppress(OSError):
+            connection.sendall(head)
+            while dripped < 300 and not select.select([connection], [], [], 0.05)[0]:
+                connection.sendall(b"x")
+                dripped += 1
+        return dripped
+
+    return reply
+
+
+def test_an_endless_reply_is_cut_at_max_reply_bytes(raw_strip, lock_dir: str) -> None:
+    strip = raw_strip(endless)
+    with pytest.raises(DriverError, match=r"POST /login.html got a reply no EG-PMS2-LAN gives \(a reply larger than "):
+        EnerGenie(host=strip.address, lock_dir=lock_dir).on()
+    strip.close()
+    assert len(strip.sent) == 1, "refused without a retry"
+    assert strip.sent[0] < 32 << 20, f"{strip.sent[0]} bytes were taken (socket buffers hold a few MiB at most)"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nX-Drip: ", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"],
+    ids=["headers", "body"],
+)
+def test_a_dripping_strip_is_cut_at_its_timeout(raw_strip, lock_dir: str, head: bytes) -> None:
+    """A byte every 0.05 s never trips a per-read timeout; the whole request has timeout=1 s."""
+    strip = raw_strip(dripping(head))
+    with pytest.raises(DriverTimeout, match=r"POST /login.html got no answer within timeout=1 s \(1 attempt\)"):
+        EnerGenie(host=strip.address, timeout=1, retries=0, lock_dir=lock_dir).on()
+    strip.close()
+    assert strip.sent and strip.sent[0] < 150, f"the driver waited for {strip.sent[0]} bytes at 20 a second"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        random.Random(15).randbytes(2000),
+        b"<html><head><title>Router admin</title></head><body>Welcome</body></html>",
+    ],
+    ids=["binary", "another-device"],
+)
+def test_a_reply_that_is_not_the_strip_is_refused(httpserver: HTTPServer, lock_dir: str, body: bytes) -> None:
+    httpserver.expect_ordered_request("/login.html", method="POST").respond_with_data(body)
+    with pytest.raises(DriverError, match=r"POST /login.html answered \d+ characters that are neither the EG-PMS2-LAN"):
+        EnerGenie(host=f"127.0.0.1:{httpserver.port}", lock_dir=lock_dir).on()
+    assert len(httpserver.log) == 1, "nothing was switched after a reply that is not the strip's"
+
+
+def test_a_reply_that_is_not_http_is_refused_without_retries(raw_strip, lock_dir: str) -> None:
+    strip = raw_strip(lambda connection: connection.send(b"SSH-2.0-OpenSSH_9.6\r\n"))
+    with pytest.raises(DriverError, match=r"POST /login.html got a reply no EG-PMS2-LAN gives \(.*SSH-2.0"):
+        EnerGenie(host=strip.address, retries=2, lock_dir=lock_dir).on()
+    strip.close()
+    assert len(strip.sent) == 1
