@@ -70,9 +70,10 @@ class EnerGenie(PowerInterface):
     ``host`` may carry ``:port``; ``slot`` is 1..4 (a digit string such as ``"1"`` is taken too, as
     Jumpstarter's exporter files write it). ``timeout`` bounds each request, from connecting to the
     last byte of the reply; a request that fails on the network (refused, reset, timed out) is tried
-    ``retries`` more times with a doubling pause. A refused password is never retried. ``logout`` logs out after
-    each operation so the strip's one web session is free for others; ``verify`` reads the
-    socket state back after switching. Operations on one strip are serialised across threads
+    ``retries`` more times with a doubling pause. A refused password, or a reply that is not the
+    strip's (see the module docstring), is never retried. ``logout`` logs out after each
+    operation so the strip's one web session is free for others; ``verify`` reads the socket
+    state back after switching. Operations on one strip are serialised across threads
     and processes with a lock file in ``lock_dir``, waited for at most ``lock_timeout`` seconds.
     """
 
@@ -106,7 +107,9 @@ class EnerGenie(PowerInterface):
                 f"{name}: config field 'retries' is {self.retries}; give a count from 0 to {MAX_RETRIES}"
             )
         if self.lock_timeout <= 0:
-            raise ConfigurationError(f"{name}: config field 'lock_timeout' is {self.lock_timeout}; give seconds > 0")
+            raise ConfigurationError(
+                f"{name}: config field 'lock_timeout' is {self.lock_timeout}; give seconds > 0"
+            )
         self._address = parse_host(self.host, name)
         self._url = base_url(*self._address)
         lock_dir = Path(self.lock_dir) if self.lock_dir else default_lock_dir()
