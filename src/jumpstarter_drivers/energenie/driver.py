@@ -249,13 +249,12 @@ class EnerGenie(PowerInterface):
         """Send one request and read its whole reply, within ``timeout`` and :data:`MAX_REPLY_BYTES`."""
         connection = _StripConnection(*self._address, time.monotonic() + self.timeout)
         try:
-            if form is None:
-                connection.request(method, path)
-            else:
-                body = urlencode(form)
-                connection.request(
-                    method, path, body=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
-                )
+            headers = {} if form is None else {"Content-Type": "application/x-www-form-urlencoded"}
+            try:
+                connection.request(method, path, body=None if form is None else urlencode(form), headers=headers)
+            except BrokenPipeError:
+                self.logger.debug("%s %s: the strip closed before taking the whole request", method, path)
+                # It may have answered already (or closed unanswered): what it sent says which.
             response = connection.getresponse()
             return _Reply(response.status, response.reason, response.read().decode("utf-8", "replace"))
         finally:
