@@ -344,3 +344,25 @@ def test_a_flood_under_an_fd_limit_leaves_the_session_and_boards_served(root: Pa
 def test_bad_bounds_fail_at_construction(root: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"HttpServer: config field 'max_connections' is 0; give a bound > 0"):
         HttpServer(root_dir=str(root), max_connections=0)
+
+
+def test_a_reply_nobody_reads_is_cut_after_send_timeout(root: Path) -> None:
+    with (root / "big.img").open("wb") as file:
+        file.truncate(256 << 20)
+    server = FileServer(root=root, send_timeout=1)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.bound_port), timeout=10) as sock:
+            sock.sendall(b"GET /big.img HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")  # then we read nothing
+            deadline = time.monotonic() + 30  # generous: the server gives up after about 1 s
+            while len(server._server.connections) and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling a count with a deadline
+            assert not len(server._server.connections), "the unread reply still holds its connection after 30 s"
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while data := sock.recv(1 << 20):
+                    received += len(data)
+            assert received < 256 << 20
+    finally:
+        server.stop()
