@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -111,10 +112,20 @@ class RawStrip:
                 continue
             with connection:
                 connection.settimeout(10)
-                head = b""
-                while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
-                    head += chunk
+                self._read_request(connection)
                 self.sent.append(self.reply(connection))
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> None:
+        """Read the request's head and its Content-Length body, so nothing unread is left behind."""
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := connection.recv(4096)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        length = int(match.group(1)) if match else 0
+        while len(body) < length and (chunk := connection.recv(4096)):
+            body += chunk
 
     def close(self) -> None:
         self.stopping.set()
