@@ -1,7 +1,8 @@
 """One background event loop per process, hosting every served session.
 
 Sessions are served by ``grpc.aio`` on this loop; synchronous callers (tests, scripts) hand it
-coroutines with :func:`run` and get the result back, with a timeout.
+coroutines with :func:`run` and get the result back, with a timeout. Blocking driver code runs in
+worker threads through :func:`run_blocking`, which gives every driver a capacity of its own.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import asyncio
 import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,26 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
     except TimeoutError:
         future.cancel()
         raise
+
+
+#: Worker threads one driver may keep busy at once; its further blocking calls wait for one of them.
+DRIVER_THREADS = 8
+
+_limiters: dict[int, anyio.CapacityLimiter] = {}
+
+
+async def run_blocking(owner: object, func: Callable[[], T]) -> T:
+    """``func()`` in a worker thread, at most :data:`DRIVER_THREADS` at once for ``owner`` (a driver).
+
+    Each owner has its own capacity, so a device whose calls hang (a power strip that never
+    answers) holds its own threads, not the ones every other driver needs.
+    """
+    key = id(owner)
+    limiter = _limiters.get(key)
+    if limiter is None:
+        limiter = _limiters[key] = anyio.CapacityLimiter(DRIVER_THREADS)
+        weakref.finalize(owner, _limiters.pop, key, None)
+    return await anyio.to_thread.run_sync(func, limiter=limiter)
 
 
 _cleanups: list[Callable[[], Coroutine[Any, Any, None]]] = []

@@ -453,10 +453,11 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await context.abort(code, details)
 
 
-async def _call_driver(method: ExportedMethod, func: Any, args: list[Any]) -> Any:
+async def _call_driver(driver: Driver, method: ExportedMethod, args: list[Any]) -> Any:
+    func = getattr(driver, method.name)
     if method.is_async:
         return await func(*args)
-    return await anyio.to_thread.run_sync(lambda: func(*args))
+    return await loop.run_blocking(driver, lambda: func(*args))
 
 
 class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
@@ -472,7 +473,7 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             driver, method, args = session.prepare(request, MethodKind.UNARY)
             token = current_session.set(session)
             try:
-                result = await _call_driver(method, getattr(driver, method.name), args)
+                result = await _call_driver(driver, method, args)
             finally:
                 current_session.reset(token)
             response = jumpstarter_pb2.DriverCallResponse(uuid=request.uuid)
@@ -489,7 +490,7 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             token = current_session.set(session)
             items = getattr(driver, method.name)(*args)
             try:
-                source = _iterate(method, items)
+                source = _iterate(driver, method, items)
                 if dict(context.invocation_metadata() or ()).get(BATCH_KEY) == "1":
                     await context.send_initial_metadata(((BATCH_KEY, "1"),))
                     async for batch in _batches(source):
@@ -537,20 +538,20 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
 
     async def Reset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            await anyio.to_thread.run_sync(self.session.root_device.reset)
+            await loop.run_blocking(self.session.root_device, self.session.root_device.reset)
         except Exception as exc:  # noqa: BLE001 - reported to the client as a status
             await _abort(context, exc)
         return jumpstarter_pb2.ResetResponse()
 
 
-async def _iterate(method: ExportedMethod, items: Any) -> AsyncIterator[Any]:
+async def _iterate(driver: Driver, method: ExportedMethod, items: Any) -> AsyncIterator[Any]:
     """The items of a sync or async generator; each step of a sync one runs in a worker thread."""
     if method.is_async:
         async for item in items:
             yield item
     else:
         done = object()
-        while (item := await anyio.to_thread.run_sync(next, items, done)) is not done:
+        while (item := await loop.run_blocking(driver, lambda: next(items, done))) is not done:
             yield item
 
 

@@ -13,16 +13,18 @@ open file, so two threads of one process exclude each other as two processes do.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..core.errors import DriverTimeout
+from ..core.errors import DriverError, DriverTimeout
 
 _POLL_MIN = 0.005
 _POLL_MAX = 0.05
@@ -49,6 +51,54 @@ def lock_path_for(host: str, port: int, lock_dir: Path) -> Path:
     return lock_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", f"{host}_{port}") + ".lock")
 
 
+def ensure_lock_dir(path: Path) -> None:
+    """Create ``path`` (mode ``0700``) if missing; :class:`DriverError` unless only this user can change it."""
+    for folder in (*reversed(path.parents), path):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+    uid = os.geteuid()
+    info = os.lstat(path)
+    fix = f"remove {path} (another user may have planted it) or set 'lock_dir' to a directory of your own"
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise DriverError(f"lock directory {path} is not a plain directory (a symbolic link?); {fix}")
+    if info.st_uid != uid:
+        raise DriverError(f"lock directory {path} belongs to uid {info.st_uid}, not to this user (uid {uid}); {fix}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise DriverError(
+            f"lock directory {path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"chmod 700 it, or {fix}"
+        )
+    parent = Path(os.path.realpath(path.parent))
+    for folder in (parent, *parent.parents):
+        info = os.stat(folder)
+        shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, uid) or shared:
+            raise DriverError(
+                f"lock directory {path} lies in {folder}, which another user can change (uid {info.st_uid}, "
+                f"mode {stat.S_IMODE(info.st_mode):04o}); set 'lock_dir' to a directory of your own"
+            )
+
+
+def open_lock_file(path: Path) -> int:
+    """The fd of the lock file at ``path`` (created ``0600``), never through a link; :class:`DriverError` else."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DriverError(
+                f"lock file {path} is a symbolic link; remove it (it was not made by this driver)"
+            ) from None
+        raise DriverError(f"cannot open lock file {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise DriverError(
+            f"lock file {path} is not a plain file of this user with a single link (uid {info.st_uid}, "
+            f"{info.st_nlink} links); remove it (it was not made by this driver)"
+        )
+    return fd
+
+
 def _holder(fd: int) -> str:
     try:
         text = os.pread(fd, 64, 0).decode(errors="replace").strip()
@@ -69,8 +119,8 @@ def strip_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
             "operations are slow"
         )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        ensure_lock_dir(path.parent)
+        fd = open_lock_file(path)
         try:
             _flock_until(fd, deadline, timeout, what, path)
             try:

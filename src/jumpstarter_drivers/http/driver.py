@@ -15,8 +15,16 @@ class HttpServer(ServedDirectory):
     """Serves ``root_dir`` over HTTP on ``host``:``port`` (port 0 picks a free one).
 
     GET and HEAD, byte ranges (resume), files of any size with constant memory. The
-    ``storage`` child (created on the same root when not given) puts files there.
+    ``storage`` child (created on the same root when not given) puts files there. Anyone on the
+    network may connect, so at most ``max_connections`` are open at once and
+    ``max_connections_per_host`` from one address; a request must arrive whole within
+    ``header_timeout`` seconds and a reply nobody reads is cut after ``send_timeout`` seconds.
     """
+
+    header_timeout: float = 10.0
+    send_timeout: float = 30.0
+    max_connections: int = 64
+    max_connections_per_host: int = 16
 
     protocol = "HTTP"
     transport = "tcp"
@@ -26,8 +34,15 @@ class HttpServer(ServedDirectory):
         return "jumpstarter_drivers.http.client.HttpServerClient"
 
     def make_server(self) -> FileServer:
+        bounds = ("header_timeout", "send_timeout", "max_connections", "max_connections_per_host")
+        self.check_bounds(*bounds)
         return FileServer(
-            root=self.storage.root, host=self.host, port=self.port, resolve=self.storage.resolve, log=self.logger
+            root=self.storage.root,
+            host=self.host,
+            port=self.port,
+            resolve=self.storage.resolve,
+            log=self.logger,
+            **{field: getattr(self, field) for field in bounds},
         )
 
     @export

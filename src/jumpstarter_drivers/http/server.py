@@ -3,6 +3,13 @@
 It works without a session: the :class:`~jumpstarter_drivers.http.driver.HttpServer` driver
 wraps it. Files go out with ``socket.sendfile`` (zero copy, constant memory, any size).
 
+Anyone on the network may connect, so what a peer can hold is bounded: at most
+``max_connections`` connections at once and ``max_connections_per_host`` from one address
+(more are answered 503 and closed at once); a request line and headers must arrive whole
+within ``header_timeout`` seconds of the connection being free for a request (which also ends
+idle keep-alive connections) and within ``MAX_HEADER_BYTES``; a reply that the peer does not
+read for ``send_timeout`` seconds is cut. The listen backlog is ``BACKLOG``.
+
 >>> import tempfile
 >>> server = FileServer(root=tempfile.mkdtemp())
 >>> server.start()
@@ -14,20 +21,25 @@ True
 from __future__ import annotations
 
 import email.utils
+import io
 import mimetypes
 import os
 import re
 import socket
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from ..storage.served import DirectoryServer
+from ..storage.served import DirectoryServer, PeerQuota
+
+#: Bytes a request line and its headers may take.
+MAX_HEADER_BYTES = 64 << 10
+#: Connections the kernel may queue before the server accepts them.
+BACKLOG = 128
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -67,11 +79,49 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
+class _RequestReader(io.RawIOBase):
+    """The connection's bytes, read within the handler's deadline and header budget."""
+
+    def __init__(self, handler: _Handler) -> None:
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        handler = self.handler
+        left = handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request within {handler.server.header_timeout:g} s")
+        if handler.budget <= 0:
+            raise ConnectionAbortedError(f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
+        handler.connection.settimeout(left)
+        view = memoryview(buffer)[: handler.budget]
+        count = handler.connection.recv_into(view)
+        handler.budget -= count
+        return count
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "jumpstarter-http"
-    timeout = 60
+
+    def setup(self) -> None:
+        self.timeout = self.server.send_timeout
+        super().setup()
+        self.rfile = io.BufferedReader(_RequestReader(self))
+
+    def handle_one_request(self) -> None:
+        # A new request: its line and headers must come whole, in time and within the budget.
+        self.deadline = time.monotonic() + self.server.header_timeout
+        self.budget = MAX_HEADER_BYTES
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.connection.settimeout(self.server.send_timeout)  # the headers are in: now the reply
+        return parsed
 
     def do_HEAD(self) -> None:
         self._serve(body=False)
@@ -146,13 +196,19 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
+    request_queue_size = BACKLOG
 
-    def __init__(self, address: tuple, resolve: Callable[[str], Path], log: Any, family: int) -> None:
+    def __init__(self, address: tuple, owner: FileServer, family: int) -> None:
+        assert owner.resolve is not None
         self.address_family = family
-        self.resolve = resolve
-        self.log = log
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
+        self.resolve = owner.resolve
+        self.log = owner.log
+        self.header_timeout = owner.header_timeout
+        self.send_timeout = owner.send_timeout
+        assert owner.log is not None
+        self.connections = PeerQuota(
+            "HTTP", owner.max_connections, owner.max_connections_per_host, "connections", owner.log
+        )
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -162,14 +218,22 @@ class _Server(ThreadingHTTPServer):
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Count the connection, or answer 503 without a thread when a bound is reached (then it is closed)."""
+        reason = self.connections.admit(request, client_address[0])
+        if reason is None:
+            return True
+        body = f"503 Service Unavailable: server busy, {reason}; try again later\n".encode()
+        head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        try:
+            request.setblocking(False)
+            request.send(head.encode() + body)
+        except OSError as exc:
+            self.log.debug("HTTP: cannot tell %s it is refused: %s", client_address[0], exc)
+        return False
 
     def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
+        self.connections.release(request)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -183,9 +247,7 @@ class _Server(ThreadingHTTPServer):
 
     def drop_connections(self) -> None:
         """Cut every open connection, so their threads end now."""
-        with self.connections_lock:
-            connections = list(self.connections)
-        for connection in connections:
+        for connection in self.connections.snapshot():
             try:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError as exc:
@@ -194,7 +256,16 @@ class _Server(ThreadingHTTPServer):
 
 @dataclass
 class FileServer(DirectoryServer):
-    """Serves files under ``root`` over HTTP on ``host``:``port`` (see :class:`DirectoryServer`)."""
+    """Serves files under ``root`` over HTTP on ``host``:``port`` (see :class:`DirectoryServer`).
+
+    ``header_timeout``, ``send_timeout``, ``max_connections`` and ``max_connections_per_host``
+    bound what a peer can hold (see the module docstring).
+    """
+
+    header_timeout: float = 10.0
+    send_timeout: float = 30.0
+    max_connections: int = 64
+    max_connections_per_host: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -212,6 +283,11 @@ class FileServer(DirectoryServer):
         return self._server.server_address[1] if self._server is not None else 0
 
     @property
+    def refused(self) -> int:
+        """Connections answered 503 because a bound was reached (since the last start)."""
+        return self._server.connections.refused if self._server is not None else 0
+
+    @property
     def url(self) -> str:
         """The base URL of the served directory (ends without a slash)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -222,8 +298,7 @@ class FileServer(DirectoryServer):
         if self.running:
             return
         family, _, _, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
-        assert self.resolve is not None
-        self._server = _Server(address, self.resolve, self.log, family)
+        self._server = _Server(address, self, family)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},

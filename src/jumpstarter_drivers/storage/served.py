@@ -21,15 +21,79 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..core.driver import Driver, export
 from ..core.errors import ConfigurationError, DriverError
 from .driver import Storage, resolve_inside
+
+
+class PeerQuota:
+    """What peers hold of a server (transfers, connections): ``limit`` at once, ``per_host`` from one address.
+
+    >>> quota = PeerQuota("TFTP", limit=3, per_host=2, unit="transfers", log=logging.getLogger("doc"))
+    >>> quota.admit("a", "10.0.0.1"), quota.admit("b", "10.0.0.1")
+    (None, None)
+    >>> quota.admit("c", "10.0.0.1")
+    '2 transfers from 10.0.0.1 in progress (max_transfers_per_host)'
+    >>> quota.release("a"); quota.admit("c", "10.0.0.1") is None, len(quota), quota.refused
+    (True, 2, 1)
+    """
+
+    def __init__(
+        self, protocol: str, limit: int, per_host: int, unit: str, log: logging.Logger | logging.LoggerAdapter
+    ) -> None:
+        self.protocol, self.limit, self.per_host, self.unit, self.log = protocol, limit, per_host, unit, log
+        self.holders: dict[object, str] = {}
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._full = False
+        #: Requests refused because a bound was reached.
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self.holders)
+
+    def admit(self, holder: object, host: str) -> str | None:
+        """Count ``holder`` as held by ``host``; ``None``, or why not (the first refusal in a row is a warning)."""
+        with self._lock:
+            total, mine = len(self.holders), self._counts.get(host, 0)
+            if total < self.limit and mine < self.per_host:
+                self.holders[holder] = host
+                self._counts[host] = mine + 1
+                self._full = False
+                return None
+            self.refused += 1
+            first, self._full = not self._full, True
+        if total >= self.limit:
+            reason = f"{total} {self.unit} in progress (max_{self.unit})"
+        else:
+            reason = f"{mine} {self.unit} from {host} in progress (max_{self.unit}_per_host)"
+        (self.log.warning if first else self.log.debug)(
+            "%s: refused a request from %s: %s", self.protocol, host, reason
+        )
+        return reason
+
+    def release(self, holder: object) -> None:
+        """Forget ``holder`` (nothing happens for one that was never admitted)."""
+        with self._lock:
+            host = self.holders.pop(holder, None)
+            if host is None:
+                return
+            if self._counts[host] > 1:
+                self._counts[host] -= 1
+            else:
+                del self._counts[host]
+
+    def snapshot(self) -> list[Any]:
+        """The holders now."""
+        with self._lock:
+            return list(self.holders)
 
 
 @dataclass
@@ -121,6 +185,14 @@ class ServedDirectory(Driver):
                 "give both the same directory"
             )
         return storage
+
+    def check_bounds(self, *fields: str) -> None:
+        """A :class:`ConfigurationError` naming the first of ``fields`` (a server's limits) that is not > 0."""
+        for name in fields:
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: config field {name!r} is {getattr(self, name)}; give a bound > 0"
+                )
 
     @abstractmethod
     def make_server(self) -> DirectoryServer:

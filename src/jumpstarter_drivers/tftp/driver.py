@@ -15,11 +15,16 @@ class Tftp(ServedDirectory):
 
     The ``storage`` child (created on the same root when not given) puts files where the
     server finds them. The server runs between :meth:`start` and :meth:`stop` (or close).
-    ``timeout`` and ``retries`` govern retransmission.
+    ``timeout`` and ``retries`` govern retransmission. Anyone on the network may ask for files,
+    so at most ``max_transfers`` run at once, ``max_transfers_per_host`` from one address, each
+    for at most ``max_transfer_time`` seconds (see :mod:`jumpstarter_drivers.tftp.server`).
     """
 
     timeout: float = 1.0
     retries: int = 5
+    max_transfers: int = 64
+    max_transfers_per_host: int = 8
+    max_transfer_time: float = 900.0
 
     protocol = "TFTP"
     transport = "udp"
@@ -34,12 +39,16 @@ class Tftp(ServedDirectory):
             raise ConfigurationError(f"{name}: config field 'timeout' is {self.timeout}; give seconds > 0")
         if self.retries < 0:
             raise ConfigurationError(f"{name}: config field 'retries' is {self.retries}; give a count >= 0")
+        self.check_bounds("max_transfers", "max_transfers_per_host", "max_transfer_time")
         return TftpServer(
             root=self.storage.root,
             host=self.host,
             port=self.port,
             timeout=self.timeout,
             retries=self.retries,
+            max_transfers=self.max_transfers,
+            max_transfers_per_host=self.max_transfers_per_host,
+            max_transfer_time=self.max_transfer_time,
             resolve=self.storage.resolve,
             log=self.logger,
         )

@@ -4,6 +4,13 @@ It works without a session: the :class:`~jumpstarter_drivers.tftp.driver.Tftp` d
 One thread listens on the well-known port; each read request gets its own thread and socket
 (its transfer ID). Write requests and paths outside the root are answered with a TFTP ERROR.
 
+Anyone on the network may send requests, so what they can hold is bounded: at most
+``max_transfers`` transfers at once and ``max_transfers_per_host`` from one address (more are
+answered "busy" from the listening socket, without a thread); a transfer ends after
+``max_transfer_time`` seconds whatever its peer does; a ``timeout`` option above ``max_timeout``
+is not acknowledged, so the server keeps its own (a peer that never answers is dropped after
+``timeout * (retries + 1)`` seconds).
+
 >>> import tempfile
 >>> server = TftpServer(root=tempfile.mkdtemp())
 >>> server.start()
@@ -17,6 +24,7 @@ False
 from __future__ import annotations
 
 import enum
+import math
 import os
 import select
 import socket
@@ -27,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..storage.served import DirectoryServer
+from ..storage.served import DirectoryServer, PeerQuota
 
 #: Largest block RFC 2348 allows.
 MAX_BLKSIZE = 65464
@@ -54,6 +62,10 @@ class ErrorCode(enum.IntEnum):
     FILE_EXISTS = 6
     NO_SUCH_USER = 7
     OPTION_REFUSED = 8
+
+
+class _Expired(Exception):
+    """A transfer ran past ``max_transfer_time``."""
 
 
 class TftpRefusal(Exception):
@@ -131,13 +143,19 @@ class _Source:
 class TftpServer(DirectoryServer):
     """Serves files under ``root`` over TFTP, read only (see :class:`DirectoryServer` for the rest).
 
-    ``timeout`` and ``retries`` govern retransmission; clients may ask for a different timeout.
+    ``timeout`` and ``retries`` govern retransmission; clients may ask for a different timeout
+    up to ``max_timeout`` seconds. The ``max_transfers*`` and ``max_transfer_time`` bounds are
+    described in the module docstring.
     """
 
     timeout: float = 1.0
     retries: int = 5
     max_blksize: int = MAX_BLKSIZE
     max_windowsize: int = 64
+    max_timeout: int = 10
+    max_transfers: int = 64
+    max_transfers_per_host: int = 8
+    max_transfer_time: float = 900.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,8 +163,8 @@ class TftpServer(DirectoryServer):
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._listener: threading.Thread | None = None
-        self._transfers: set[threading.Thread] = set()
-        self._lock = threading.Lock()
+        assert self.log is not None
+        self._transfers = PeerQuota("TFTP", self.max_transfers, self.max_transfers_per_host, "transfers", self.log)
         self._bound_port = 0
 
     @property
@@ -203,9 +221,13 @@ class TftpServer(DirectoryServer):
         else:
             self.log.info("TFTP server stopped")
 
+    @property
+    def refused(self) -> int:
+        """Requests answered "busy" because a bound was reached (since the server was created)."""
+        return self._transfers.refused
+
     def _active_transfers(self) -> list[threading.Thread]:
-        with self._lock:
-            return list(self._transfers)
+        return self._transfers.snapshot()
 
     # serving ---------------------------------------------------------------------------------
 
@@ -227,23 +249,32 @@ class TftpServer(DirectoryServer):
             thread = threading.Thread(
                 target=self._serve_request, args=(packet, peer), name=f"tftp-{peer[0]}:{peer[1]}", daemon=True
             )
-            with self._lock:
-                self._transfers.add(thread)
-            thread.start()
+            if self._admit(thread, peer):
+                thread.start()
+
+    def _admit(self, thread: threading.Thread, peer: tuple) -> bool:
+        """Count ``thread`` as a transfer of ``peer``; answer "busy" instead when a bound is reached."""
+        reason = self._transfers.admit(thread, peer[0])
+        if reason is None:
+            return True
+        assert self._socket is not None
+        try:
+            self._socket.sendto(error_packet(ErrorCode.NOT_DEFINED, f"server busy: {reason}; try again later"), peer)
+        except OSError as exc:
+            self.log.debug("TFTP: cannot tell %s:%d it is refused: %s", peer[0], peer[1], exc)
+        return False
 
     def _serve_request(self, packet: bytes, peer: tuple) -> None:
         assert self._socket is not None
-        sock = socket.socket(self._socket.family, socket.SOCK_DGRAM)
         try:
-            sock.bind((self._socket.getsockname()[0], 0))
-            sock.connect(peer)
-            _Transfer(self, sock, peer).run(packet)
+            with socket.socket(self._socket.family, socket.SOCK_DGRAM) as sock:
+                sock.bind((self._socket.getsockname()[0], 0))
+                sock.connect(peer)
+                _Transfer(self, sock, peer).run(packet)
         except OSError as exc:
             self.log.info("TFTP transfer to %s:%d ended: %s", peer[0], peer[1], exc)
         finally:
-            sock.close()
-            with self._lock:
-                self._transfers.discard(threading.current_thread())
+            self._transfers.release(threading.current_thread())
 
 
 class _Transfer:
@@ -260,6 +291,7 @@ class _Transfer:
         assert server._wake_r is not None
         self.poller.register(server._wake_r, select.POLLIN)
         self.wake = server._wake_r.fileno()
+        self.deadline = time.monotonic() + server.max_transfer_time
 
     def run(self, packet: bytes) -> None:
         try:
@@ -278,6 +310,10 @@ class _Transfer:
                 self._send(request, file, path.stat().st_size)
         except TftpRefusal as refusal:
             self.sock.send(error_packet(refusal.code, refusal.message))
+        except _Expired:
+            limit = self.server.max_transfer_time
+            self.log.warning("TFTP: transfer to %s ran for %g s (max_transfer_time); abandoned", self.peer, limit)
+            self.sock.send(error_packet(ErrorCode.NOT_DEFINED, f"transfer took longer than {limit:g} s; abandoned"))
 
     def _open_path(self, name: str) -> Path:
         assert self.server.resolve is not None
@@ -299,7 +335,7 @@ class _Transfer:
         if (value := _int(options.get("blksize"))) is not None and value >= 8:
             blksize = min(value, self.server.max_blksize)
             accepted["blksize"] = str(blksize)
-        if (value := _int(options.get("timeout"))) is not None and 1 <= value <= 255:
+        if (value := _int(options.get("timeout"))) is not None and 1 <= value <= min(255, self.server.max_timeout):
             self.timeout_ms = value * 1000
             accepted["timeout"] = str(value)
         if "tsize" in options and request.mode == "octet" and size > 0:
@@ -393,9 +429,17 @@ class _Transfer:
         return False
 
     def _receive(self) -> tuple[int, int] | None:
-        """The next packet from the peer as ``(opcode, number)``; ``None`` on timeout."""
-        ready = self.poller.poll(self.timeout_ms)
+        """The next packet from the peer as ``(opcode, number)``; ``None`` on timeout.
+
+        :class:`_Expired` once the transfer has run ``max_transfer_time`` seconds.
+        """
+        left_ms = (self.deadline - time.monotonic()) * 1000
+        if left_ms <= 0:
+            raise _Expired
+        ready = self.poller.poll(min(self.timeout_ms, math.ceil(left_ms)))
         if not ready:
+            if time.monotonic() >= self.deadline:
+                raise _Expired
             return None
         if len(ready) > 1 or ready[0][0] == self.wake:
             raise OSError("server stopping")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -82,3 +85,63 @@ def browser() -> Callable[[EnerGenieSimulator], Browser]:
 def closed_port() -> int:
     """A loopback port nobody listens on (bound then released)."""
     return free_port()
+
+
+class RawStrip:
+    """A TCP server on 127.0.0.1 that reads each request's head and answers with ``reply(connection)``.
+
+    ``reply`` returns how many bytes it sent; :attr:`sent` collects them per connection.
+    """
+
+    def __init__(self, reply: Callable[[socket.socket], int]) -> None:
+        self.reply = reply
+        self.sent: list[int] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="raw-strip", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(10)
+                self._read_request(connection)
+                self.sent.append(self.reply(connection))
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> None:
+        """Read the request's head and its Content-Length body, so nothing unread is left behind."""
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := connection.recv(4096)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        length = int(match.group(1)) if match else 0
+        while len(body) < length and (chunk := connection.recv(4096)):
+            body += chunk
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_strip() -> Iterator[Callable[[Callable[[socket.socket], int]], RawStrip]]:
+    """``raw_strip(reply)``: a started :class:`RawStrip`; closed at the end."""
+    started: list[RawStrip] = []
+
+    def start(reply: Callable[[socket.socket], int]) -> RawStrip:
+        started.append(RawStrip(reply))
+        return started[-1]
+
+    yield start
+    for strip in started:
+        strip.close()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import random
 import re
 import select
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -420,3 +424,157 @@ def test_a_jumpstarter_exporter_file_drives_the_simulator(simulator, lock_dir: s
         client.power.on()
         assert client.power.state() is True
     assert sim.states == [False, True, False, False]
+
+
+# the lock file in a shared temp dir -------------------------------------------------------------
+
+
+def test_a_planted_symlink_lock_file_is_refused_and_its_target_untouched(simulator, tmp_path: Path) -> None:
+    sim = simulator()
+    victim = tmp_path / "victim"
+    victim.write_text("root's data\n")
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    driver = EnerGenie(host=sim.address, lock_dir=str(lock_dir))
+    driver.lock_path.symlink_to(victim)
+    with pytest.raises(DriverError, match=r"lock file .* is a symbolic link; remove it"):
+        driver.on()
+    assert victim.read_text() == "root's data\n"
+    assert sim.exchanges == []
+
+
+def test_a_hard_linked_lock_file_is_refused(simulator, tmp_path: Path) -> None:
+    sim = simulator()
+    victim = tmp_path / "victim"
+    victim.write_text("data\n")
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    driver = EnerGenie(host=sim.address, lock_dir=str(lock_dir))
+    os.link(victim, driver.lock_path)
+    with pytest.raises(DriverError, match=r"not a plain file of this user with a single link .*2 links"):
+        driver.on()
+    assert victim.read_text() == "data\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's directory needs root")
+def test_a_default_lock_dir_planted_by_another_user_is_refused(
+    simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With XDG_RUNTIME_DIR unset the lock dir lives in the (world-writable) temp dir."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(shared))
+    planted = shared / f"jumpstarter-drivers-{os.getuid()}"
+    (planted / "energenie").mkdir(parents=True)
+    os.chown(planted, 65534, 65534)
+    sim = simulator()
+    driver = EnerGenie(host=sim.address)
+    assert driver.lock_path.parent == planted / "energenie"
+    with pytest.raises(DriverError, match=rf"lies in {planted}, which another user can change \(uid 65534"):
+        driver.on()
+    assert not driver.lock_path.exists()
+
+
+def test_a_lock_dir_writable_by_others_is_refused(simulator, tmp_path: Path) -> None:
+    sim = simulator()
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir()
+    lock_dir.chmod(0o777)
+    with pytest.raises(DriverError, match=r"lock directory .*locks is writable by other users \(mode 0777\)"):
+        EnerGenie(host=sim.address, lock_dir=str(lock_dir)).on()
+
+
+def test_a_new_default_lock_dir_is_private(simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(shared))
+    old_umask = os.umask(0)
+    try:
+        sim = simulator()
+        driver = EnerGenie(host=sim.address)
+        driver.on()
+    finally:
+        os.umask(old_umask)
+    for folder in (driver.lock_path.parent, driver.lock_path.parent.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert driver.lock_path.stat().st_mode & 0o777 == 0o600
+    assert sim.states[0] is True
+
+
+# replies a strip on the lab network should not be trusted with ----------------------------------
+
+
+def endless(connection: socket.socket) -> int:
+    """A 200 whose body never ends (up to 128 MiB, or until the driver hangs up)."""
+    sent, chunk = 0, b"x" * (64 << 10)
+    with contextlib.suppress(OSError):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n")
+        while sent < 128 << 20:
+            connection.sendall(chunk)
+            sent += len(chunk)
+    return sent
+
+
+def dripping(head: bytes) -> Callable[[socket.socket], int]:
+    """Send ``head``, then one byte every 0.05 s (300 at most, 15 s): each read finishes well within a timeout."""
+
+    def reply(connection: socket.socket) -> int:
+        dripped = 0
+        with contextlib.suppress(OSError):
+            connection.sendall(head)
+            while dripped < 300 and not select.select([connection], [], [], 0.05)[0]:
+                connection.sendall(b"x")
+                dripped += 1
+        return dripped
+
+    return reply
+
+
+def test_an_endless_reply_is_cut_at_max_reply_bytes(raw_strip, lock_dir: str) -> None:
+    strip = raw_strip(endless)
+    with pytest.raises(DriverError, match=r"POST /login.html got a reply no EG-PMS2-LAN gives \(a reply larger than "):
+        EnerGenie(host=strip.address, lock_dir=lock_dir).on()
+    strip.close()
+    assert len(strip.sent) == 1, "refused without a retry"
+    assert strip.sent[0] < 32 << 20, f"{strip.sent[0]} bytes were taken (socket buffers hold a few MiB at most)"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nX-Drip: ", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"],
+    ids=["headers", "body"],
+)
+def test_a_dripping_strip_is_cut_at_its_timeout(raw_strip, lock_dir: str, head: bytes) -> None:
+    """A byte every 0.05 s never trips a per-read timeout; the whole request has timeout=1 s."""
+    strip = raw_strip(dripping(head))
+    with pytest.raises(DriverTimeout, match=r"POST /login.html got no answer within timeout=1 s \(1 attempt\)"):
+        EnerGenie(host=strip.address, timeout=1, retries=0, lock_dir=lock_dir).on()
+    strip.close()
+    assert strip.sent and strip.sent[0] < 150, f"the driver waited for {strip.sent[0]} bytes at 20 a second"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        random.Random(15).randbytes(2000),
+        b"<html><head><title>Router admin</title></head><body>Welcome</body></html>",
+    ],
+    ids=["binary", "another-device"],
+)
+def test_a_reply_that_is_not_the_strip_is_refused(httpserver: HTTPServer, lock_dir: str, body: bytes) -> None:
+    httpserver.expect_ordered_request("/login.html", method="POST").respond_with_data(body)
+    with pytest.raises(DriverError, match=r"POST /login.html answered \d+ characters that are neither the EG-PMS2-LAN"):
+        EnerGenie(host=f"127.0.0.1:{httpserver.port}", lock_dir=lock_dir).on()
+    assert len(httpserver.log) == 1, "nothing was switched after a reply that is not the strip's"
+
+
+def test_a_reply_that_is_not_http_is_refused_without_retries(raw_strip, lock_dir: str) -> None:
+    strip = raw_strip(lambda connection: connection.send(b"SSH-2.0-OpenSSH_9.6\r\n"))
+    with pytest.raises(DriverError, match=r"POST /login.html got a reply no EG-PMS2-LAN gives \(.*SSH-2.0"):
+        EnerGenie(host=strip.address, retries=2, lock_dir=lock_dir).on()
+    strip.close()
+    assert len(strip.sent) == 1

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
+import resource
+import select
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import pytest
 import requests
 from tests.helpers.drivers import started
 
-from jumpstarter_drivers.core import DriverError, serve
+from jumpstarter_drivers.core import ConfigurationError, DriverError, serve
 from jumpstarter_drivers.http import FileServer, HttpServer, HttpServerClient
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -193,3 +198,171 @@ def test_stop_cuts_a_download_in_progress(root: Path, caplog: pytest.LogCaptureF
         while data := sock.recv(1 << 20):
             received += len(data)
         assert received < 4 << 30
+
+
+# what an unauthenticated peer can hold ----------------------------------------------------------
+
+
+def _closed_by_server(sock: socket.socket, drips: int, pause: float) -> bytes | None:
+    """Send one header byte every ``pause`` s (slowloris); what the server answered on closing, or None."""
+    for _ in range(drips):
+        readable, _, _ = select.select([sock], [], [], pause)
+        if readable:
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            return answer
+        try:
+            sock.send(b"X")
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+    return None
+
+
+def test_a_slowloris_connection_is_cut_after_header_timeout(root: Path) -> None:
+    """A byte every 0.2 s keeps a per-read timeout happy for ever; the whole header has a deadline."""
+    server = FileServer(root=root, header_timeout=1)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.bound_port), timeout=10) as sock:
+            sock.sendall(b"GET /images/payload.bin HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            assert _closed_by_server(sock, drips=60, pause=0.2) is not None, "still open after 12 s of dripping"
+    finally:
+        server.stop()
+
+
+def test_an_idle_keep_alive_connection_is_closed(root: Path, payload: bytes) -> None:
+    server = FileServer(root=root, header_timeout=1)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.bound_port), timeout=10) as sock:
+            sock.sendall(b"HEAD /images/payload.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            sock.settimeout(15)  # generous: the server closes after about 1 s
+            assert sock.recv(4096) == b""
+    finally:
+        server.stop()
+
+
+def test_a_request_with_headers_over_the_budget_is_not_served(root: Path, payload: bytes) -> None:
+    """200 kB of headers, well within the standard library's limits (100 lines of 64 KiB), but over 64 KiB."""
+    server = FileServer(root=root)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.bound_port), timeout=10) as sock:
+            filler = b"".join(b"X-Filler-%d: " % n + b"y" * 50_000 + b"\r\n" for n in range(4))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"HEAD /images/payload.bin HTTP/1.1\r\nHost: x\r\n" + filler + b"\r\n")
+            try:
+                answer = sock.recv(4096)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"", answer[:100]
+    finally:
+        server.stop()
+
+
+def _open_slow(port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        socks.append(sock)
+    return socks
+
+
+def _board_get(port: int, path: str) -> tuple[int, bytes]:
+    """A GET from 127.0.0.2, as a board elsewhere on the lab network."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0))
+    try:
+        connection.request("GET", path)
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+    finally:
+        connection.close()
+
+
+def test_connections_per_host_are_capped_and_a_board_still_gets_its_file(root: Path, payload: bytes) -> None:
+    server = FileServer(root=root, header_timeout=120)
+    server.start()
+    socks = _open_slow(server.bound_port, 50)
+    try:
+        deadline, refused = time.monotonic() + 30, []
+        while len(refused) < 50 - 16 and time.monotonic() < deadline:
+            refused = select.select(socks, [], [], 0.5)[0]
+        answers = {sock.recv(4096).split(b"\r\n")[0] for sock in refused}
+        assert (len(refused), answers) == (50 - 16, {b"HTTP/1.1 503 Service Unavailable"})
+        assert server.refused == 50 - 16
+        assert _board_get(server.bound_port, "/images/payload.bin") == (200, payload)
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
+ATTACKER = """
+import socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held, failed, deadline = [], 0, time.monotonic() + 20
+while len(held) + failed < count and time.monotonic() < deadline:
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        sock.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n")
+        held.append(sock)
+    except OSError:
+        failed += 1
+print(len(held), failed, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_flood_under_an_fd_limit_leaves_the_session_and_boards_served(root: Path, payload: bytes) -> None:
+    """600 slow connections from another process while only 200 fds are free: GETs and gRPC calls still work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with serve(HttpServer(root_dir=str(root))) as client:
+        client.start()
+        port = int(client.get_url().rsplit(":", 1)[1])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 200, hard))
+        attacker = subprocess.Popen(
+            [sys.executable, "-c", ATTACKER, str(port), "600"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert select.select([attacker.stdout], [], [], 60)[0], "the attacker did not finish within 60 s"
+            held, failed = map(int, attacker.stdout.readline().split())
+            assert held + failed == 600
+            assert client.get_url().endswith(f":{port}")
+            assert _board_get(port, "/images/payload.bin") == (200, payload)
+        finally:
+            attacker.stdin.close()
+            attacker.wait(10)
+            attacker.stdout.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client.stop()
+
+
+def test_bad_bounds_fail_at_construction(root: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"HttpServer: config field 'max_connections' is 0; give a bound > 0"):
+        HttpServer(root_dir=str(root), max_connections=0)
+
+
+def test_a_reply_nobody_reads_is_cut_after_send_timeout(root: Path) -> None:
+    with (root / "big.img").open("wb") as file:
+        file.truncate(256 << 20)
+    server = FileServer(root=root, send_timeout=1)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.bound_port), timeout=10) as sock:
+            sock.sendall(b"GET /big.img HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")  # then we read nothing
+            deadline = time.monotonic() + 30  # generous: the server gives up after about 1 s
+            while len(server._server.connections) and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling a count with a deadline
+            assert not len(server._server.connections), "the unread reply still holds its connection after 30 s"
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while data := sock.recv(1 << 20):
+                    received += len(data)
+            assert received < 256 << 20
+    finally:
+        server.stop()

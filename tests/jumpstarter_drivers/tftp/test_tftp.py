@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import struct
@@ -16,6 +17,7 @@ from tests.helpers.drivers import started
 
 from jumpstarter_drivers.core import ConfigurationError, serve
 from jumpstarter_drivers.tftp import Tftp, TftpClient, TftpServer
+from jumpstarter_drivers.tftp.server import ErrorCode, error_packet
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 needs_hpa = pytest.mark.skipif(shutil.which("tftp") is None, reason="tftp-hpa (Debian tftp-hpa) is not installed")
@@ -259,9 +261,114 @@ def test_stop_waits_for_transfers_started_while_stopping(root: Path, payload: by
 
 
 @pytest.mark.parametrize(
-    ("config", "problem"), [({"timeout": 0}, "'timeout' is 0"), ({"retries": -1}, "'retries' is -1")]
+    ("config", "problem"),
+    [
+        ({"timeout": 0}, "'timeout' is 0"),
+        ({"retries": -1}, "'retries' is -1"),
+        ({"max_transfers": 0}, "'max_transfers' is 0; give a bound > 0"),
+        ({"max_transfers_per_host": 0}, "'max_transfers_per_host' is 0"),
+        ({"max_transfer_time": 0}, "'max_transfer_time' is 0"),
+    ],
 )
 def test_bad_retransmission_config_fails_at_construction(root: Path, config: dict, problem: str) -> None:
     """A timeout <= 0 would make a transfer wait for an ACK for ever (poll with a negative timeout)."""
     with pytest.raises(ConfigurationError, match=problem):
         Tftp(root_dir=str(root), **config)
+
+
+# what an unauthenticated peer can hold ----------------------------------------------------------
+
+
+def _send_requests(sock: socket.socket, port: int, count: int, **options: int) -> list[tuple[bytes, tuple]]:
+    """Send ``count`` read requests of the payload and collect one reply to each (OACK, DATA or ERROR).
+
+    They go in batches of 50, so the replies never overflow the socket's receive buffer.
+    """
+    request = _request("images/payload.bin", **options)
+    replies = []
+    for start in range(0, count, 50):
+        batch = min(50, count - start)
+        for _ in range(batch):
+            sock.sendto(request, ("127.0.0.1", port))
+        replies += [sock.recvfrom(70000) for _ in range(batch)]
+    return replies
+
+
+def _board_download(port: int, out: Path) -> bytes:
+    """A download by tftpy from another loopback address (127.0.0.2), as a board elsewhere on the lab net."""
+    import tftpy
+
+    tftpy.TftpClient("127.0.0.1", port, localip="127.0.0.2").download("images/payload.bin", str(out), timeout=5)
+    return out.read_bytes()
+
+
+def test_never_acknowledged_requests_hold_a_few_transfers_per_host(root: Path, payload: bytes, tmp_path: Path) -> None:
+    """200 read requests asking for timeout 255 and never acknowledged: 8 transfers, the rest told "busy"."""
+    server = TftpServer(root=root)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            replies = _send_requests(sock, server.bound_port, 200, timeout=255, blksize=1468)
+            oacks = [packet for packet, _ in replies if packet[:2] == b"\x00\x06"]
+            busy = [p for p, peer in replies if p[:4] == b"\x00\x05\x00\x00" and peer[1] == server.bound_port]
+            assert (len(oacks), len(busy)) == (8, 192)
+            assert b"max_transfers_per_host" in busy[0]
+            assert all(b"timeout" not in oack for oack in oacks), "a 255 s timeout was acknowledged"
+            assert len(server._active_transfers()) == 8
+            assert server.refused == 192
+            assert _board_download(server.bound_port, tmp_path / "board") == payload
+    finally:
+        server.stop()
+    assert not server._active_transfers()
+
+
+def test_transfers_are_capped_in_total(root: Path, payload: bytes) -> None:
+    server = TftpServer(root=root, max_transfers=4, max_transfers_per_host=100)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            replies = _send_requests(sock, server.bound_port, 10)
+            busy = [packet for packet, peer in replies if peer[1] == server.bound_port]
+            assert len(busy) == 6 and all(b"(max_transfers)" in packet for packet in busy), busy
+    finally:
+        server.stop()
+
+
+def test_a_transfer_ends_after_max_transfer_time(root: Path, payload: bytes) -> None:
+    """A peer that never acknowledges is dropped after max_transfer_time, however many retries are left."""
+    server = TftpServer(root=root, timeout=0.5, retries=1000, max_transfer_time=1)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            sock.sendto(_request("images/payload.bin"), ("127.0.0.1", server.bound_port))
+            packets = [sock.recv(70000)]
+            while packets[-1][:2] == b"\x00\x03" and len(packets) < 100:
+                packets.append(sock.recv(70000))
+            assert packets[-1] == error_packet(ErrorCode.NOT_DEFINED, "transfer took longer than 1 s; abandoned")
+            assert 2 <= len(packets) <= 10, "the block was resent every 0.5 s until the limit"
+    finally:
+        server.stop()
+
+
+def test_a_flood_under_an_fd_limit_leaves_the_session_and_boards_served(
+    root: Path, payload: bytes, tmp_path: Path
+) -> None:
+    """600 unacknowledged requests with a soft limit of 200 free fds: gRPC calls and a board's download still work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with serve(Tftp(root_dir=str(root))) as client:
+        client.start()
+        port = client.get_port()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 200, hard))
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                replies = _send_requests(sock, port, 600, timeout=255)
+                assert sum(peer[1] == port for _, peer in replies) == 600 - 8
+                assert client.get_port() == port
+                assert _board_download(port, tmp_path / "board") == payload
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client.stop()
