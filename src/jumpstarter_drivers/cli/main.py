@@ -458,9 +458,15 @@ def serving(
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @connection_options(None)
 @click.option(
+    "--exporter",
+    "exporter_file",
+    metavar="FILE",
+    help="Serve the lab described by this exporter configuration for CMD (like giving EXPORTER.yaml first).",
+)
+@click.option(
     "--allow",
     metavar="PATTERNS",
-    help="JMP_DRIVERS_ALLOW for the command (default: the lab's own client classes for EXPORTER.yaml, "
+    help="JMP_DRIVERS_ALLOW for the command (default: the lab's own client classes for a local lab, "
     f"else $JMP_DRIVERS_ALLOW or {BUILTIN_ALLOW}).",
 )
 @click.option(
@@ -468,33 +474,53 @@ def serving(
     help="Log to stderr from this level on (driver logs of a local lab included).",
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[EXPORTER.yaml] [--] [CMD]...")
+@click.pass_context
 def shell(
+    ctx: click.Context,
     host: str | None,
     ca: str | None,
     insecure: bool,
     passphrase_file: str | None,
+    exporter_file: str | None,
     allow: str | None,
     log_level: str,
     args: tuple[str, ...],
 ) -> None:
     """Run CMD (default: $SHELL) inside a lab and exit with its exit status.
 
-    The lab is EXPORTER.yaml, served on a private unix socket while CMD runs, or the lab at
-    --host. CMD gets JUMPSTARTER_HOST and JMP_DRIVERS_ALLOW (and JMP_GRPC_* for --host), so
+    \b
+    The lab is, in this order:
+    1. the lab at --host (of `shell` or of `jumpstarter` itself),
+    2. the lab described by --exporter FILE, or by the first argument when it is a .yaml or .yml
+       file, served on a private unix socket while CMD runs,
+    3. the lab at $JUMPSTARTER_HOST,
+    4. otherwise the built-in virtual lab.
+
+    CMD gets JUMPSTARTER_HOST and JMP_DRIVERS_ALLOW (and JMP_GRPC_* for a remote lab), so
     `jumpstarter shell lab.yaml -- pytest` runs the tests against that lab.
     """
     setup_logging(log_level)
+    if args and args[0].startswith("-") and args[0] != "-" and args[0] != "--":
+        raise click.NoSuchOption(args[0])
+    root = ctx.find_root().params
+    exporter, command = exporter_argument(exporter_file, args)
+    host = host or command_line_host(ctx)
+    if host and exporter:
+        raise click.UsageError(f"give either a lab to reach (--host {host}) or one to serve ({exporter}), not both")
+    host = host or (None if exporter else os.environ.get("JUMPSTARTER_HOST"))
+    ca = ca or root.get("ca")
+    insecure = insecure or bool(root.get("insecure"))
+    passphrase_file = passphrase_file or root.get("passphrase_file")
     if host:
-        command = without_separator(args)
         env = remote_env(host, ca, insecure, read_passphrase(passphrase_file), allow)
         raise SystemExit(run_inside(command, env))
-    if args and args[0].startswith("-") and args[0] != "-":
-        raise click.NoSuchOption(args[0])
-    if not args:
-        raise click.UsageError("give EXPORTER.yaml (a lab to serve for CMD) or --host ADDR (a running lab)")
     if ca or insecure or passphrase_file:
         raise Failure("--ca, --insecure and --passphrase-file are for --host; a local lab is served on a unix socket")
-    exporter, command = args[0], without_separator(args[1:])
+    if exporter is None:
+        from jumpstarter_testing.lab import VIRTUAL_LAB
+
+        logger.info("no lab given (--host, EXPORTER.yaml or $JUMPSTARTER_HOST): serving the built-in virtual lab")
+        exporter = str(VIRTUAL_LAB)
     lab = load_lab(exporter)
     try:
         with lab.session() as session, session.serve_unix() as path:
@@ -503,6 +529,40 @@ def shell(
     except (JumpstarterError, OSError) as exc:
         raise Failure(exc) from None
     raise SystemExit(code)
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def exporter_argument(option: str | None, args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """The exporter file ``shell`` was given (by ``--exporter`` or as its first argument) and CMD.
+
+    The first argument is an exporter file only when it names a .yaml or .yml file; a name like
+    that which is no file is an error rather than a command to run.
+
+    >>> exporter_argument(None, ("--", "jumpstarter", "report"))
+    (None, ['jumpstarter', 'report'])
+    >>> exporter_argument("lab.yaml", ("sh", "-c", "true"))
+    ('lab.yaml', ['sh', '-c', 'true'])
+    """
+    if option is not None:
+        return option, without_separator(args)
+    if args and args[0].endswith(YAML_SUFFIXES):
+        if not Path(args[0]).is_file():
+            raise Failure(
+                f"no exporter configuration {args[0]}: no such file; give the path of a lab's YAML, "
+                "or put -- before a command"
+            )
+        return args[0], without_separator(args[1:])
+    return None, without_separator(args)
+
+
+def command_line_host(ctx: click.Context) -> str | None:
+    """The top-level ``--host`` when it was given on the command line (not taken from $JUMPSTARTER_HOST)."""
+    root = ctx.find_root()
+    if root.get_parameter_source("host") is click.core.ParameterSource.COMMANDLINE:
+        return root.params.get("host")
+    return None
 
 
 def without_separator(args: tuple[str, ...]) -> list[str]:

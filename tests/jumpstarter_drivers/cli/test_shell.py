@@ -12,6 +12,8 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from jumpstarter_drivers.cli.process import ServeProcess
 
 from .conftest import PASSPHRASE
@@ -154,16 +156,13 @@ def test_shell_against_a_remote_lab_over_tls(
 
 
 def test_shell_usage_errors(jumpstarter, lab_file: Path) -> None:
-    nothing = jumpstarter("shell")
-    assert nothing.returncode == 2
-    assert "give EXPORTER.yaml" in nothing.stderr
     bad_option = jumpstarter("shell", "--bogus", str(lab_file))
     assert bad_option.returncode == 2
     assert "No such option '--bogus'" in bad_option.stderr
     local_tls = jumpstarter("shell", "--insecure", str(lab_file), "--", "true")
     assert local_tls.returncode == 1
     assert "are for --host" in local_tls.stderr
-    for result in (nothing, bad_option, local_tls):
+    for result in (bad_option, local_tls):
         assert "Traceback" not in result.stderr
 
 
@@ -202,3 +201,89 @@ def test_ctrl_c_reaches_the_command_and_the_shell_waits_for_it(lab_file: Path) -
         os.killpg(shell.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         assert shell.wait(30) == 5, "the command handled Ctrl-C; the shell outlived it and returned its status"
         assert shell.stderr.read() == ""
+
+
+SHOW_LAB = "echo \"$JUMPSTARTER_HOST\"; jumpstarter report"
+
+
+@pytest.fixture(scope="module")
+def served_lab(lab_file: Path) -> Iterator[str]:
+    """The address of ``lab_file`` served by ``jumpstarter serve`` on a unix socket."""
+    with ServeProcess(lab_file) as lab:
+        yield lab.address
+
+
+def shown_lab(result: subprocess.CompletedProcess) -> tuple[str, str]:
+    """The JUMPSTARTER_HOST and `jumpstarter report` printed by :data:`SHOW_LAB`."""
+    assert result.returncode == 0, result.stderr
+    host, _, report = result.stdout.partition("\n")
+    return host, report
+
+
+def on_path() -> dict[str, str]:
+    """PATH with this interpreter's bin directory first, so CMD finds this `jumpstarter`."""
+    return {"PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}", "JUMPSTARTER_HOST": None}
+
+
+def test_shell_host_option_before_the_command(jumpstarter, served_lab: str) -> None:
+    host, report = shown_lab(jumpstarter("shell", "--host", served_lab, "--", "sh", "-c", SHOW_LAB, env=on_path()))
+    assert host == served_lab
+    assert "bench supply" in report
+
+
+def test_global_host_option_reaches_shell(jumpstarter, served_lab: str) -> None:
+    result = jumpstarter("--host", served_lab, "shell", "--", "sh", "-c", SHOW_LAB, env=on_path())
+    host, report = shown_lab(result)
+    assert host == served_lab, "sh is the command, not a configuration file"
+    assert "bench supply" in report
+
+
+def test_jumpstarter_host_variable_reaches_shell(jumpstarter, served_lab: str) -> None:
+    result = jumpstarter("shell", "sh", "-c", SHOW_LAB, env={**on_path(), "JUMPSTARTER_HOST": served_lab})
+    host, report = shown_lab(result)
+    assert host == served_lab, "sh is the command, not a configuration file"
+    assert "bench supply" in report
+
+
+def test_exporter_option_and_yaml_argument_serve_that_lab(jumpstarter, lab_file: Path) -> None:
+    for args in (("--exporter", str(lab_file), "--"), (str(lab_file), "--"), (str(lab_file),)):
+        host, report = shown_lab(jumpstarter("shell", *args, "sh", "-c", SHOW_LAB, env=on_path()))
+        assert host.endswith("/socket"), args
+        assert "bench supply" in report, args
+
+
+def test_a_yaml_file_given_on_the_command_line_wins_over_the_variable(jumpstarter, lab_file: Path) -> None:
+    env = {**on_path(), "JUMPSTARTER_HOST": "/nonexistent/outer-lab.sock"}
+    host, report = shown_lab(jumpstarter("shell", str(lab_file), "--", "sh", "-c", SHOW_LAB, env=env))
+    assert host.endswith("/socket")
+    assert "bench supply" in report
+
+
+def test_without_a_lab_the_command_runs_in_the_virtual_lab(jumpstarter) -> None:
+    result = jumpstarter("shell", "--", "jumpstarter", "report", env=on_path())
+    assert result.returncode == 0, result.stderr
+    assert "flasher (" in result.stdout and "board (" in result.stdout, "the built-in virtual lab's nodes"
+    inferred = jumpstarter("shell", "sh", "-c", SHOW_LAB, env=on_path())
+    host, report = shown_lab(inferred)
+    assert host.endswith("/socket") and "flasher (" in report
+
+
+def test_shell_without_arguments_runs_the_users_shell_in_the_virtual_lab(jumpstarter) -> None:
+    env = {**on_path(), "SHELL": "/bin/sh"}
+    result = jumpstarter("shell", env=env, input="jumpstarter report\n")
+    assert result.returncode == 0, result.stderr
+    assert "flasher (" in result.stdout
+
+
+def test_shell_refuses_a_missing_yaml_and_a_host_with_a_file(jumpstarter, lab_file: Path, tmp_path: Path) -> None:
+    missing = jumpstarter("shell", str(tmp_path / "lab.yaml"), "--", "true")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        (
+            f"Error: no exporter configuration {tmp_path / 'lab.yaml'}: no such file; give the path of a lab's YAML, "
+            "or put -- before a command"
+        )
+    ]
+    both = jumpstarter("shell", "--host", "/some/lab.sock", str(lab_file), "--", "true")
+    assert both.returncode == 2
+    assert "give either a lab to reach (--host /some/lab.sock) or one to serve" in both.stderr
