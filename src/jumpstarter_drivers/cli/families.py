@@ -88,6 +88,8 @@ def energenie_commands(client: Any) -> click.Group:
 
     return group
 
+#: Seconds ``jumpstarter serial pipe`` waits for the console to fall quiet after stdin ended.
+PIPE_LINGER = 1.0
 
 #: Ctrl-]: ends ``jumpstarter serial console``.
 CONSOLE_ESCAPE = b"\x1d"
@@ -164,6 +166,25 @@ def raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+def terminal_fd() -> int:
+    """The descriptor of stdin when it is a terminal; a usage error saying what to use otherwise."""
+    fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        raise click.UsageError(
+            "console needs a terminal on stdin (it runs in raw mode and leaves on Ctrl-]); "
+            "without one use `jumpstarter serial pipe` to copy stdin and stdout"
+        )
+    return fd
+
+
+def attach_terminal(stream: ByteStream, fd: int) -> None:
+    """Connect the terminal on ``fd`` to ``stream`` in raw mode until Ctrl-] or the stream ends."""
+    with raw_terminal(fd):
+        click.echo("connected; Ctrl-] leaves\r", err=True)
+        copy_stdio(stream, fd, sys.stdout.buffer, escape=CONSOLE_ESCAPE)
+    click.echo("\r\ndisconnected", err=True)
+
+
 @command_builder("jumpstarter_drivers.pyserial.client.PySerialClient")
 def serial_commands(client: Any) -> click.Group:
     """``pipe`` and ``console`` for a serial console."""
@@ -173,22 +194,21 @@ def serial_commands(client: Any) -> click.Group:
     @click.option(
         "--linger",
         type=click.FloatRange(min=0),
-        help="After stdin ends, exit once the console was quiet this many seconds (default: run until Ctrl-C).",
+        default=PIPE_LINGER,
+        show_default=True,
+        help="After stdin ends, exit once the console was quiet this many seconds.",
     )
-    def pipe(linger: float | None) -> None:
-        """Copy stdin to the console and the console to stdout."""
+    @click.option("--follow", is_flag=True, help="Keep printing the console after stdin ends, until Ctrl-C.")
+    def pipe(linger: float, follow: bool) -> None:
+        """Copy stdin to the console and the console to stdout, until stdin ends and the console is quiet."""
         with client.stream() as stream:
-            copy_stdio(stream, sys.stdin.fileno(), sys.stdout.buffer, linger=linger)
+            copy_stdio(stream, sys.stdin.fileno(), sys.stdout.buffer, linger=None if follow else linger)
 
     @group.command()
     def console() -> None:
         """Attach this terminal to the console; Ctrl-] leaves."""
-        fd = sys.stdin.fileno()
-        if not os.isatty(fd):
-            raise click.UsageError("console needs a terminal on stdin; use `pipe` to copy stdin and stdout")
-        with client.stream() as stream, raw_terminal(fd):
-            click.echo("connected; Ctrl-] leaves\r", err=True)
-            copy_stdio(stream, fd, sys.stdout.buffer, escape=CONSOLE_ESCAPE)
-        click.echo("\r\ndisconnected", err=True)
+        fd = terminal_fd()
+        with client.stream() as stream:
+            attach_terminal(stream, fd)
 
     return group

@@ -16,6 +16,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -273,8 +274,20 @@ class LabGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (JumpstarterError, OSError) as exc:  # a driver's error, a missing file, a broken pipe
+        except BrokenPipeError:
+            stdout_closed()
+        except (JumpstarterError, OSError) as exc:  # a driver's error, a missing file
             raise Failure(exc) from None
+
+
+def stdout_closed() -> None:
+    """Exit quietly because the reader of stdout went away (``jumpstarter report | head``), with the
+    status a shell reports for a command killed by SIGPIPE, as other Unix tools end."""
+    # What is still buffered for stdout goes nowhere, not into a second error at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise SystemExit(128 + signal.SIGPIPE)
 
 
 @click.group(cls=LabGroup, epilog=CONNECTION_HELP)

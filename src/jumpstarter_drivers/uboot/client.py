@@ -36,8 +36,13 @@ class UBootClient(DriverClient):
 
         @group.command()
         def console() -> None:
-            """Power-cycle the board and stop at the U-Boot prompt."""
+            """Power-cycle the board, stop at the U-Boot prompt and attach this terminal to it; Ctrl-] leaves."""
+            from ..cli.families import attach_terminal, terminal_fd
+
+            fd = terminal_fd()  # before the reboot, so a missing terminal costs no power cycle
             self.reboot_to_console()
+            with self.stream("connect") as stream:
+                attach_terminal(stream, fd)
 
         @group.command()
         @click.argument("command")

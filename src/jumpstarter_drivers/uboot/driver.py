@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
-from ..core.driver import Driver, export
+from ..core.driver import Driver, export, exportstream
 from ..core.errors import ConfigurationError
 from .common import DEFAULT_FAIL_PATTERNS
 from .console import Expecter, UBootConsole, call_maybe_async
@@ -94,6 +94,13 @@ class UBoot(Driver):
         await console.setup_network(
             self.network, self.ipaddr, serverip or self.serverip, self.netmask, self.gatewayip, tftp_port
         )
+
+    @exportstream
+    async def connect(self) -> AsyncIterator[Any]:
+        """The board's serial console as a byte stream (what `jumpstarter uboot console` attaches to)."""
+        serial, _ = self.parts()
+        async with serial.connect() as stream:
+            yield stream
 
     @export
     async def reboot_to_console(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from jumpstarter_drivers.cli.families import PIPE_LINGER
 from jumpstarter_drivers.cli.process import ServeProcess
 
 from .conftest import PASSPHRASE
@@ -92,7 +93,7 @@ def test_serial_pipe(inside) -> None:
 def test_serial_console_needs_a_terminal(inside) -> None:
     result = inside("serial", "console", input="")
     assert result.returncode == 2
-    assert "use `pipe`" in result.stderr
+    assert "use `jumpstarter serial pipe`" in result.stderr
 
 
 def test_report(inside) -> None:
@@ -217,3 +218,43 @@ def test_serial_console_on_a_terminal(lab: ServeProcess) -> None:
     finally:
         console.close(force=True)
     assert console.exitstatus == 0
+
+
+def test_report_into_a_closed_pipe_ends_quietly(lab: ServeProcess) -> None:
+    """`jumpstarter report | head -1`: the reader left; no 'Broken pipe' error, the status of SIGPIPE."""
+    import signal
+    import subprocess
+
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "jumpstarter_drivers.cli", "report"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+            env={**os.environ, "JUMPSTARTER_HOST": lab.address},
+        )
+    finally:
+        os.close(writer)
+    assert result.stderr == ""
+    assert result.returncode == 128 + signal.SIGPIPE
+
+
+def test_serial_pipe_ends_after_stdin_without_linger_option(inside) -> None:
+    result = inside("serial", "pipe", input="hello\n", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello\n", "what the console answered after stdin ended still comes out"
+
+
+def test_serial_pipe_follow_keeps_running_after_stdin(lab: ServeProcess) -> None:
+    import subprocess
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "jumpstarter_drivers.cli", "serial", "pipe", "--follow"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "JUMPSTARTER_HOST": lab.address},
+    ) as follow:
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                follow.wait(PIPE_LINGER + 3)  # well past the default linger
+        finally:
+            follow.kill()
