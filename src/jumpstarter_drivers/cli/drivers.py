@@ -20,9 +20,11 @@ True
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
@@ -127,13 +129,45 @@ def client_command(client: DriverClient, name: str) -> click.Command:
     return command
 
 
+def method_signature(client: DriverClient, method: str) -> str:
+    """How a test calls ``method`` on ``client``: its client method's signature, or ``method(...)``
+    when the client class has no method of that name (a generic client, reaching it by ``call()``).
+
+    >>> from jumpstarter_drivers.power.client import PowerClient
+    >>> method_signature(PowerClient.__new__(PowerClient), "cycle")
+    'cycle(wait: float = 2) -> None'
+    """
+    from .reference import signature_text
+
+    func = inspect.getattr_static(type(client), method, None)
+    if not inspect.isfunction(func):
+        return f"{method}(...)"
+    return signature_text(method, inspect.signature(func))
+
+
 def report_lines(client: DriverClient, name: str = "root", depth: int = 0) -> Iterator[str]:
     """The tree under ``client`` as indented lines: each node's name, client class, description
-    and methods with their descriptions."""
+    and methods with their signatures and descriptions."""
     indent = "  " * depth
     head = f"{indent}{name} ({client_path(client)})"
     yield f"{head}: {client.description}" if client.description else head
     for method, description in sorted(client.methods_description.items()):
-        yield f"{indent}    {method}(): {description}" if description else f"{indent}    {method}()"
+        signature = method_signature(client, method)
+        yield f"{indent}    {signature}: {description}" if description else f"{indent}    {signature}"
     for child_name, child in client.children.items():
         yield from report_lines(child, child_name, depth + 1)
+
+
+def report_tree(client: DriverClient, name: str = "root") -> dict[str, Any]:
+    """The tree under ``client`` as plain data (``jumpstarter report --json``)."""
+    return {
+        "name": name,
+        "client": client_path(client),
+        "description": client.description,
+        "labels": dict(client.labels),
+        "methods": [
+            {"name": method, "signature": method_signature(client, method), "description": description}
+            for method, description in sorted(client.methods_description.items())
+        ],
+        "children": [report_tree(child, child_name) for child_name, child in client.children.items()],
+    }

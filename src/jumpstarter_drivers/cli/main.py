@@ -9,6 +9,7 @@ other command comes from the lab's clients (``jumpstarter power on``), see
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -642,13 +643,44 @@ def run_inside(command: list[str], env: dict[str, str]) -> int:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON (names, clients, labels, methods).")
 @click.pass_context
-def report(ctx: click.Context) -> None:
-    """Print the lab's driver tree: names, client classes, descriptions and methods."""
-    from .drivers import report_lines
+def report(ctx: click.Context, as_json: bool) -> None:
+    """Print the lab's driver tree: names, client classes, descriptions and method signatures."""
+    from .drivers import report_lines, report_tree
 
+    if as_json:
+        click.echo(json.dumps(report_tree(lab_client(ctx)), indent=2))
+        return
     for line in report_lines(lab_client(ctx)):
         click.echo(line)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the reference as JSON.")
+def drivers(name: str | None, as_json: bool) -> None:
+    """List the bundled drivers, or show one: its configuration fields and exported methods.
+
+    NAME is what an exporter file's `type:` says (`jumpstarter drivers PySerial`) or a driver
+    class's import path.
+    """
+    from .reference import bundled_names, describe, describe_all, terminal, text_lines
+
+    try:
+        if name is None:
+            docs = describe_all()
+            if as_json:
+                click.echo(json.dumps([doc.as_dict() for doc in docs], indent=2))
+                return
+            width = max(len(n) for n in bundled_names())
+            for doc in docs:
+                click.echo(f"{doc.name:<{width}}  {terminal(doc.summary)}")
+            return
+        doc = describe(name)
+    except JumpstarterError as exc:
+        raise Failure(exc) from None
+    click.echo(json.dumps(doc.as_dict(), indent=2) if as_json else "\n".join(text_lines(doc)))
 
 
 @main.command("tls-cert")

@@ -102,7 +102,7 @@ def test_report(inside) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "root (jumpstarter_drivers.composite.client.CompositeClient)"
     assert "  power (jumpstarter_drivers.power.client.PowerClient): bench supply" in lines
-    assert "      on(): Power on." in lines
+    assert "      on() -> None: Power on." in lines
     assert "  serial (jumpstarter_drivers.pyserial.client.PySerialClient)" in lines
     assert "  board (jumpstarter_drivers.composite.client.CompositeClient): the board on the desk" in lines
     assert "    power (jumpstarter_drivers.power.client.PowerClient)" in lines

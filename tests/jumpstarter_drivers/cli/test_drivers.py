@@ -200,7 +200,7 @@ def test_client_command_builds_the_whole_tree(bench: str) -> None:
         lines = list(report_lines(client))
     assert lines[0] == f"root ({Bench.client()}): the test bench"
     assert f"  lamp ({HERE}.LampClient)" in lines
-    assert "      brightness(): How bright." in lines
+    assert "      brightness() -> int: How bright." in lines
     assert "    power (jumpstarter_drivers.power.client.PowerClient)" in lines
 
 
