@@ -168,8 +168,11 @@ def raw_terminal(fd: int) -> Iterator[None]:
 
 def terminal_fd() -> int:
     """The descriptor of stdin when it is a terminal; a usage error saying what to use otherwise."""
-    fd = sys.stdin.fileno()
-    if not os.isatty(fd):
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError):  # io.UnsupportedOperation: stdin is no file (a test runner's)
+        fd = -1
+    if fd < 0 or not os.isatty(fd):
         raise click.UsageError(
             "console needs a terminal on stdin (it runs in raw mode and leaves on Ctrl-]); "
             "without one use `jumpstarter serial pipe` to copy stdin and stdout"

@@ -296,7 +296,7 @@ def markdown(docs: list[DriverDoc]) -> str:
         "",
         "Generated from the drivers' code when the site is built; `jumpstarter drivers NAME` prints the same.",
         "Every driver also takes the fields " + ", ".join(f"`{n}`" for n in COMMON_FIELDS)
-        + " (see [Describing a lab](lab.md)).",
+        + " (see [Describing a lab](../lab.md)).",
         "",
         "| Driver | What it is |",
         "| --- | --- |",

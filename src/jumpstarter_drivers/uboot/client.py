@@ -31,8 +31,13 @@ class UBootClient(DriverClient):
         self.call("setup_network", serverip, tftp_port)
 
     def cli(self) -> click.Group:
-        """``console``, ``run`` and ``env`` commands (``jumpstarter flasher uboot run 'printenv'``)."""
+        """``prompt``, ``console``, ``run`` and ``env`` commands (``jumpstarter flasher uboot run 'printenv'``)."""
         group = click.Group(help="U-Boot on the board: reach its prompt, run commands, read and set its environment.")
+
+        @group.command()
+        def prompt() -> None:
+            """Power-cycle the board and stop at the U-Boot prompt (for `run` and `env`)."""
+            self.reboot_to_console()
 
         @group.command()
         def console() -> None:
@@ -48,7 +53,7 @@ class UBootClient(DriverClient):
         @click.argument("command")
         @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0))
         def run(command: str, timeout: float) -> None:
-            """Run COMMAND at the prompt (the board must be at it) and print its output."""
+            """Run COMMAND at the prompt (the board must be at it: see `prompt`) and print its output."""
             click.echo(self.run_command(command, timeout), nl=False)
 
         @group.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,6 +14,13 @@ from ..core.driver import Driver, export, exportstream
 from ..core.errors import ConfigurationError
 from .common import DEFAULT_FAIL_PATTERNS
 from .console import Expecter, UBootConsole, call_maybe_async
+
+
+def connect_live(serial: Driver) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The serial driver's byte stream without the history a console keeps between clients
+    (:class:`~jumpstarter_drivers.pyserial.driver.PySerial` ``buffer_size``); other drivers have none."""
+    parameters = inspect.signature(serial.connect).parameters
+    return serial.connect(history=False) if "history" in parameters else serial.connect()
 
 
 @dataclass(kw_only=True)
@@ -71,7 +79,8 @@ class UBoot(Driver):
     async def console(self, log: Callable[[str], None] | None = None) -> AsyncIterator[UBootConsole]:
         """Open the serial console as a :class:`UBootConsole` for the duration of the block."""
         serial, _ = self.parts()
-        async with serial.connect() as stream:
+        # Only what the board prints from now on: an old prompt in the console's history would be taken for a new one.
+        async with connect_live(serial) as stream:
             expecter = Expecter(stream, tuple(self.fail_patterns), log=log)
             yield UBootConsole(expecter, self.prompt, self.autoboot_pattern, self.interrupt)
 

@@ -335,7 +335,7 @@ def test_command_line(lab, tmp_path: Path) -> None:
     assert done.exit_code == 0 and done.output.startswith("flashed image.raw (5000 bytes) to usd with uboot: stage ")
     assert Path(root.children["board"].disk).read_bytes()[:5000] == image.read_bytes()
     uboot = client.flasher.uboot.cli()
-    assert runner.invoke(uboot, ["console"]).exit_code == 0
+    assert runner.invoke(uboot, ["prompt"]).exit_code == 0
     assert runner.invoke(uboot, ["env", "colour", "blue"]).exit_code == 0
     assert runner.invoke(uboot, ["env", "colour"]).output == "blue\n"
     assert runner.invoke(uboot, ["run", "echo hi"]).output == "hi\n"
