@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import select
 import sys
@@ -164,6 +165,28 @@ def raw_terminal(fd: int) -> Iterator[None]:
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def logs_on_terminal(logger_name: str, level: int = logging.INFO) -> Iterator[None]:
+    """While inside, show ``logger_name``'s records on stderr when it is a terminal (the exporter's
+    steps and progress during a flash, say); off a terminal nothing changes."""
+    if sys.stderr is None or not sys.stderr.isatty():
+        yield
+        return
+    logger = logging.getLogger(logger_name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def terminal_fd() -> int:

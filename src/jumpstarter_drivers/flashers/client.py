@@ -14,6 +14,9 @@ from .common import FlashResult, sha256_file
 
 logger = logging.getLogger(__name__)
 
+#: Where :meth:`FlasherClient.flash` re-emits the exporter's step and progress logs.
+EXPORTER_LOGGER = "exporter:driver"
+
 
 class FlasherClient(DriverClient):
     """Client of a :class:`~jumpstarter_drivers.flashers.driver.BaseFlasher` (and its subclasses)."""
@@ -56,8 +59,13 @@ class FlasherClient(DriverClient):
         @click.option("--target", help="Target name (default: the flasher's default target).")
         @click.option("--method", type=click.Choice(["uboot", "busybox"]), help="How to write (default: the driver's).")
         def flash(image: str, target: str | None, method: str | None) -> None:
-            """Write IMAGE (a local file or an http(s) URL) to the target."""
-            click.echo(self.flash(image, target, method).summary())
+            """Write IMAGE (a local file or an http(s) URL) to the target; on a terminal, show the upload's
+            progress and the exporter's steps."""
+            from ..cli.families import logs_on_terminal
+
+            with logs_on_terminal(EXPORTER_LOGGER):
+                result = self.flash(image, target, method)
+            click.echo(result.summary())
 
         @group.command()
         def manifest() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..core.client import DriverClient
 from ..core.errors import DriverError, DriverTimeout
-from .common import CHUNK, FileStat, ProgressCallback, ProgressLog
+from .common import CHUNK, FileStat, ProgressCallback, default_progress
 
 #: How often a download checks whether the driver call failed while no bytes arrive.
 _POLL = 0.2
@@ -41,12 +41,13 @@ class StorageClient(DriverClient):
     ) -> int:
         """Upload the local file ``src`` to ``dst`` in the root; returns the bytes written.
 
-        ``progress(done, total)`` is called as chunks go out (by default progress is logged).
+        ``progress(done, total)`` is called as chunks go out (by default a progress bar on a
+        terminal, else log records: see :func:`~jumpstarter_drivers.storage.common.default_progress`).
         ``timeout`` bounds the wait for the driver once every byte is sent.
         """
         src = Path(src)
         total = src.stat().st_size
-        progress = progress or ProgressLog(f"upload {src.name} -> {dst}")
+        progress = progress or default_progress(f"upload {src.name} -> {dst}")
         with (
             self.resource() as (handle, stream),
             _background(self.call_as, int, "write_from_resource", dst, handle, total) as call,
@@ -74,7 +75,7 @@ class StorageClient(DriverClient):
         """
         dst = Path(dst)
         total = self.stat(src).size
-        progress = progress or ProgressLog(f"download {src} -> {dst}")
+        progress = progress or default_progress(f"download {src} -> {dst}")
         fd, temp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
         try:
             with (

@@ -60,32 +60,69 @@ class ProgressLog:
 
 @dataclass
 class ProgressBar:
-    """A one-line text progress bar redrawn on ``stream`` (a terminal); pass it as ``progress=``.
+    """A one-line progress display redrawn on ``stream`` (a terminal): bar, bytes, rate and ETA.
+
+    Redraws at most every ``interval`` seconds, and once at the end (followed by a newline).
 
     >>> import io
-    >>> out = io.StringIO()
-    >>> bar = ProgressBar(stream=out, width=10)
-    >>> bar(512, 1024); bar(1024, 1024)
-    >>> out.getvalue().splitlines()[-1].strip()
-    '[##########] 100%  1.0 KiB'
+    >>> out, now = io.StringIO(), iter([0.0, 2.0, 4.0])
+    >>> bar = ProgressBar("upload", stream=out, width=10, clock=lambda: next(now))
+    >>> bar(0, 2048); bar(1024, 2048); bar(2048, 2048)
+    >>> [line.rstrip() for line in out.getvalue().split("\\r")[1:]]
+    ['upload [..........]   0%  0 B / 2.0 KiB', 'upload [#####.....]  50%  1.0 KiB / 2.0 KiB  512 B/s  ETA 0:02', 'upload [##########] 100%  2.0 KiB / 2.0 KiB  512 B/s']
     """
 
+    what: str = ""
     stream: TextIO | None = None
     width: int = 30
+    interval: float = 0.1
+    clock: Callable[[], float] = time.monotonic
+    _start: float | None = field(default=None, init=False)
+    _last: float = field(default=float("-inf"), init=False)
+    _drawn: int = field(default=0, init=False)
 
     def __call__(self, done: int, total: int | None) -> None:
         import sys
 
-        stream = self.stream or sys.stderr
+        now = self.clock()
+        if self._start is None:
+            self._start = now
+        finished = total is not None and done >= total
+        if not finished and now - self._last < self.interval:
+            return
+        self._last = now
+        elapsed = now - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        parts = [self.what] if self.what else []
         if total:
             filled = self.width * done // total
-            line = f"[{'#' * filled}{'.' * (self.width - filled)}] {100 * done // total:3d}%  {_size(done)}"
+            parts.append(f"[{'#' * filled}{'.' * (self.width - filled)}] {100 * done // total:3d}%")
+            parts.append(f" {_size(done)} / {_size(total)}")
         else:
-            line = f"{_size(done)}"
-        stream.write("\r" + line)
-        if total is not None and done >= total:
+            parts.append(_size(done))
+        if rate:
+            parts.append(f" {_size(int(rate))}/s")
+            if total and not finished:
+                left = int((total - done) / rate)
+                parts.append(f" ETA {left // 60}:{left % 60:02d}")
+        line = " ".join(parts)
+        stream = self.stream or sys.stderr
+        stream.write("\r" + line.ljust(self._drawn))
+        self._drawn = len(line)
+        if finished:
             stream.write("\n")
         stream.flush()
+
+
+def default_progress(what: str) -> ProgressCallback:
+    """What a transfer shows when the caller gives no ``progress``: a :class:`ProgressBar` on stderr
+    when it is a terminal, else a :class:`ProgressLog` (quiet unless INFO logs are shown)."""
+    import sys
+
+    stream = sys.stderr
+    if stream is not None and stream.isatty():
+        return ProgressBar(what, stream=stream)
+    return ProgressLog(what)
 
 
 def _size(n: int) -> str:

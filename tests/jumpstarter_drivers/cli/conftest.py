@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from jumpstarter_drivers.cli.certs import write_self_signed
+from jumpstarter_drivers.cli.process import ServeProcess
+from jumpstarter_testing.lab import VIRTUAL_LAB
 
 LAB = """\
 export:
@@ -37,6 +39,13 @@ def lab_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("lab") / "lab.yaml"
     path.write_text(LAB)
     return path
+
+
+@pytest.fixture(scope="module")
+def virtual_lab() -> Iterator[ServeProcess]:
+    """The built-in virtual lab, served by `jumpstarter serve` on a unix socket."""
+    with ServeProcess(VIRTUAL_LAB) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

@@ -5,19 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pexpect
-import pytest
 
 from jumpstarter_drivers.cli.process import ServeProcess
-from jumpstarter_testing.lab import VIRTUAL_LAB
-
-
-@pytest.fixture(scope="module")
-def virtual_lab() -> Iterator[ServeProcess]:
-    with ServeProcess(VIRTUAL_LAB) as served:
-        yield served
 
 
 def test_uboot_console_attaches_the_terminal_at_the_prompt(virtual_lab: ServeProcess) -> None:

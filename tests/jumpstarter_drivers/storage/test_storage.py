@@ -206,10 +206,10 @@ def test_progress_bar_draws_to_its_stream() -> None:
     import io
 
     out = io.StringIO()
-    bar = ProgressBar(stream=out, width=4)
+    bar = ProgressBar(stream=out, width=4, clock=iter([10.0, 12.0]).__next__)
     bar(0, 8)
     bar(8, 8)
-    assert out.getvalue() == "\r[....]   0%  0 B\r[####] 100%  8 B\n"
+    assert out.getvalue() == "\r[....]   0%  0 B / 8 B\r[####] 100%  8 B / 8 B  4 B/s\n"
 
 
 def test_default_progress_is_logged(client: StorageClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
