@@ -12,6 +12,7 @@ jumpstarter_drivers.core.errors.ConfigurationError: PySerial: 'nosuch://port' is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -409,9 +410,19 @@ class PySerial(Driver):
         return "jumpstarter_drivers.pyserial.client.PySerialClient"
 
     @exportstream
-    async def connect(self, history: bool = True) -> AsyncIterator[SerialStream]:
+    async def connect(self) -> AsyncIterator[SerialStream]:
         """Open the serial port and stream its bytes both ways, starting with what the board printed
-        since the last client left (``buffer_size``); without history, only what comes from now on."""
+        since the last client left (``buffer_size``)."""
+        async with self._stream(history=True) as stream:
+            yield stream
+
+    def connect_live(self) -> contextlib.AbstractAsyncContextManager[SerialStream]:
+        """:meth:`connect` without the history: only what the board prints from now on (for drivers
+        beside this one that wait for a prompt, which an old one in the history would fake)."""
+        return self._stream(history=False)
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, history: bool) -> AsyncIterator[SerialStream]:
         if self._closed:
             raise DriverError(f"PySerial {self.url}: the driver is closed")
         if self.watching:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,9 +17,13 @@ from .console import Expecter, UBootConsole, call_maybe_async
 
 def connect_live(serial: Driver) -> contextlib.AbstractAsyncContextManager[Any]:
     """The serial driver's byte stream without the history a console keeps between clients
-    (:class:`~jumpstarter_drivers.pyserial.driver.PySerial` ``buffer_size``); other drivers have none."""
-    parameters = inspect.signature(serial.connect).parameters
-    return serial.connect(history=False) if "history" in parameters else serial.connect()
+    (:meth:`~jumpstarter_drivers.pyserial.driver.PySerial.connect_live`); other drivers have none."""
+    from ..composite.driver import Proxy
+
+    while isinstance(serial, Proxy) and serial.target is not None:  # a ref: the driver it names
+        serial = serial.target
+    live = getattr(serial, "connect_live", None)
+    return live() if callable(live) else serial.connect()
 
 
 @dataclass(kw_only=True)

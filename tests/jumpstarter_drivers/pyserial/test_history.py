@@ -11,8 +11,10 @@ import anyio
 import pytest
 
 from jumpstarter_drivers import serve
+from jumpstarter_drivers.composite.driver import Proxy
 from jumpstarter_drivers.core.errors import ConfigurationError
 from jumpstarter_drivers.pyserial import PySerial
+from jumpstarter_drivers.uboot.driver import connect_live
 
 
 def recorded(path: Path, size: int) -> Callable[[], bool]:
@@ -76,11 +78,14 @@ def test_record_keeps_everything_in_order(board, wait_until, tmp_path: Path) -> 
     assert record.read_bytes() == b"before;during;after"
 
 
-def test_without_history_only_new_output(board, wait_until, tmp_path: Path) -> None:
-    """What the U-Boot driver asks for: an old prompt in the history would pass for a new one."""
+@pytest.mark.parametrize("through", ["driver", "ref"])
+def test_without_history_only_new_output(board, wait_until, tmp_path: Path, through: str) -> None:
+    """What the U-Boot driver asks for, also through a ``ref``: an old prompt in the history would
+    pass for a new one."""
 
     async def main(console: PySerial) -> None:
-        async with console.connect(history=False) as stream:
+        target = console if through == "driver" else Proxy(ref="serial", target=console)
+        async with connect_live(target) as stream:
             board.write(b"fresh")
             with anyio.fail_after(5):
                 data = b""
