@@ -411,8 +411,8 @@ class PySerial(Driver):
 
     @exportstream
     async def connect(self) -> AsyncIterator[SerialStream]:
-        """Open the serial port and stream its bytes both ways, starting with what the board printed
-        since the last client left (``buffer_size``)."""
+        """Open the serial port and stream its bytes both ways (with ``buffer_size``, first what the
+        board printed since the last client left)."""
         async with self._stream(history=True) as stream:
             yield stream
 
