@@ -170,14 +170,14 @@ def _default(f: dataclasses.Field) -> str | None:
 
 
 def _field_doc(cls: type, f: dataclasses.Field) -> str:
+    """The field's meaning: its metadata, else the nearest class in the MRO that says something about it."""
     if f.metadata.get("doc"):
         return str(f.metadata["doc"])
     for base in cls.__mro__:
         if f.name in inspect.get_annotations(base):
-            comment = _attribute_docs(base).get(f.name)
-            if comment:
-                return comment
-            return _sentences_naming(inspect.getdoc(base) or "", f.name)
+            said = _attribute_docs(base).get(f.name) or _sentences_naming(inspect.getdoc(base) or "", f.name)
+            if said:
+                return said
     return ""
 
 

@@ -352,10 +352,13 @@ class PySerial(Driver):
     """
 
     url: str
+    #: Line speed in bits per second (ignored by URLs without a line, such as socket://).
     baudrate: int = DEFAULT_BAUDRATE
     check_present: bool = True
     disable_hupcl: bool = False
+    #: Bytes of console output kept between clients for the next one (0: none, the port closes between clients).
     buffer_size: int = 0
+    #: File every byte from the board is appended to (holds the port open, like ``buffer_size``).
     record: str | None = None
 
     URL_HINT: ClassVar[str] = (

@@ -11,7 +11,7 @@ import pytest
 
 from jumpstarter_drivers import Driver, export
 from jumpstarter_drivers.cli.process import ServeProcess
-from jumpstarter_drivers.cli.reference import describe_all, describe_class, markdown
+from jumpstarter_drivers.cli.reference import describe, describe_all, describe_class, markdown
 from jumpstarter_drivers.core.config import BUILTIN_DRIVERS
 from jumpstarter_drivers.core.driver import exportstream
 
@@ -73,6 +73,64 @@ def test_every_bundled_driver_is_in_the_reference() -> None:
             assert f"| `{f.name}` |" in page, (d.name, f.name)
         for m in d.methods:
             assert f"- `{m.signature}`" in page, (d.name, m.name)
+
+
+#: Fields that say nothing about themselves yet (no ``#:`` comment, no mention in the class docstring).
+#: A new field must not join them: document it where it is declared.
+UNDOCUMENTED = {
+    ("BaseFlasher", "manifest"),
+    ("BaseFlasher", "default_target"),
+    ("BaseFlasher", "tftp_dir"),
+    ("BaseFlasher", "http_dir"),
+    ("BaseFlasher", "cacert"),
+    ("BaseFlasher", "method"),
+    ("BaseFlasher", "chunk_size"),
+    ("BaseFlasher", "load_address"),
+    ("BaseFlasher", "retries"),
+    ("BaseFlasher", "login_timeout"),
+    ("BaseFlasher", "write_timeout"),
+    ("BaseFlasher", "bundle_sources"),
+    ("BaseFlasher", "allowed_urls"),
+    ("BaseFlasher", "max_bundle_size"),
+    ("EnerGenie", "password"),
+    ("Proxy", "target"),
+    ("QemuBoard", "qemu"),
+    ("QemuBoard", "machine"),
+    ("QemuBoard", "cpu"),
+    ("QemuBoard", "memory_mb"),
+    ("QemuBoard", "extra_args"),
+    ("UBoot", "prompt"),
+    ("UBoot", "autoboot_pattern"),
+    ("UBoot", "interrupt"),
+    ("UBoot", "power_off_time"),
+    ("UBoot", "network"),
+    ("VirtualBoard", "autoboot_delay"),
+    ("VirtualFlasher", "manifest"),
+    ("VirtualFlasher", "default_target"),
+    ("VirtualFlasher", "tftp_dir"),
+    ("VirtualFlasher", "http_dir"),
+    ("VirtualFlasher", "cacert"),
+    ("VirtualFlasher", "method"),
+    ("VirtualFlasher", "chunk_size"),
+    ("VirtualFlasher", "load_address"),
+    ("VirtualFlasher", "retries"),
+    ("VirtualFlasher", "login_timeout"),
+    ("VirtualFlasher", "write_timeout"),
+    ("VirtualFlasher", "bundle_sources"),
+    ("VirtualFlasher", "allowed_urls"),
+    ("VirtualFlasher", "max_bundle_size"),
+}
+
+
+def test_new_fields_say_what_they_mean() -> None:
+    silent = {(d.name, f.name) for d in describe_all() for f in d.fields if not f.doc}
+    assert silent <= UNDOCUMENTED, f"document these fields (a #: comment above each): {sorted(silent - UNDOCUMENTED)}"
+
+
+def test_inherited_fields_keep_their_meaning() -> None:
+    """VirtualFlasher redeclares uboot_targets (another default); the meaning stays BaseFlasher's."""
+    base, virtual = describe("BaseFlasher"), describe("VirtualFlasher")
+    assert virtual.field("uboot_targets").doc == base.field("uboot_targets").doc != ""
 
 
 def test_drivers_lists_the_bundled_drivers(jumpstarter) -> None:
