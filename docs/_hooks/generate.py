@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from typing import Any
 
 import click
@@ -71,6 +72,14 @@ def _client_of(name: str) -> str:
     from jumpstarter_drivers.cli.reference import describe
 
     return describe(name).client
+
+
+_ROLE_HTML = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):(?=<code>)")
+
+
+def on_page_content(html: str, page: Any, **kwargs: Any) -> str:
+    """Drop the reST roles docstrings carry (``:class:`X``` renders as ``:class:<code>X</code>``)."""
+    return _ROLE_HTML.sub("", html)
 
 
 class _Recorder:

@@ -128,3 +128,9 @@ def test_pages_render_in_chromium(site: Path, tmp_path: Path, page: str) -> None
     width, height, pixels = png_pixels(shot)
     assert (width, height) == (1024, 768)
     assert len(set(pixels)) > 32, "the screenshot is blank: the page did not render"
+
+
+def test_no_rest_roles_leak_into_pages(site: Path) -> None:
+    for page in nav_pages():
+        html = built(site, page).read_text()
+        assert ":class:" not in html and ":func:" not in html and ":meth:" not in html, page

@@ -303,7 +303,7 @@ def markdown(docs: list[DriverDoc]) -> str:
     ]
     out += [f"| [`{d.name}`](#{d.name.lower()}) | {_cell(d.summary)} |" for d in docs]
     for d in docs:
-        out += ["", f"## {d.name}", "", f"`type: {d.name}` (`{d.path}`), client `{d.client}`.", "", d.doc, ""]
+        out += ["", f"## {d.name}", "", f"`type: {d.name}` (`{d.path}`), client `{d.client}`.", "", plain(d.doc), ""]
         if d.fields:
             out += ["### Configuration", "", "| Field | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
             for f in d.fields:
