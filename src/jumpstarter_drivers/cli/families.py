@@ -89,6 +89,7 @@ def energenie_commands(client: Any) -> click.Group:
 
     return group
 
+
 #: Seconds ``jumpstarter serial pipe`` waits for the console to fall quiet after stdin ended.
 PIPE_LINGER = 1.0
 
