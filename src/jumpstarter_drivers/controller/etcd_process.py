@@ -1,0 +1,132 @@
+"""A private etcd member run as a child process: the single-host default store, and the tests' store.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as state, PrivateEtcd(state) as etcd:
+...     etcd.endpoint.startswith("127.0.0.1:")
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Self
+
+from ..core.errors import ConfigurationError
+from ..core.processes import stop_process
+
+logger = logging.getLogger(__name__)
+
+#: Longest a fresh member may take to answer its health check.
+START_TIMEOUT = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class PrivateEtcd:
+    """One etcd member on loopback ports with its data under ``state_dir/etcd``; a context manager.
+
+    ``endpoint`` is ``127.0.0.1:PORT`` for :class:`~jumpstarter_drivers.controller.store.Store`.
+    A member started again on the same directory finds its data (leases survive a restart).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, client_port: int = 0, peer_port: int = 0) -> None:
+        self.state_dir = Path(state_dir)
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "etcd"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> PrivateEtcd:
+        """Start the member and wait until it answers (:data:`START_TIMEOUT`)."""
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise ConfigurationError(
+                "the etcd command is needed for a controller without --etcd endpoints; install the Debian package "
+                "etcd-server (./run does), or give --etcd HOST:PORT of a running etcd"
+            )
+        self.client_port = self.client_port or free_port()
+        self.peer_port = self.peer_port or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        client_url, peer_url = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer_port}"
+        command = [
+            binary, "--name", "jumpstarter", "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"jumpstarter={peer_url}", "--initial-cluster-state", "new",
+            "--log-level", "error", "--logger", "zap",
+        ]
+        log = open(self.state_dir / "etcd.log", "ab")  # noqa: SIM115 - the child writes to it for its whole life
+        # etcd says READY=1 on a systemd notify socket once it serves clients: wait for that datagram.
+        notify_path = self.state_dir / "etcd.notify"
+        notify_path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(notify_path))
+            try:
+                env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+                self.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+            finally:
+                log.close()
+            try:
+                self._wait_ready(notify)
+            except BaseException:
+                self.stop()
+                raise
+            finally:
+                notify_path.unlink(missing_ok=True)
+        logger.info("private etcd on %s, data in %s", self.endpoint, self.data_dir)
+        return self
+
+    def _wait_ready(self, notify: socket.socket) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([notify], [], [], min(left, 0.5))
+            if ready and b"READY=1" in notify.recv(4096):
+                return
+            if self.process.poll() is not None:
+                raise ConfigurationError(
+                    f"etcd exited with status {self.process.returncode} at start; see {self.state_dir / 'etcd.log'}"
+                )
+        raise ConfigurationError(
+            f"etcd did not become ready on {self.endpoint} within {START_TIMEOUT:g} s; "
+            f"see {self.state_dir / 'etcd.log'}"
+        )
+
+    def stop(self) -> None:
+        """Stop the member (SIGTERM, then SIGKILL); its data stays."""
+        if self.process is not None:
+            stop_process(self.process, timeout=10, name="etcd")
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the member at once (tests of a crashed store)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
