@@ -345,6 +345,11 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
     "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
     help="Log to stderr from this level on (driver logs included).",
 )
+@click.option("--controller", metavar="HOST:PORT", help="Register with this lab controller and serve its leases "
+              "(default endpoint, token and TLS: the exporter file's endpoint, token and tls).")
+@click.option("--token-file", metavar="FILE", help="The exporter's controller token (default: the file's token).")
+@click.option("--controller-ca", metavar="FILE", help="PEM certificate to trust for the controller's TLS.")
+@click.option("--controller-insecure", is_flag=True, help="Reach the controller in plaintext.")
 def serve(
     exporter: str,
     unix_path: str | None,
@@ -354,12 +359,24 @@ def serve(
     insecure: bool,
     passphrase_file: str | None,
     log_level: str,
+    controller: str | None,
+    token_file: str | None,
+    controller_ca: str | None,
+    controller_insecure: bool,
 ) -> None:
     """Run the lab described by EXPORTER.yaml until SIGINT or SIGTERM.
 
     Prints the address it serves on (a socket path or HOST:PORT) on stdout, logs to stderr, and on
-    a signal closes every driver and exits 0.
+    a signal closes every driver and exits 0. With --controller (or --token-file) it registers
+    with a lab controller and serves the clients that lease it, through the controller's router.
     """
+    access = None
+    if controller or token_file:
+        from ..controller.cli import exporter_access
+
+        if listen:
+            raise Failure("serve through --controller or on --listen, not both")
+        access = exporter_access(exporter, controller, token_file, controller_ca, controller_insecure)
     if unix_path and listen:
         raise Failure("give either --unix PATH or --listen HOST:PORT, not both")
     if bool(tls_cert) != bool(tls_key):
@@ -391,7 +408,12 @@ def serve(
             with lab.session() as session, serving(session, unix_path, listen, tls_cert, tls_key, passphrase) as address:
                 logger.info("serving %s on %s; stop with Ctrl-C or SIGTERM", exporter, address)
                 click.echo(address)
-                stop.wait_until(stop.received.is_set)
+                with contextlib.ExitStack() as agent:
+                    if access is not None:
+                        from ..controller.cli import registered
+
+                        agent.enter_context(registered(session, address, access))
+                    stop.wait_until(stop.received.is_set)
                 logger.info("stopping")
         except (JumpstarterError, OSError) as exc:
             if tls_cert and "Failed to bind" in str(exc):
@@ -487,6 +509,12 @@ def serving(
     "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="WARNING", show_default=True,
     help="Log to stderr from this level on (driver logs of a local lab included).",
 )
+@click.option("--selector", "-l", help="Lease a board matching this label selector from the lab controller.")
+@click.option("--duration", default="30m", show_default=True, help="How long the --selector lease may last.")
+@click.option("--wait", help="Wait at most this long for a board (default: as long as it takes).")
+@click.option(
+    "--client-config", metavar="FILE", help="Client configuration for --selector (default: $JMP_CLIENT_CONFIG)."
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[EXPORTER.yaml] [--] [CMD]...")
 @click.pass_context
 def shell(
@@ -498,6 +526,10 @@ def shell(
     exporter_file: str | None,
     allow: str | None,
     log_level: str,
+    selector: str | None,
+    duration: str,
+    wait: str | None,
+    client_config: str | None,
     args: tuple[str, ...],
 ) -> None:
     """Run CMD (default: $SHELL) inside a lab and exit with its exit status.
@@ -519,6 +551,21 @@ def shell(
     root = ctx.find_root().params
     exporter, command = exporter_argument(exporter_file, args)
     host = host or command_line_host(ctx)
+    if selector:
+        if host or exporter:
+            raise click.UsageError("give either --selector (a board leased from the controller) or a lab, not both")
+        from ..controller.cli import client_access, lease_environment, parse_duration
+
+        access = client_access(client_config)
+        bound = parse_duration(wait) if wait else None
+        try:
+            with lease_environment(access, selector, parse_duration(duration), bound) as lease:
+                env = {"JUMPSTARTER_HOST": lease.socket, "JMP_DRIVERS_ALLOW": allow or os.environ.get(
+                    "JMP_DRIVERS_ALLOW") or BUILTIN_ALLOW, "JMP_LEASE": lease.name, "JMP_EXPORTER": lease.exporter}
+                code = run_inside(command, env)
+        except JumpstarterError as exc:
+            raise Failure(exc) from None
+        raise SystemExit(code)
     if host and exporter:
         raise click.UsageError(f"give either a lab to reach (--host {host}) or one to serve ({exporter}), not both")
     host = host or (None if exporter else os.environ.get("JUMPSTARTER_HOST"))
@@ -706,3 +753,14 @@ def tls_cert(directory: str, hosts: tuple[str, ...], days: int) -> None:
     except (JumpstarterError, OSError) as exc:
         raise Failure(exc) from None
     click.echo(f"{cert}\n{key}")
+
+
+def _add_lab_commands() -> None:
+    """The shared lab's commands live in :mod:`jumpstarter_drivers.controller.cli`."""
+    from ..controller import cli as lab_cli
+
+    for command in (lab_cli.controller, lab_cli.lease, lab_cli.exporters):
+        main.add_command(command)
+
+
+_add_lab_commands()

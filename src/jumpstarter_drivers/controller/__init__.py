@@ -6,3 +6,8 @@ in etcd, so several replicas can serve one lab. Modules: :mod:`.store` (etcd, in
 terms), :mod:`.selector` (label selectors), :mod:`.tokens`, :mod:`.scheduler`, :mod:`.services`,
 :mod:`.router`, :mod:`.server`; :mod:`.exporter` and :mod:`.client` are the two other ends.
 """
+
+#: Kinds of callers, as the ``jumpstarter-kind`` metadata spells them, and the default namespace.
+CLIENT = "Client"
+EXPORTER = "Exporter"
+DEFAULT_NAMESPACE = "default"

@@ -69,11 +69,27 @@ class PrivateEtcd:
         self.data_dir.chmod(0o700)
         client_url, peer_url = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer_port}"
         command = [
-            binary, "--name", "jumpstarter", "--data-dir", str(self.data_dir),
-            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"jumpstarter={peer_url}", "--initial-cluster-state", "new",
-            "--log-level", "error", "--logger", "zap",
+            binary,
+            "--name",
+            "jumpstarter",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            f"jumpstarter={peer_url}",
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "error",
+            "--logger",
+            "zap",
         ]
         log = open(self.state_dir / "etcd.log", "ab")  # noqa: SIM115 - the child writes to it for its whole life
         # etcd says READY=1 on a systemd notify socket once it serves clients: wait for that datagram.

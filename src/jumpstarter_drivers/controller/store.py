@@ -203,9 +203,7 @@ class Store:
         state = LabState(revision=found.header.revision)
         for kv in found:
             key = kv.key.decode()[len(self.root) :]
-            for prefix, target in (
-                (EXPORTERS, state.exporters), (ONLINE, state.online), (LEASES, state.leases)
-            ):
+            for prefix, target in ((EXPORTERS, state.exporters), (ONLINE, state.online), (LEASES, state.leases)):
                 if key.startswith(prefix):
                     target[key[len(prefix) :]] = self._record(kv, prefix)
                     break
@@ -216,10 +214,16 @@ class Store:
                     state.holders.add(key[len(HOLDERS) :])
         return state
 
-    async def changes(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Record | str]:
-        """Each change under ``prefix`` from ``start_revision`` on: a :class:`Record` for a put, the
-        name of the key for a delete. Ends with :class:`StoreUnavailable` when etcd goes away."""
-        watch = await self._call(self._client.watch_prefix, self._key(prefix), start_revision=start_revision)
+    async def changes(
+        self, prefix: str, start_revision: int | None = None, name: str | None = None
+    ) -> AsyncIterator[Record | str]:
+        """Each change under ``prefix`` (or of the one key ``prefix + name``) from ``start_revision`` on:
+        a :class:`Record` for a put, the key's name for a delete. Ends with :class:`StoreUnavailable`
+        when etcd goes away."""
+        if name is None:
+            watch = await self._call(self._client.watch_prefix, self._key(prefix), start_revision=start_revision)
+        else:
+            watch = await self._call(self._client.watch, self._key(prefix + name), start_revision=start_revision)
         try:
             iterator = aiter(watch)
             while True:
@@ -238,6 +242,14 @@ class Store:
                 await watch.cancel()
             except (aetcd.exceptions.ClientError, grpc.RpcError, RuntimeError) as exc:
                 logger.debug("cancelling a watch: %s", exc)
+
+    async def assignment(self, exporter: str) -> tuple[int, str | None]:
+        """The revision read at, and the lease holding ``exporter`` (``None``: free)."""
+        found = await self._call(self._client.get_prefix, self._key(ASSIGNMENTS + exporter))
+        for kv in found:
+            if kv.key == self._key(ASSIGNMENTS + exporter):
+                return found.header.revision, kv.value.decode()
+        return found.header.revision, None
 
     # tokens ----------------------------------------------------------------------------------
 
@@ -356,7 +368,9 @@ class Store:
             [],
             [
                 self._put(DIALS, f"{lease}/{stream}", dial, etcd_lease),
-                self._put(STREAMS, stream, {"lease": lease, "digest": token_digest, "ttl_lease": etcd_lease}, etcd_lease),
+                self._put(
+                    STREAMS, stream, {"lease": lease, "digest": token_digest, "ttl_lease": etcd_lease}, etcd_lease
+                ),
             ],
         )
 

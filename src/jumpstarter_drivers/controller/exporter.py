@@ -1,0 +1,142 @@
+"""The exporter's end: register a served session with a controller and serve its leases through the router.
+
+Flow, as upstream's exporters do it: ``Register`` (labels and driver reports), ``ReportStatus
+(AVAILABLE)``, keep ``Status`` open; when leased, ``LEASE_READY`` and ``Listen(lease)``, and for
+each ListenResponse splice a connection to the session's socket through the router; when the
+lease ends, cut those connections and report ``AVAILABLE`` again. The session refuses driver
+calls while no lease holds it. A lost controller is retried on the next endpoint (failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
+
+from ..core.status import ExporterStatus
+from .config import Access
+from .tunnel import Channels, splice
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between attempts to reach a controller that failed (doubling up to :data:`MAX_RETRY`).
+RETRY = 0.2
+MAX_RETRY = 5.0
+#: Seconds a unary controller call may take.
+CALL_TIMEOUT = 10.0
+
+
+class ExporterAgent:
+    """Keeps ``session`` (served on the unix socket ``socket_path``) registered with the controller."""
+
+    def __init__(self, session: Any, socket_path: str | Path, access: Access) -> None:
+        self.session = session
+        self.socket_path = str(socket_path)
+        self.access = access
+        self.lease: str | None = None
+        self.registered = asyncio.Event()
+        #: Leases served so far, in order (tests check that no two overlapped).
+        self.served: list[str] = []
+
+    async def run(self) -> None:
+        """Until cancelled: stay registered, failing over between the controller's endpoints."""
+        self.session.update_status(ExporterStatus.AVAILABLE)  # no driver calls until a lease holds the session
+        delay = RETRY
+        index = 0
+        while True:
+            endpoint = self.access.endpoints[index % len(self.access.endpoints)]
+            try:
+                await self._serve(endpoint)
+                logger.warning("controller %s closed the Status stream; registering again", endpoint)
+                delay = RETRY
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    logger.error("controller %s refused this exporter: %s", endpoint, exc.details())
+                else:
+                    logger.warning("controller %s: %s; retrying", endpoint, exc.details() or exc.code().name)
+            self.registered.clear()
+            index += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY)
+
+    async def _serve(self, endpoint: str) -> None:
+        metadata = self.access.metadata()
+        channel = self.access.channel(endpoint)
+        channels = Channels(self.access)
+        listening: asyncio.Task | None = None
+        try:
+            stub = jumpstarter_pb2_grpc.ControllerServiceStub(channel)
+            report = self.session.report()
+            await stub.Register(
+                jumpstarter_pb2.RegisterRequest(labels=dict(self.session.labels), reports=report.reports),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT,
+            )
+            await self._report(stub, ExporterStatus.AVAILABLE)
+            logger.info("registered with the controller at %s as %s", endpoint, self.access.name or "(token's name)")
+            self.registered.set()
+            async for status in stub.Status(jumpstarter_pb2.StatusRequest(), metadata=metadata):
+                lease = status.lease_name if status.leased else None
+                if lease == self.lease:
+                    continue
+                if listening is not None:
+                    await _cancel(listening)
+                    listening = None
+                    await channels.close()
+                    logger.info("lease %s ended", self.lease)
+                    self.lease = None
+                    await self._report(stub, ExporterStatus.AVAILABLE)
+                if lease is not None:
+                    self.lease = lease
+                    self.served.append(lease)
+                    logger.info("leased to %s (lease %s)", status.client_name, lease)
+                    await self._report(stub, ExporterStatus.LEASE_READY)
+                    listening = asyncio.create_task(self._listen(stub, lease, channels))
+        finally:
+            if listening is not None:
+                await _cancel(listening)
+            self.lease = None
+            self.session.update_status(ExporterStatus.AVAILABLE)
+            await channels.close()
+            await channel.close()
+
+    async def _report(self, stub: Any, status: ExporterStatus) -> None:
+        self.session.update_status(status)
+        await stub.ReportStatus(
+            jumpstarter_pb2.ReportStatusRequest(status=status.value),
+            metadata=self.access.metadata(),
+            timeout=CALL_TIMEOUT,
+        )
+
+    async def _listen(self, stub: Any, lease: str, channels: Channels) -> None:
+        tunnels: set[asyncio.Task] = set()
+        try:
+            request = jumpstarter_pb2.ListenRequest(lease_name=lease)
+            async for response in stub.Listen(request, metadata=self.access.metadata()):
+                task = asyncio.create_task(self._tunnel(channels, response.router_endpoint, response.router_token))
+                tunnels.add(task)
+                task.add_done_callback(tunnels.discard)
+        except grpc.aio.AioRpcError as exc:
+            logger.info("listening for lease %s ended: %s", lease, exc.details() or exc.code().name)
+        finally:
+            for task in list(tunnels):
+                await _cancel(task)
+
+    async def _tunnel(self, channels: Channels, endpoint: str, token: str) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path)
+        except OSError as exc:
+            logger.error("cannot reach the session at %s: %s", self.socket_path, exc)
+            return
+        await splice(channels, endpoint, token, reader, writer)
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
