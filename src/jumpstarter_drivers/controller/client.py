@@ -39,8 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the controller keeps a lease whose holder stopped calling (the bound for a killed client).
 KEEPALIVE = 10
-#: Seconds one GetLease may wait on the controller for a waiting lease to change.
-LONG_POLL = 10.0
+#: Seconds one GetLease may wait on the controller for a waiting lease to change (each call keeps the lease alive).
+LONG_POLL = KEEPALIVE / 3
 CALL_TIMEOUT = 10.0
 #: Seconds a Dial is retried while the exporter is not ready yet.
 DIAL_RETRY = 30.0
@@ -212,14 +212,13 @@ class _Holder:
         self.connections.add(task)
         try:
             endpoint, token = await self.client.dial(self.name)
+            await splice(self.channels, endpoint, token, reader, writer)
         except (LeaseError, ExporterUnreachable) as exc:
             logger.error("cannot reach the leased exporter: %s", exc)
-            writer.close()
-            self.connections.discard(task)
-            return
-        try:
-            await splice(self.channels, endpoint, token, reader, writer)
+        except asyncio.CancelledError:
+            pass  # the lease is being released: end this connection quietly (asyncio would log the cancel)
         finally:
+            writer.close()
             self.connections.discard(task)
 
     async def stop(self) -> None:

@@ -249,6 +249,8 @@ class Lab:
             finally:
                 await changes.aclose()
             lease = await self.own_lease(identity, name)
+            if lease.value.get("holder") and not lease.value.get("ended"):
+                await self.store.refresh(int(lease.value["holder"]))
         return lease
 
     async def release(self, identity: Identity, name: str, reason: str = "Released") -> None:
@@ -298,35 +300,37 @@ class Lab:
         revision, waiting = await self.store.dials(lease)
         for dial in waiting:
             yield dial.value["endpoint"], dial.value["token"]
-        ended = asyncio.Event()
+        events: asyncio.Queue = asyncio.Queue(64)
+
+        async def watch_dials() -> None:
+            async for change in self.store.changes(f"{DIALS}{lease}/", start_revision=revision + 1):
+                if isinstance(change, Record):
+                    await events.put((change.value["endpoint"], change.value["token"]))
 
         async def watch_lease() -> None:
             async for change in self.store.changes(LEASES, start_revision=revision + 1, name=lease):
                 if isinstance(change, str):
                     break
-            ended.set()
+            await events.put(None)
 
-        watcher = asyncio.create_task(watch_lease())
-        changes = self.store.changes(f"{DIALS}{lease}/", start_revision=revision + 1)
+        async def guarded(watch: Callable[[], Any]) -> None:
+            try:
+                await watch()
+            except StoreUnavailable as exc:
+                await events.put(exc)
+
+        watchers = [asyncio.create_task(guarded(watch)) for watch in (watch_dials, watch_lease)]
         try:
-            while True:
-                next_change = asyncio.ensure_future(anext(changes))
-                end = asyncio.ensure_future(ended.wait())
-                done, _ = await asyncio.wait({next_change, end}, return_when=asyncio.FIRST_COMPLETED)
-                if next_change not in done:
-                    next_change.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await next_change
-                    return
-                end.cancel()
-                change = next_change.result()
-                if isinstance(change, Record):
-                    yield change.value["endpoint"], change.value["token"]
+            while (event := await events.get()) is not None:
+                if isinstance(event, StoreUnavailable):
+                    raise event
+                yield event
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
-                await watcher
-            await changes.aclose()
+            for watcher in watchers:
+                watcher.cancel()
+            for watcher in watchers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
     # exporters -------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ replica can answer any call and a restarted one picks up where another left off:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +29,9 @@ from typing import Any, Self, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.utils
 import grpc
+from aetcd import rpc
 
 from ..core.errors import JumpstarterError
 
@@ -219,29 +222,40 @@ class Store:
     ) -> AsyncIterator[Record | str]:
         """Each change under ``prefix`` (or of the one key ``prefix + name``) from ``start_revision`` on:
         a :class:`Record` for a put, the key's name for a delete. Ends with :class:`StoreUnavailable`
-        when etcd goes away."""
+        when etcd goes away.
+
+        Each watch is its own etcd Watch stream (aetcd multiplexes all watches on one stream, and
+        under load that stream stopped delivering events in our tests).
+        """
+        await self._call(self._client.connect)
+        key = self._key(prefix + (name or ""))
+        create = rpc.WatchCreateRequest(key=key, start_revision=start_revision or 0)
         if name is None:
-            watch = await self._call(self._client.watch_prefix, self._key(prefix), start_revision=start_revision)
-        else:
-            watch = await self._call(self._client.watch, self._key(prefix + name), start_revision=start_revision)
+            create.range_end = aetcd.utils.prefix_range_end(key)
+        stub = rpc.WatchStub(self._client.channel)
+        held_open = asyncio.Event()  # never set: etcd ends a watch stream whose client stops sending
+
+        async def requests() -> AsyncIterator[Any]:
+            yield rpc.WatchRequest(create_request=create)
+            await held_open.wait()
+
+        call = stub.Watch(requests())
         try:
-            iterator = aiter(watch)
-            while True:
-                try:
-                    event = await anext(iterator)
-                except StopAsyncIteration:
-                    raise StoreUnavailable("the etcd watch ended; etcd went away") from None
-                except (aetcd.exceptions.ClientError, grpc.RpcError) as exc:
-                    raise StoreUnavailable(f"the etcd watch failed: {exc or type(exc).__name__}") from None
-                if event.kind == "PUT":
-                    yield self._record(event.kv, prefix)
-                else:
-                    yield event.kv.key.decode()[len(self.root) + len(prefix) :]
+            async for response in call:
+                if response.canceled or response.compact_revision:
+                    raise StoreUnavailable(
+                        f"etcd cancelled a watch of {prefix}{name or ''}: {response.cancel_reason or 'compacted'}"
+                    )
+                for event in response.events:
+                    if event.type == rpc.Event.PUT:
+                        yield self._record(event.kv, prefix)
+                    else:
+                        yield event.kv.key.decode()[len(self.root) + len(prefix) :]
+            raise StoreUnavailable("the etcd watch ended; etcd went away")
+        except grpc.aio.AioRpcError as exc:
+            raise StoreUnavailable(f"the etcd watch failed: {exc.details() or exc.code().name}") from None
         finally:
-            try:
-                await watch.cancel()
-            except (aetcd.exceptions.ClientError, grpc.RpcError, RuntimeError) as exc:
-                logger.debug("cancelling a watch: %s", exc)
+            call.cancel()
 
     async def assignment(self, exporter: str) -> tuple[int, str | None]:
         """The revision read at, and the lease holding ``exporter`` (``None``: free)."""
@@ -326,7 +340,7 @@ class Store:
             self._client.transactions.create(assignment) == 0,
             self._client.transactions.mod(self._key(LEASES + lease.name)) == lease.mod_revision,
         ]
-        value = {**lease.value, "exporter": exporter, "begin": begin, "end": end}
+        value = {**lease.value, "exporter": exporter, "begin": begin, "end": end, "queued": lease.create_revision}
         success = [
             self._client.transactions.put(assignment, lease.name.encode()),
             self._put(LEASES, lease.name, value),
