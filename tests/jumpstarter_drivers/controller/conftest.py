@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from jumpstarter_drivers.controller import tokens
 from jumpstarter_drivers.controller.config import Access
 from jumpstarter_drivers.controller.etcd_process import PrivateEtcd
 from jumpstarter_drivers.controller.server import ControllerServer, ControllerSettings, running
-from jumpstarter_drivers.controller.store import ONLINE, Store
+from jumpstarter_drivers.controller.store import Store
 from jumpstarter_drivers.core import loop
 from jumpstarter_drivers.core.processes import stop_process
 
@@ -47,6 +49,8 @@ class Lab:
         self.cert, self.key = tls
         self.replicas: list[ControllerServer] = []
         self.exporters: dict[str, subprocess.Popen] = {}
+        self.processes: list[subprocess.Popen] = []
+        self.process_endpoints: list[str] = []
         self._stack = contextlib.ExitStack()
 
     def replica(self) -> ControllerServer:
@@ -55,9 +59,30 @@ class Lab:
         self.replicas.append(replica)
         return replica
 
+    def replica_process(self, name: str) -> tuple[subprocess.Popen, str]:
+        """A replica as a `jumpstarter controller` child process (for kill -9); its endpoint."""
+        state = self.directory / f"replica-{name}"
+        command = [
+            sys.executable, "-m", "jumpstarter_drivers.cli", "controller", "--listen", "127.0.0.1:0",
+            "--etcd", self.etcd.endpoint, "--state-dir", str(state), "--tls-cert", str(self.cert),
+            "--tls-key", str(self.key),
+        ]
+        log = open(self.directory / f"replica-{name}.log", "wb")  # noqa: SIM115 - closed below
+        try:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+        finally:
+            log.close()
+        self.processes.append(process)
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, f"replica {name} did not print its endpoint within 30 s"
+        endpoint = process.stdout.readline().decode().strip()
+        assert endpoint, (self.directory / f"replica-{name}.log").read_text()
+        self.process_endpoints.append(endpoint)
+        return process, endpoint
+
     @property
     def endpoints(self) -> str:
-        return ",".join(replica.endpoint for replica in self.replicas)
+        return ",".join([replica.endpoint for replica in self.replicas] + self.process_endpoints)
 
     def store(self, action) -> object:
         return loop.run(_with_store(self.etcd.endpoint, action))
@@ -105,24 +130,29 @@ class Lab:
         return process
 
     def wait_online(self, name: str, online: bool = True, timeout: float = 30.0) -> None:
-        """Return once exporter ``name`` is online (or offline), watched in etcd."""
+        """Return once exporter ``name`` is online and available (or offline), watched in etcd."""
 
-        async def wait(store: Store) -> None:
-            state = await store.snapshot()
-            if (
-                name in state.online
-                and state.exporters.get(name, None) is not None
-                and state.exporters[name].value.get("status") == 2
-            ) == online:
-                return
+        def reached(state) -> bool:
+            if not online:
+                return name not in state.online
+            exporter = state.exporters.get(name)
+            return name in state.online and exporter is not None and exporter.value.get("status") == 2
+
+        self.wait_for(reached, timeout)
+
+    def wait_for(self, reached, timeout: float = 30.0) -> float:
+        """Seconds until ``reached(state)`` holds for the lab's state in etcd (TimeoutError past ``timeout``)."""
+
+        async def wait(store: Store) -> float:
+            start = time.monotonic()
             async with asyncio.timeout(timeout):
-                async for _ in store.changes("lab/"):
-                    state = await store.snapshot()
-                    ready = name in state.online and state.exporters[name].value.get("status") == 2
-                    if ready == online or (not online and name not in state.online):
-                        return
+                while not reached(state := await store.snapshot()):
+                    changes = store.changes("lab/", start_revision=state.revision + 1)
+                    await anext(changes)
+                    await changes.aclose()
+            return time.monotonic() - start
 
-        self.store(wait)
+        return self.store(wait)
 
     def log(self, name: str) -> str:
         return (self.directory / f"exporter-{name}.log").read_text(errors="replace")
@@ -130,6 +160,10 @@ class Lab:
     def close(self) -> None:
         for name, process in self.exporters.items():
             stop_process(process, name=f"exporter {name}")
+        for process in self.processes:
+            stop_process(process, name="controller replica")
+            if process.stdout is not None:
+                process.stdout.close()
         self._stack.close()
 
 
@@ -139,14 +173,18 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def lab(etcd: PrivateEtcd, tmp_path: Path, tls_pair: tuple[Path, Path]) -> Iterator[Lab]:
-    """A lab with one controller replica (TLS); add exporters with ``lab.serve(name, labels)``."""
+def bare_lab(etcd: PrivateEtcd, tmp_path: Path, tls_pair: tuple[Path, Path]) -> Iterator[Lab]:
+    """A lab without replicas yet: add them with ``replica()`` or ``replica_process()``."""
     lab = Lab(etcd, tmp_path, tls_pair)
-    lab.replica()
     try:
         yield lab
     finally:
         lab.close()
 
 
-__all__ = ["ONLINE", "Lab"]
+@pytest.fixture
+def lab(bare_lab: Lab) -> Lab:
+    """A lab with one controller replica (TLS); add exporters with ``lab.serve(name, labels)``."""
+    bare_lab.replica()
+    return bare_lab
+
