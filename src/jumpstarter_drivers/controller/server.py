@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest message a peer may send (router frames included); bounds memory per call.
 MAX_MESSAGE = 4 << 20
+#: Seconds a connection may take to finish its TLS and HTTP/2 handshake.
+HANDSHAKE_TIMEOUT = 10
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -46,6 +48,8 @@ SERVER_OPTIONS = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.so_reuseport", 0),
+    # a peer that starts a TLS handshake and stalls is cut after this long
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT * 1000),
 )
 
 

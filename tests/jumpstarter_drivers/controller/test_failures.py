@@ -22,9 +22,21 @@ def test_a_killed_client_frees_its_board_within_the_keepalive_bound(lab) -> None
     lab.serve("board-1", {"board": "rpi4"})
     config = lab.client_file("ci")
     shell = subprocess.Popen(
-        [sys.executable, "-m", "jumpstarter_drivers.cli", "shell", "--selector", "board=rpi4",
-         "--client-config", str(config), "--", "sleep", "600"],
-        start_new_session=True, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "jumpstarter_drivers.cli",
+            "shell",
+            "--selector",
+            "board=rpi4",
+            "--client-config",
+            str(config),
+            "--",
+            "sleep",
+            "600",
+        ],
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
     )
     try:
         lab.wait_for(lambda state: "board-1" in state.assignments)
