@@ -27,6 +27,7 @@ import pytest
 
 from jumpstarter_drivers.core.errors import JumpstarterError
 
+from . import leasing
 from .lab import VIRTUAL_LAB
 from .reporting import CAPTURED, SKIP_CAPTURED, Board, failure_line, log_line
 
@@ -88,6 +89,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("jumpstarter_exporter", "exporter configuration, relative to the rootdir (see --jumpstarter-exporter)")
     parser.addini("jumpstarter_log_dir", "per-test log directory, relative to the rootdir (see --jumpstarter-log-dir)")
     parser.addini("jumpstarter_flasher", "node the flasher fixture uses (see --jumpstarter-flasher)")
+    leasing.add_options(group, parser)
 
 
 def _setting(config: pytest.Config, name: str, env: str) -> str | None:
@@ -125,6 +127,9 @@ def _hosts(config: pytest.Config) -> list[str]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which lab the lab fixtures of this run use (it starts only when a test needs it)."""
+    selector = leasing.setting(config, "jumpstarter_selector", leasing.JMP_SELECTOR)
+    if selector:
+        return f"jumpstarter: a board matching {selector}, leased from the lab controller"
     hosts = _hosts(config)
     if hosts:
         return f"jumpstarter: exporter{'s' if len(hosts) > 1 else ''} at {', '.join(hosts)}"
@@ -148,6 +153,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if not hasattr(config, "workerinput"):
         _check_boards_and_workers(config)
+    run_lease = leasing.RunLease(config)
+    config.stash[leasing.LEASE] = run_lease
+    config.add_cleanup(run_lease.close)  # runs after the lab closed (cleanups run last-added first)
     manager = LabManager(config)
     config.stash[MANAGER] = manager
     config.add_cleanup(manager.close)
@@ -280,6 +288,15 @@ class LabManager:
 MANAGER = pytest.StashKey[LabManager]()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A leased board is given back as soon as the tests are done (an xdist worker may be stopped right after)."""
+    run_lease = session.config.stash.get(leasing.LEASE, None)
+    if run_lease is not None and run_lease.lease is not None:
+        session.config.stash[MANAGER].close()
+        run_lease.close()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     """A lab that could not start is said once, as one ``ERROR:`` line."""
     manager = config.stash.get(MANAGER, None)
@@ -405,10 +422,15 @@ def session(
     JUnit XML's testsuite properties (from every board under xdist), and each test that uses the
     lab records the address of its board as a testcase property.
     """
-    settings = LabSettings(pick_host(pytestconfig, jumpstarter_hosts), jumpstarter_exporter, jumpstarter_drivers_allow)
+    run_lease = pytestconfig.stash[leasing.LEASE]
+    host = run_lease.address() or pick_host(pytestconfig, jumpstarter_hosts)
+    settings = LabSettings(host, jumpstarter_exporter, jumpstarter_drivers_allow)
     manager = pytestconfig.stash[MANAGER]
     lab = manager.get(settings)
     properties = manager.board(lab).suite_properties()
+    if run_lease.lease is not None:
+        lease = run_lease.lease
+        properties += [("jumpstarter_lease", lease.name), ("jumpstarter_leased_exporter", lease.exporter)]
     workeroutput = getattr(pytestconfig, "workeroutput", None)
     if workeroutput is not None:  # xdist writes the JUnit file in the controller: see pytest_testnodedown
         workeroutput.setdefault(SUITE_PROPERTIES, []).extend(properties)

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 KEEPALIVE = 10
 #: Seconds one GetLease may wait on the controller for a waiting lease to change (each call keeps the lease alive).
 LONG_POLL = KEEPALIVE / 3
+#: Seconds the first GetLease waits before the client says it waits in the queue.
+FIRST_POLL = 0.5
 CALL_TIMEOUT = 10.0
 #: Seconds a Dial is retried while the exporter is not ready yet.
 DIAL_RETRY = 30.0
@@ -124,8 +126,10 @@ class ControllerClient:
         """The lease once it holds an exporter; :class:`LeaseTimeout` after ``timeout`` s (``None``: no bound)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         said = ""
+        poll = FIRST_POLL  # a free board comes within this; past it, say what we wait for
         while True:
-            left = LONG_POLL if deadline is None else min(LONG_POLL, deadline - time.monotonic())
+            left = poll if deadline is None else min(poll, deadline - time.monotonic())
+            poll = LONG_POLL
             lease = await self.get_lease(name, wait=max(left, 0.0))
             kind, status, message = condition(lease)
             if kind == "Ready" and status == "True":
