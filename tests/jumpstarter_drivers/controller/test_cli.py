@@ -1,0 +1,119 @@
+"""The shared-lab commands against a real controller: shell's exit code, leases, availability, tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+#: The venv's scripts (``jumpstarter``) for commands run inside ``jumpstarter shell``.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def jumpstarter(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jumpstarter_drivers.cli", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_shell_leases_runs_and_exits_with_the_commands_status(lab) -> None:
+    lab.serve("board-1", {"board": "rpi4"})
+    config = str(lab.client_file("ci"))
+    result = jumpstarter(
+        "shell",
+        "--selector",
+        "board=rpi4",
+        "--client-config",
+        config,
+        "--",
+        "sh",
+        "-c",
+        'jumpstarter power on && test "$JMP_EXPORTER" = board-1 && exit 3',
+    )
+    assert result.returncode == 3, result.stderr
+    assert lab.store(lambda store: store.snapshot()).leases == {}
+
+
+def test_lease_commands_and_the_availability_view(lab, tmp_path: Path) -> None:
+    lab.serve("board-1", {"board": "rpi4", "arch": "arm64"})
+    lab.serve("board-2", {"board": "imx8"})
+    config = str(lab.client_file("ci"))
+    created = jumpstarter("lease", "create", "--selector", "board=rpi4", "--duration", "10m", "--client-config", config)
+    assert created.returncode == 0, created.stderr
+    name = created.stdout.strip()
+    waiting = jumpstarter("lease", "create", "--selector", "board=rpi4", "--duration", "1m", "--client-config", config)
+    listed = jumpstarter("lease", "list", "--client-config", config)
+    assert f"{name}  ci  active  board=rpi4  board-1" in listed.stdout, listed.stdout
+    assert "waiting  board=rpi4  waiting for an exporter matching board=rpi4; place 1 in the queue" in listed.stdout
+    view = json.loads(jumpstarter("exporters", "--json", "--client-config", config).stdout)
+    rows = {row["name"]: row for row in view["exporters"]}
+    assert rows["board-1"]["leased"]["client"] == "ci" and rows["board-1"]["online"]
+    assert rows["board-2"]["leased"] is None and rows["board-2"]["labels"] == {"board": "imx8"}
+    assert view["queue"] == {"board=rpi4": 1}
+    text = jumpstarter("exporters", "--client-config", config).stdout
+    assert "board-2  online  free  board=imx8" in text and "waiting: 1 for board=rpi4" in text
+    for lease in (name, waiting.stdout.strip()):
+        assert jumpstarter("lease", "release", lease, "--client-config", config).returncode == 0
+    assert lab.store(lambda store: store.snapshot()).leases == {}
+
+
+def test_unsatisfiable_selector_and_wait_timeout_are_one_line_errors(lab) -> None:
+    lab.serve("board-1", {"board": "rpi4"})
+    config = str(lab.client_file("ci"))
+    nothing = jumpstarter("lease", "create", "--selector", "board=x", "--duration", "1m", "--client-config", config)
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip().endswith("the labels that exist: board=rpi4")
+    assert len(nothing.stderr.strip().splitlines()) == 1
+    jumpstarter("lease", "create", "--selector", "board=rpi4", "--duration", "10m", "--client-config", config)
+    timed_out = jumpstarter(
+        "lease", "create", "--selector", "board=rpi4", "--duration", "1m", "--wait", "1", "--client-config", config
+    )
+    assert timed_out.returncode == 1
+    assert "no board for board=rpi4 within 1 s" in timed_out.stderr
+
+
+def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    controller = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jumpstarter_drivers.cli",
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        endpoint = controller.stdout.readline().strip()
+        assert controller.stdout.readline().strip() == f"state directory: {state}"
+        written = jumpstarter(
+            "controller", "token", "create", "client", "ci", "--state-dir", str(state), "-o", str(tmp_path / "ci.yaml")
+        )
+        assert written.returncode == 0, written.stderr
+        listed = jumpstarter("exporters", "--client-config", str(tmp_path / "ci.yaml"))
+        assert listed.returncode == 0, listed.stderr
+        revoked = jumpstarter("controller", "token", "revoke", "client", "ci", "--state-dir", str(state))
+        assert revoked.stdout.strip() == "revoked 1 token(s) of client ci"
+        refused = jumpstarter("exporters", "--client-config", str(tmp_path / "ci.yaml"))
+        assert refused.returncode == 1 and "unknown or revoked token" in refused.stderr
+        assert endpoint.startswith("127.0.0.1:")
+    finally:
+        from jumpstarter_drivers.core.processes import stop_process
+
+        stop_process(controller)
+        controller.stdout.close()
+    assert not (state / "etcd.notify").exists()
