@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 #: The venv's scripts (``jumpstarter``) for commands run inside ``jumpstarter shell``.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 

@@ -21,7 +21,7 @@ PORT = 8082  # the README's port
 def section_blocks() -> list[tuple[str, str]]:
     text = README.read_text()
     section = text.split("## A shared lab\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL)
 
 
 def first_line(process: subprocess.Popen, timeout: float = 60) -> str:
