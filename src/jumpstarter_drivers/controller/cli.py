@@ -101,6 +101,7 @@ def run_async(coro: Any, timeout: float | None = 60.0) -> Any:
 @click.option("--tls-key", metavar="FILE", help="PEM private key of --tls-cert.")
 @click.option("--insecure", is_flag=True, help="Serve plaintext (only on a network you trust, or in tests).")
 @click.option("--advertise", metavar="HOST:PORT", help="Address clients and exporters reach this replica at.")
+@click.option("--reconcile-every", type=float, hidden=True, help="Poll instead of watching (benchmark baseline).")
 @click.option(
     "--log-level",
     type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR"), case_sensitive=False),
@@ -117,6 +118,7 @@ def controller(
     tls_key: str | None,
     insecure: bool,
     advertise: str | None,
+    reconcile_every: float | None,
     log_level: str,
 ) -> None:
     """Run a lab controller replica until SIGINT or SIGTERM (or manage its tokens: `controller token`).
@@ -151,7 +153,8 @@ def controller(
             except JumpstarterError as exc:
                 raise _fail(exc) from None
         settings = ControllerSettings(
-            etcd=endpoints, listen=listen, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, advertise=advertise
+            etcd=endpoints, listen=listen, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, advertise=advertise,
+            reconcile_every=reconcile_every,
         )
         replica = ControllerServer(settings)
         run_async(replica.start())

@@ -80,15 +80,17 @@ def queue_place(state: LabState, lease: Record) -> tuple[int, int] | None:
 class Scheduler:
     """Runs :meth:`reconcile` whenever the lab changes (and at the next lease end time)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, poll: float | None = None) -> None:
+        """With ``poll``, no watch: a pass every ``poll`` seconds (the reconcile loop the benchmark compares with)."""
         self.store = store
+        self.poll = poll
         self.wake = asyncio.Event()
         #: Passes run so far (for tests and benchmarks).
         self.passes = 0
 
     async def run(self) -> None:
         """Until cancelled: watch the lab, reconcile on each change."""
-        watcher = asyncio.create_task(self._watch(), name="scheduler-watch")
+        watcher = asyncio.create_task(self._watch() if self.poll is None else asyncio.Event().wait())
         try:
             while True:
                 self.wake.clear()
@@ -97,6 +99,9 @@ class Scheduler:
                 except StoreUnavailable as exc:
                     logger.warning("scheduler: %s; retrying", exc)
                     await asyncio.sleep(RETRY)
+                    continue
+                if self.poll is not None:
+                    await asyncio.sleep(self.poll)
                     continue
                 timeout = IDLE if deadline is None else max(0.0, min(IDLE, deadline - time.time()))
                 with contextlib.suppress(TimeoutError):

@@ -64,6 +64,8 @@ class ControllerSettings:
     insecure: bool = False
     #: ``HOST:PORT`` clients and exporters reach this replica's router at (default: from ``listen``).
     advertise: str | None = None
+    #: Reconcile every this many seconds instead of on etcd events (only to measure a polling baseline).
+    reconcile_every: float | None = None
 
 
 class ControllerServer:
@@ -74,7 +76,7 @@ class ControllerServer:
             raise ConfigurationError("the controller needs a TLS certificate and key, or insecure=True for plaintext")
         self.settings = settings
         self.store = Store(settings.etcd)
-        self.scheduler = Scheduler(self.store)
+        self.scheduler = Scheduler(self.store, poll=settings.reconcile_every)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._scheduling: asyncio.Task | None = None
