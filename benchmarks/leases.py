@@ -160,7 +160,9 @@ def hand_over(first: Access, second: Access, selector: str, repeat: int) -> list
             ready_when(holder, held.name)
             waiting = loop.run(waiter.create_lease(selector, 60, keepalive=0))
             result: list[float] = []
-            thread = threading.Thread(target=lambda name=waiting.name: result.append(ready_when(waiter, name)))
+            thread = threading.Thread(
+                target=lambda name=waiting.name, into=result: into.append(ready_when(waiter, name))
+            )
             thread.start()
             time.sleep(0.3)  # let the waiter settle into its wait on the controller
             released = time.perf_counter()

@@ -14,6 +14,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 
 from jumpstarter_drivers.controller import tokens
 from jumpstarter_drivers.controller.server import HANDSHAKE_TIMEOUT
+from jumpstarter_drivers.controller.services import MAX_STREAMS_PER_PEER
 
 
 class Caller:
@@ -152,3 +153,21 @@ def test_garbage_on_the_port_disturbs_nothing(board) -> None:
     alice = Caller(board, board.token("client", "alice"))
     (exporter,) = alice.client.ListExporters(client_pb2.ListExportersRequest(), metadata=alice.metadata).exporters
     assert exporter.online
+
+
+def test_streams_per_peer_are_bounded(board) -> None:
+    exporter = Caller(board, board.token("exporter", "board-9"))
+    exporter.controller.Register(jumpstarter_pb2.RegisterRequest(), metadata=exporter.metadata, timeout=10)
+    streams = []
+    try:
+        for _ in range(MAX_STREAMS_PER_PEER):
+            stream = exporter.controller.Status(jumpstarter_pb2.StatusRequest(), metadata=exporter.metadata)
+            next(stream)
+            streams.append(stream)
+        with pytest.raises(grpc.RpcError) as caught:
+            next(exporter.controller.Status(jumpstarter_pb2.StatusRequest(), metadata=exporter.metadata, timeout=10))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"exporter board-9 has {MAX_STREAMS_PER_PEER} streams open already" in caught.value.details()
+    finally:
+        for stream in streams:
+            stream.cancel()
