@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -35,8 +36,14 @@ def labels_of(exporter: Record) -> dict[str, str]:
     return {**exporter.value.get("labels", {}), **exporter.value.get("admin_labels", {})}
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Selector:
+    return Selector.parse(text)
+
+
 def selector_of(lease: Record) -> Selector:
-    return Selector.parse(lease.value["selector"]) if lease.value.get("selector") else Selector()
+    """The lease's selector (parsed once per distinct text: passes match every waiting lease against every board)."""
+    return _parsed(lease.value["selector"]) if lease.value.get("selector") else Selector()
 
 
 def fits(lease: Record, name: str, exporter: Record) -> bool:

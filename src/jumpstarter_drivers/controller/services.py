@@ -207,10 +207,10 @@ class Lab:
             "created": time.time(),
             "tags": dict(tags or {}),
         }
-        state = await self.store.snapshot()
+        exporters = await self.store.exporters()
         probe = Record(lease_id, value, 0, 0)
-        if not any(fits(probe, name, exporter) for name, exporter in state.exporters.items()):
-            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, _unsatisfiable(selector_text, exporter_name, state))
+        if not any(fits(probe, name, exporter) for name, exporter in exporters.items()):
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, _unsatisfiable(selector_text, exporter_name, exporters))
         try:
             record = await self.store.add_lease(lease_id, value, holder_ttl=round(keepalive))
         except KeyError:
@@ -288,7 +288,7 @@ class Lab:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} is not ready: it waits for an exporter")
         state = await self.store.snapshot()
         if exporter not in state.online:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, f"exporter {exporter} of lease {name} is offline")
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"exporter {exporter} of lease {name} is offline")
         stream, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
         token = f"{stream}.{secret}"
         dial = {"endpoint": self.router_endpoint, "token": token, "client": identity.name}
@@ -408,10 +408,8 @@ class Lab:
             await changes.aclose()
 
 
-def _unsatisfiable(selector: str, exporter_name: str, state: Any) -> str:
-    inventory = Counter(
-        f"{key}={value}" for exporter in state.exporters.values() for key, value in labels_of(exporter).items()
-    )
+def _unsatisfiable(selector: str, exporter_name: str, exporters: dict[str, Record]) -> str:
+    inventory = Counter(f"{key}={value}" for exporter in exporters.values() for key, value in labels_of(exporter).items())
     wanted = f"exporter {exporter_name!r}" if exporter_name else f"selector {selector!r}"
     if exporter_name and selector:
         wanted = f"exporter {exporter_name!r} with selector {selector!r}"
@@ -646,8 +644,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
     @_refuse_on_errors
     async def ListLeases(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         identity = await self.lab.identify(context, CLIENT)
-        only_active = request.only_active or not request.filter
-        leases = await self.lab.leases(identity, only_active=only_active)
+        leases = await self.lab.leases(identity, only_active=request.only_active)
         if request.filter.strip():
             selector = Selector.parse(request.filter)
             leases = [lease for lease in leases if selector.matches(lease.value.get("tags", {}))]
@@ -674,7 +671,7 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
             keepalive=_seconds(context, KEEPALIVE_KEY, *KEEPALIVE_RANGE),
             tags=dict(lease.tags),
         )
-        return self.lease_message(record, await self.lab.place(record))
+        return self.lease_message(record)  # its queue place comes with GetLease, once the scheduler saw it
 
     async def UpdateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "UpdateLease is not served by this controller yet")

@@ -282,6 +282,10 @@ class Store:
 
     # exporters -------------------------------------------------------------------------------
 
+    async def exporters(self) -> dict[str, Record]:
+        """Every exporter's record, by name."""
+        return {record.name: record for record in (await self._range(EXPORTERS))[1]}
+
     async def exporter(self, name: str) -> Record | None:
         return await self._get(EXPORTERS, name)
 

@@ -62,6 +62,9 @@ def test_lease_commands_and_the_availability_view(lab, tmp_path: Path) -> None:
     for lease in (name, waiting.stdout.strip()):
         assert jumpstarter("lease", "release", lease, "--client-config", config).returncode == 0
     assert lab.store(lambda store: store.snapshot()).leases == {}
+    assert jumpstarter("lease", "list", "--client-config", config).stdout == ""
+    history = jumpstarter("lease", "list", "--all", "--client-config", config).stdout
+    assert f"{name}  ci  ended  board=rpi4" in history, history
 
 
 def test_unsatisfiable_selector_and_wait_timeout_are_one_line_errors(lab) -> None:

@@ -8,8 +8,11 @@ import subprocess
 import sys
 import threading
 
-from jumpstarter_drivers.controller.client import KEEPALIVE, leased
+import pytest
+
+from jumpstarter_drivers.controller.client import KEEPALIVE, ControllerClient, LeaseError, leased
 from jumpstarter_drivers.controller.store import PRESENCE_TTL
+from jumpstarter_drivers.core import loop
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import JumpstarterError
 from jumpstarter_drivers.core.processes import stop_process
@@ -51,7 +54,8 @@ def test_a_killed_client_frees_its_board_within_the_keepalive_bound(lab) -> None
 
 def test_a_killed_exporter_goes_offline_and_its_holder_gets_an_error(lab) -> None:
     exporter = lab.serve("board-1", {"board": "rpi4"})
-    with leased(lab.client("alice"), "board=rpi4", duration=600, wait=30) as lease, connect(lease.socket) as client:
+    alice = lab.client("alice")
+    with leased(alice, "board=rpi4", duration=600, wait=30) as lease, connect(lease.socket) as client:
         client.power.on()
         exporter.kill()
         lab.wait_online("board-1", online=False, timeout=PRESENCE_TTL + SLACK)
@@ -69,6 +73,14 @@ def test_a_killed_exporter_goes_offline_and_its_holder_gets_an_error(lab) -> Non
         caller.join(30)
         assert outcome, "the holder's call hung after its exporter died"
         assert isinstance(outcome[0], JumpstarterError)
+        client_of_alice = ControllerClient(lab.client("alice-again"))
+        with pytest.raises(LeaseError, match="belongs to another client"):
+            loop.run(client_of_alice.dial(lease.name))
+        loop.run(client_of_alice.close())
+        holder = ControllerClient(alice)
+        with pytest.raises(LeaseError, match=f"exporter board-1 of lease {lease.name} is offline"):
+            loop.run(holder.dial(lease.name))
+        loop.run(holder.close())
 
 
 def test_a_killed_replica_leaves_the_lease_and_new_dials_go_to_the_other(bare_lab) -> None:
