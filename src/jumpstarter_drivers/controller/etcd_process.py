@@ -8,12 +8,14 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Self
@@ -23,8 +25,9 @@ from ..core.processes import stop_process
 
 logger = logging.getLogger(__name__)
 
-#: Longest a fresh member may take to answer its health check.
+#: Longest a fresh member may take to say it is ready.
 START_TIMEOUT = 20.0
+
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,7 +71,10 @@ class PrivateEtcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         client_url, peer_url = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer_port}"
+        # setpriv (util-linux) makes etcd get SIGTERM when its starter dies, even by SIGKILL: no orphaned etcd
+        setpriv = shutil.which("setpriv")
         command = [
+            *([setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []),
             binary,
             "--name",
             "jumpstarter",
@@ -93,9 +99,10 @@ class PrivateEtcd:
         ]
         log = open(self.state_dir / "etcd.log", "ab")  # noqa: SIM115 - the child writes to it for its whole life
         # etcd says READY=1 on a systemd notify socket once it serves clients: wait for that datagram.
-        notify_path = self.state_dir / "etcd.notify"
-        notify_path.unlink(missing_ok=True)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        private = tempfile.mkdtemp(prefix="jmp-etcd-")  # a short path: unix socket paths are limited to 107 bytes
+        notify_path = Path(private) / "notify"
+        with contextlib.ExitStack() as cleanup, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            cleanup.callback(shutil.rmtree, private, ignore_errors=True)
             notify.bind(str(notify_path))
             try:
                 env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
@@ -107,8 +114,6 @@ class PrivateEtcd:
             except BaseException:
                 self.stop()
                 raise
-            finally:
-                notify_path.unlink(missing_ok=True)
         logger.info("private etcd on %s, data in %s", self.endpoint, self.data_dir)
         return self
 

@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from jumpstarter_drivers.core.processes import stop_process
 
 #: The venv's scripts (``jumpstarter``) for commands run inside ``jumpstarter shell``.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -114,8 +117,27 @@ def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
         assert refused.returncode == 1 and "unknown or revoked token" in refused.stderr
         assert endpoint.startswith("127.0.0.1:")
     finally:
-        from jumpstarter_drivers.core.processes import stop_process
-
         stop_process(controller)
         controller.stdout.close()
     assert not (state / "etcd.notify").exists()
+
+
+def test_a_killed_controller_takes_its_private_etcd_with_it(tmp_path: Path) -> None:
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "jumpstarter_drivers.cli", "controller", "--listen", "127.0.0.1:0", "--insecure",
+         "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert controller.stdout.readline().strip()
+        children = Path(f"/proc/{controller.pid}/task/{controller.pid}/children").read_text().split()
+        (etcd,) = [pid for pid in children if "etcd" in Path(f"/proc/{pid}/comm").read_text()]
+        controller.kill()
+        controller.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{etcd}").exists() and "Z" not in Path(f"/proc/{etcd}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "the private etcd outlived its controller by 10 s"
+            time.sleep(0.05)  # polling /proc: an unrelated process cannot be waited for
+    finally:
+        stop_process(controller)
+        controller.stdout.close()
