@@ -53,8 +53,8 @@ class Lab:
         self.process_endpoints: list[str] = []
         self._stack = contextlib.ExitStack()
 
-    def replica(self) -> ControllerServer:
-        settings = ControllerSettings(etcd=[self.etcd.endpoint], tls_cert=self.cert, tls_key=self.key)
+    def replica(self, etcd: list[str] | None = None) -> ControllerServer:
+        settings = ControllerSettings(etcd=etcd or [self.etcd.endpoint], tls_cert=self.cert, tls_key=self.key)
         replica = self._stack.enter_context(running(settings))
         self.replicas.append(replica)
         return replica
@@ -63,9 +63,20 @@ class Lab:
         """A replica as a `jumpstarter controller` child process (for kill -9); its endpoint."""
         state = self.directory / f"replica-{name}"
         command = [
-            sys.executable, "-m", "jumpstarter_drivers.cli", "controller", "--listen", "127.0.0.1:0",
-            "--etcd", self.etcd.endpoint, "--state-dir", str(state), "--tls-cert", str(self.cert),
-            "--tls-key", str(self.key),
+            sys.executable,
+            "-m",
+            "jumpstarter_drivers.cli",
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            self.etcd.endpoint,
+            "--state-dir",
+            str(state),
+            "--tls-cert",
+            str(self.cert),
+            "--tls-key",
+            str(self.key),
         ]
         log = open(self.directory / f"replica-{name}.log", "wb")  # noqa: SIM115 - closed below
         try:
@@ -188,3 +199,59 @@ def lab(bare_lab: Lab) -> Lab:
     bare_lab.replica()
     return bare_lab
 
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    """Three etcd members on loopback ports (``.endpoints`` on the list); killed after the test."""
+    import shutil
+
+    from jumpstarter_drivers.controller.etcd_process import free_port
+
+    names = ["m0", "m1", "m2"]
+    clients = {name: free_port() for name in names}
+    peers = {name: free_port() for name in names}
+    initial = ",".join(f"{name}=http://127.0.0.1:{peers[name]}" for name in names)
+    members = []
+    for name in names:
+        data = tmp_path / name
+        command = [
+            shutil.which("etcd"),
+            "--name",
+            name,
+            "--data-dir",
+            str(data),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{clients[name]}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{clients[name]}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peers[name]}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peers[name]}",
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "error",
+            "--logger",
+            "zap",
+        ]
+        members.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    endpoints = [f"127.0.0.1:{clients[name]}" for name in names]
+
+    async def healthy() -> None:
+        async with Store(endpoints) as store, asyncio.timeout(30):
+            while True:
+                try:
+                    await store.put_exporter("probe", {})
+                    return
+                except Exception:  # noqa: BLE001 - the cluster is still electing its leader
+                    await asyncio.sleep(0.1)
+
+    try:
+        loop.run(healthy(), timeout=40)
+        yield members, endpoints
+    finally:
+        for member in members:
+            stop_process(member)

@@ -124,9 +124,20 @@ def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
 
 def test_a_killed_controller_takes_its_private_etcd_with_it(tmp_path: Path) -> None:
     controller = subprocess.Popen(
-        [sys.executable, "-m", "jumpstarter_drivers.cli", "controller", "--listen", "127.0.0.1:0", "--insecure",
-         "--state-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jumpstarter_drivers.cli",
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert controller.stdout.readline().strip()
