@@ -13,6 +13,7 @@ Nothing heavy (gRPC, the session) is imported until then.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -221,6 +222,10 @@ class LabManager:
         if id(lab) not in self._boards:
             self._boards[id(lab)] = Board.of(lab)
         return self._boards[id(lab)]
+
+    def describe(self, lab: Lab, description: str) -> None:
+        """Name ``lab``'s board in reports and log files (a leased board: its exporter and lease)."""
+        self._boards[id(lab)] = dataclasses.replace(self.board(lab), description=description)
 
     def get(self, settings: LabSettings) -> Lab:
         lab = self.labs.get(settings)
@@ -431,6 +436,8 @@ def session(
     if run_lease.lease is not None:
         lease = run_lease.lease
         properties += [("jumpstarter_lease", lease.name), ("jumpstarter_leased_exporter", lease.exporter)]
+        where = f"exporter {lease.exporter} leased from the controller (lease {lease.name}) at {lab.address}"
+        manager.describe(lab, where)
     workeroutput = getattr(pytestconfig, "workeroutput", None)
     if workeroutput is not None:  # xdist writes the JUnit file in the controller: see pytest_testnodedown
         workeroutput.setdefault(SUITE_PROPERTIES, []).extend(properties)

@@ -77,9 +77,15 @@ def test_each_xdist_worker_leases_its_own_board(lab, tmp_path: Path) -> None:
         str(config),
         "--junitxml",
         str(suite / "junit.xml"),
+        "--jumpstarter-log-dir",
+        str(suite / "logs"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert [len(leases_in(lab.log(f"board-{index}"))) for index in range(3)] == [1, 1, 1]
+    junit = (suite / "junit.xml").read_text()
+    assert all(f'name="jumpstarter_leased_exporter" value="board-{index}"' in junit for index in range(3)), junit
+    headers = [path.read_text().splitlines()[1] for path in (suite / "logs").glob("*.log")]
+    assert len(headers) == 6 and all("leased from the controller (lease " in line for line in headers), headers
     assert lab.store(lambda store: store.snapshot()).assignments == {}
 
 
