@@ -37,7 +37,7 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
                 "each xdist worker leases its own"
             ),
         ),
-        ("controller", "HOST:PORT", JMP_CONTROLLER, "the lab controller (default: the client configuration's endpoint)"),
+        ("controller", "HOST:PORT", JMP_CONTROLLER, "the lab controller (default: the client configuration's)"),
         (
             "client-config", "FILE", JMP_CLIENT_CONFIG,
             "client configuration with the token (`jumpstarter controller token create client NAME -o FILE`)",

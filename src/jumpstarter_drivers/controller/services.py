@@ -409,7 +409,8 @@ class Lab:
 
 
 def _unsatisfiable(selector: str, exporter_name: str, exporters: dict[str, Record]) -> str:
-    inventory = Counter(f"{key}={value}" for exporter in exporters.values() for key, value in labels_of(exporter).items())
+    pairs = (f"{key}={value}" for exporter in exporters.values() for key, value in labels_of(exporter).items())
+    inventory = Counter(pairs)
     wanted = f"exporter {exporter_name!r}" if exporter_name else f"selector {selector!r}"
     if exporter_name and selector:
         wanted = f"exporter {exporter_name!r} with selector {selector!r}"
