@@ -568,6 +568,10 @@ class ByteStream:
         """Send bytes; ``TimeoutError`` if the driver takes none of them for ``timeout`` seconds."""
         if self._eof_sent:
             raise ValueError(f"{self.where}: cannot send after send_eof()")
+        if isinstance(data, bytes) and len(data) <= MAX_FRAME:
+            if data:
+                self._put(data, timeout)
+            return
         view = memoryview(data)
         for start in range(0, len(view), MAX_FRAME):
             self._put(bytes(view[start : start + MAX_FRAME]), timeout)

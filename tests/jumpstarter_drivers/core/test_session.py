@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 
+import anyio
 import pytest
 
 from jumpstarter_drivers import (
@@ -129,6 +130,23 @@ def test_byte_stream_round_trip(sample):
         writer.join(10)
         stream.send_eof()
         assert stream.receive(timeout=10) == b""
+
+
+def test_byte_stream_end_is_empty_bytes_or_end_of_stream_on_request(sample):
+    """Socket style by default (``b""``, iteration stops); Jumpstarter style (``anyio.EndOfStream``) opted in."""
+    for raise_on_eof in (False, True):
+        with sample.stream("echo_stream", raise_on_eof=raise_on_eof) as stream:
+            for word in (b"one ", b"two ", b"three"):
+                stream.send(word)
+            stream.send_eof()
+            assert b"".join(chunk for chunk in stream) == b"one two three"
+            if raise_on_eof:
+                with pytest.raises(anyio.EndOfStream):
+                    stream.receive(timeout=5)
+            else:
+                assert stream.receive(timeout=5) == b""
+            with pytest.raises(EOFError, match="ended after 0 of 1 bytes"):
+                stream.read_exactly(1, timeout=5)
 
 
 def test_byte_stream_receive_times_out(sample):
