@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from uuid import UUID
 
-from .codec import decode, encode_into, restore
+from .codec import decode, encode_into, from_json, restore
 from .compat import toolkit_name_for
 from .driver import GENERIC_CLIENT
 from .errors import (
@@ -50,6 +50,7 @@ NAME_LABEL = "jumpstarter.dev/name"
 TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
 ERROR_TYPE_KEY = "x-jmp-error-type"
 BATCH_KEY = "x-jmp-batch"
+JSON_KEY = "x-jmp-json"
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
@@ -143,6 +144,9 @@ class Connection:
         self.stream = self.channel.stream_stream(
             "/jumpstarter.v1.RouterService/Stream", request_serializer=encode_frame, response_deserializer=decode_frame
         )
+        #: Driver calls ask for JSON results (types kept) and, when streaming, for batches.
+        self.call_metadata = self.metadata + ((JSON_KEY, "1"),)
+        self.streaming_metadata = self.call_metadata + ((BATCH_KEY, "1"),)
 
     def answers(self, timeout: float) -> bool:
         """Whether the peer completes a new connection within ``timeout`` s.
@@ -233,16 +237,24 @@ class DriverClient:
         return f"{self.name or 'root'}.{method}() on {self.connection.address}"
 
     def call(self, method: str, *args: Any) -> Any:
-        """Call an exported unary method; the result is plain decoded JSON (see :meth:`call_as`)."""
+        """Call an exported unary method; the result is plain JSON data (see :meth:`call_as`).
+
+        From our own exporters the result keeps the JSON types the driver returned (``5`` stays
+        an ``int``); Jumpstarter's send every number as a float (``5.0``).
+        """
         import grpc
 
         request = self.connection.pb.DriverCallRequest(uuid=self._uuid, method=method)
         for arg in args:
             encode_into(request.args.add(), arg)
         try:
-            response = self.connection.exporter.DriverCall(request, metadata=self.connection.metadata)
+            response, call = self.connection.exporter.DriverCall.with_call(
+                request, metadata=self.connection.call_metadata
+            )
         except grpc.RpcError as exc:
             raise translate(exc, self._where(method)) from None
+        if (JSON_KEY, "1") in (call.trailing_metadata() or ()):
+            return from_json(response.result.string_value)
         return decode(response.result)
 
     def call_as(self, result_type: Any, method: str, *args: Any) -> Any:
@@ -256,15 +268,16 @@ class DriverClient:
         request = self.connection.pb.StreamingDriverCallRequest(uuid=self._uuid, method=method)
         for arg in args:
             encode_into(request.args.add(), arg)
-        responses = self.connection.exporter.StreamingDriverCall(
-            request, metadata=self.connection.metadata + ((BATCH_KEY, "1"),)
-        )
-        batched = None
+        responses = self.connection.exporter.StreamingDriverCall(request, metadata=self.connection.streaming_metadata)
+        batched = as_json = None
         try:
             for response in responses:
                 if batched is None:
-                    batched = dict(responses.initial_metadata()).get(BATCH_KEY) == "1"
-                if batched:
+                    agreed = dict(responses.initial_metadata())
+                    batched, as_json = agreed.get(BATCH_KEY) == "1", agreed.get(JSON_KEY) == "1"
+                if as_json:
+                    yield from from_json(response.result.string_value)
+                elif batched:
                     yield from (decode(value) for value in response.result.list_value.values)
                 else:
                     yield decode(response.result)

@@ -297,6 +297,20 @@ def test_unused_resource_streams_expire():
             assert client.call("add", 1, 2) == 3
 
 
+def test_generic_calls_keep_the_types_the_driver_returned(sample):
+    """Between our client and our session ints stay ints; a peer that does not ask gets Jumpstarter's Values."""
+    point = sample.call("point")
+    assert point == {"x": 3, "y": 4.5} and type(point["x"]) is int
+    assert type(sample.call("add", 2**60, 0)) is int
+    assert sample.call("echo", [True, None, "x", {"a": 1.5}]) == [True, None, "x", {"a": 1.5}]
+    assert [type(i) for i in sample.streamingcall("acount", 3)] == [int, int, int]
+    connection = sample.connection
+    request = connection.pb.DriverCallRequest(uuid=sample._uuid, method="add")
+    request.args.add().number_value = 2
+    request.args.add().number_value = 3
+    assert connection.exporter.DriverCall(request).result.number_value == 5.0
+
+
 def test_streaming_batches_only_for_peers_that_ask(sample):
     """Jumpstarter's client does not ask: one item per message. Ours asks: items that wait share one."""
     from jumpstarter_drivers.core.session import BATCH_KEY
