@@ -105,6 +105,9 @@ def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str 
         ("grpc.http2.min_time_between_pings_ms", int(keepalive * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 1000)),
         ("grpc.http2.ping_timeout_ms", int(keepalive * 1000)),
+        # a streaming call waits for its messages in the caller's thread instead of handing each
+        # one over from gRPC's channel thread: a short streaming call costs about a unary one
+        ("SingleThreadedUnaryStream", 1),
     ]
     if not address.tcp:
         credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
