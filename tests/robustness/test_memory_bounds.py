@@ -130,10 +130,10 @@ def test_a_client_that_does_not_read_holds_little() -> None:
     with flooding_peer() as connection:
         request = {"kind": "resource", "uuid": "x"}
         with ByteStream.open(connection, request, "flood") as stream:
-            assert len(stream.receive(timeout=10)) == FRAME  # flowing
+            assert stream.receive(timeout=10)  # flowing
             before = rss()
             grown = peak_rss(3.0) - before  # nothing is read meanwhile
-            assert len(stream.receive(timeout=10)) == FRAME  # still flowing once read again
+            assert stream.receive(timeout=10)  # still flowing once read again
     assert grown < BOUND, f"a client not reading grew by {grown >> 20} MiB"
 
 

@@ -37,7 +37,16 @@ from .errors import (
     Unauthenticated,
 )
 from .status import ExporterStatus
-from .streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME, Frame, decode_frame, encode_frame
+from .streams import (
+    FRAME_DATA,
+    FRAME_GOAWAY,
+    FRAME_RST_STREAM,
+    MAX_FRAME,
+    Frame,
+    decode_frame,
+    encode_frame,
+    pieces,
+)
 
 logger = logging.getLogger(__name__)
 driver_log = logging.getLogger("exporter:driver")
@@ -493,9 +502,9 @@ class ByteStream:
                 yield stream
             finally:
                 stream.close()
+                stream._inbox.close()  # nobody reads any more: what still arrives is dropped
                 reader.join(0.2)  # a driver that ends its side promptly closes cleanly
                 stream._call.cancel()
-                stream._inbox.close()
                 reader.join(5)
         finally:
             stream._call.cancel()
@@ -533,9 +542,8 @@ class ByteStream:
         try:
             for frame in self._call:
                 if frame.frame_type == FRAME_DATA and frame.payload:
-                    inbox.put(frame.payload, len(frame.payload), None)
-                    if inbox.closed:
-                        break
+                    for piece in pieces(frame.payload):
+                        inbox.put(piece, len(piece), None)  # dropped once the stream is closed
                 elif frame.frame_type in (FRAME_GOAWAY, FRAME_RST_STREAM):
                     break
         except grpc.RpcError as exc:

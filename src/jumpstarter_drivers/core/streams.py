@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +31,22 @@ _END = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)
 
 
 class Frame(NamedTuple):
-    """One ``StreamRequest``/``StreamResponse`` message: a payload or a control frame."""
+    """One ``StreamRequest``/``StreamResponse`` message: a payload or a control frame.
 
-    payload: bytes = b""
+    A received payload larger than :data:`MAX_FRAME` is a ``memoryview``; see :func:`pieces`.
+    """
+
+    payload: bytes | memoryview = b""
     frame_type: int = FRAME_DATA
+
+
+def pieces(payload: bytes | memoryview) -> Iterator[bytes]:
+    """A received payload as ``bytes`` of at most :data:`MAX_FRAME` each (one piece when it is small)."""
+    if isinstance(payload, bytes):
+        yield payload
+        return
+    for start in range(0, len(payload), MAX_FRAME):
+        yield bytes(payload[start : start + MAX_FRAME])
 
 
 def _varint(value: int) -> bytes:
@@ -96,7 +110,9 @@ def decode_frame(data: bytes) -> Frame:
             if pos + size > end:
                 raise ValueError("truncated frame")
             if field == 1:
-                payload = bytes(view[pos : pos + size])
+                # A large payload stays a view of the message: copying it here would stop the event
+                # loop for the whole frame; :func:`pieces` copies it a frame's worth at a time.
+                payload = view[pos : pos + size] if size > MAX_FRAME else bytes(view[pos : pos + size])
             pos += size
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
@@ -256,7 +272,10 @@ async def pump(stream: anyio.abc.ByteStream, context: Any) -> None:
                     return
                 if frame.frame_type == FRAME_DATA and frame.payload:
                     try:
-                        await stream.send(frame.payload)
+                        for piece in pieces(frame.payload):
+                            await stream.send(piece)
+                            if piece is not frame.payload:
+                                await anyio.lowlevel.checkpoint()  # a large frame: let others run between pieces
                     except _END:
                         return
 
