@@ -60,6 +60,7 @@ TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
 ERROR_TYPE_KEY = "x-jmp-error-type"
 BATCH_KEY = "x-jmp-batch"
 JSON_KEY = "x-jmp-json"
+JSON_BATCH_UUID = "x-jmp-json-batch"
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
@@ -278,15 +279,15 @@ class DriverClient:
         for arg in args:
             encode_into(request.args.add(), arg)
         responses = self.connection.exporter.StreamingDriverCall(request, metadata=self.connection.streaming_metadata)
-        batched = as_json = None
+        batched = None
         try:
             for response in responses:
-                if batched is None:
-                    agreed = dict(responses.initial_metadata())
-                    batched, as_json = agreed.get(BATCH_KEY) == "1", agreed.get(JSON_KEY) == "1"
-                if as_json:
+                if response.uuid == JSON_BATCH_UUID:  # our session: a batch as JSON (see session.JSON_BATCH_UUID)
                     yield from from_json(response.result.string_value)
-                elif batched:
+                    continue
+                if batched is None:
+                    batched = dict(responses.initial_metadata()).get(BATCH_KEY) == "1"
+                if batched:
                     yield from (decode(value) for value in response.result.list_value.values)
                 else:
                     yield decode(response.result)

@@ -48,8 +48,12 @@ ERROR_TYPE_KEY = "x-jmp-error-type"
 #: (a list); the session confirms it in its initial metadata. Other peers get one message per item.
 BATCH_KEY = "x-jmp-batch"
 #: Our own extension: a client that sends this metadata takes results as JSON text (ints stay ints);
-#: the session confirms it in the call's metadata. Other peers get ``google.protobuf.Value`` results.
+#: the session confirms it (a unary call's trailing metadata; streaming: :data:`JSON_BATCH_UUID`).
+#: Other peers get ``google.protobuf.Value`` results.
 JSON_KEY = "x-jmp-json"
+#: A client that asks for both batches and JSON gets each batch as one JSON list, in a message whose
+#: ``uuid`` is this marker (no driver has it), so no separate initial metadata has to confirm it.
+JSON_BATCH_UUID = "x-jmp-json-batch"
 MAX_BATCH = 4096
 MAX_MESSAGE = 64 << 20
 
@@ -498,11 +502,15 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             items = getattr(driver, method.name)(*args)
             try:
                 source = _iterate(driver, method, items)
-                if _asks(context, BATCH_KEY):
-                    as_json = _asks(context, JSON_KEY)
-                    await context.send_initial_metadata(((BATCH_KEY, "1"),) + (((JSON_KEY, "1"),) if as_json else ()))
+                if _asks(context, BATCH_KEY) and _asks(context, JSON_KEY):
                     async for batch in _batches(source):
-                        yield _streaming_response(request.uuid, batch, as_json)
+                        response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=JSON_BATCH_UUID)
+                        response.result.string_value = to_json(batch)
+                        yield response
+                elif _asks(context, BATCH_KEY):
+                    await context.send_initial_metadata(((BATCH_KEY, "1"),))
+                    async for batch in _batches(source):
+                        yield _streaming_response(request.uuid, batch)
                 else:
                     async for item in source:
                         yield _streaming_response(request.uuid, item)
@@ -609,12 +617,9 @@ async def _expire_unclaimed(resource: _Resource, timeout: float) -> None:
     )
 
 
-def _streaming_response(uuid: str, item: Any, as_json: bool = False) -> Any:
+def _streaming_response(uuid: str, item: Any) -> Any:
     response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=uuid)
-    if as_json:
-        response.result.string_value = to_json(item)
-    else:
-        encode_into(response.result, item)
+    encode_into(response.result, item)
     return response
 
 
