@@ -565,15 +565,20 @@ def measure_logs(n: int, subscribers: int, spaced: bool = False) -> None:
         else:
             calls = [client.connection.exporter.LogStream(client.connection.empty()) for _ in range(subscribers)]
 
+            subscribed = [threading.Event() for _ in range(subscribers)]
+
             def pump(index: int) -> None:
+                # one thread per call does all of its waiting (a streaming call is single-threaded)
                 with contextlib.suppress(Exception):
+                    calls[index].initial_metadata()
+                    subscribed[index].set()
                     for response in calls[index]:
                         record(index, response.message)
 
             threads = [threading.Thread(target=pump, args=(i,), daemon=True) for i in range(subscribers)]
-            for call, thread in zip(calls, threads):
+            for thread, ready in zip(threads, subscribed):
                 thread.start()
-                call.initial_metadata()
+                ready.wait(10)
             started = time.monotonic()
             client.call("burst", n)
             for event in done:

@@ -106,7 +106,9 @@ def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str 
         ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 1000)),
         ("grpc.http2.ping_timeout_ms", int(keepalive * 1000)),
         # a streaming call waits for its messages in the caller's thread instead of handing each
-        # one over from gRPC's channel thread: a short streaming call costs about a unary one
+        # one over from gRPC's channel thread: a short streaming call costs about a unary one.
+        # So one thread does all the waiting on such a call (initial_metadata(), iterating);
+        # cancel() may come from any thread.
         ("SingleThreadedUnaryStream", 1),
     ]
     if not address.tcp:
