@@ -211,6 +211,12 @@ def _state_options(func: Any) -> Any:
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="An exporter's label (repeatable).")
 @click.option("--endpoint", help="Controller endpoint(s) written in the file (default: the running controller's).")
 @click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(dir_okay=False),
+    help="CA certificate (PEM) written in the file (default: the running controller's).",
+)
+@click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Write a configuration file (else print the token)."
 )
 @click.option(
@@ -242,6 +248,7 @@ def token_create(
     namespace: str,
     labels: tuple[str, ...],
     endpoint: str | None,
+    ca_file: str | None,
     output: str | None,
     file_format: str | None,
     allow: tuple[str, ...],
@@ -267,6 +274,8 @@ def token_create(
             )
         click.echo(run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs))))
         return
+    if ca_file:
+        info = {**info, "ca": ca_file, "insecure": False}
     content = _config_content(info, kind, name, namespace, endpoint, file_format, allow, unsafe, export_file)
     issued = run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs)))
     content["token"] = issued
@@ -298,7 +307,10 @@ def _config_content(
     if not target:
         raise _fail("give --endpoint: the controller endpoint clients and exporters use")
     ca_path = info.get("ca")
-    ca = Path(ca_path).read_bytes() if ca_path and not info.get("insecure") else None
+    try:
+        ca = Path(ca_path).read_bytes() if ca_path and not info.get("insecure") else None
+    except OSError as exc:
+        raise _fail(f"cannot read the CA certificate {ca_path}: {exc.strerror}") from None
     try:
         export = load_export(export_file) if export_file else None
         if file_format == "jumpstarter":
