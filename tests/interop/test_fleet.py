@@ -183,7 +183,7 @@ def test_jmp_shell_leases_our_exporter_runs_power_and_a_serial_pipe_and_ends_the
     assert active_leases(fleet.lab) == {}, "the lease outlived `jmp shell`"
 
 
-def test_jmp_create_lease_then_shell_on_that_lease(fleet: Fleet) -> None:
+def test_jmp_create_lease_update_it_then_shell_on_that_lease(fleet: Fleet) -> None:
     fleet.jmp_run("jx-2", {"board": "jx"}, JUMPSTARTER_POWER)
     client = fleet.client("planner")
     created = fleet.jmp(
@@ -192,6 +192,13 @@ def test_jmp_create_lease_then_shell_on_that_lease(fleet: Fleet) -> None:
     assert created.returncode == 0, created.stderr
     name = created.stdout.strip().splitlines()[-1]
     assert active_leases(fleet.lab)[name]["exporter"] == "jx-2"
+    updated = fleet.jmp("update", "lease", "--client-config", str(client), name, "--duration", "20m")
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    lease = active_leases(fleet.lab)[name]
+    assert (lease["duration"], lease["end"] - lease["begin"]) == (1200, 1200)
+    transfer = fleet.jmp("update", "lease", "--client-config", str(client), name, "--to-client", "someone-else")
+    assert transfer.returncode != 0
+    assert "changes only a lease's duration" in transfer.stdout + transfer.stderr
     done = fleet.jmp("shell", "--client-config", str(client), "--lease", name, "--", "j", "power", "on")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "power on" in fleet.log("jx-2")
