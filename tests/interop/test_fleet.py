@@ -199,6 +199,12 @@ def test_jmp_create_lease_update_it_then_shell_on_that_lease(fleet: Fleet) -> No
     transfer = fleet.jmp("update", "lease", "--client-config", str(client), name, "--to-client", "someone-else")
     assert transfer.returncode != 0
     assert "changes only a lease's duration" in transfer.stdout + transfer.stderr
+    later = fleet.jmp(
+        "create", "lease", "--client-config", str(client), "--selector", "board=jx", "--duration", "5m",
+        "--begin-time", "2099-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert later.returncode != 0
+    assert "does not schedule leases for later" in later.stdout + later.stderr
     done = fleet.jmp("shell", "--client-config", str(client), "--lease", name, "--", "j", "power", "on")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "power on" in fleet.log("jx-2")

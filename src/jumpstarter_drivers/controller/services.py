@@ -682,6 +682,11 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         if request.parent and request.parent != f"namespaces/{identity.namespace}":
             raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"parent {request.parent!r} is not your namespace")
         lease = request.lease
+        if lease.HasField("begin_time"):
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "begin_time: this controller does not schedule leases for later; a lease waits in the queue from now",
+            )
         exporter_name = short_name(lease.exporter_name, "exporters", identity.namespace) if lease.exporter_name else ""
         record = await self.lab.create_lease(
             identity,
