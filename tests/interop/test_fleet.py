@@ -297,3 +297,28 @@ def test_a_jumpstarter_only_driver_package_is_reachable_from_jmp_through_our_con
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"greetings-from-{os.uname().nodename}-shell" in done.stdout
     assert active_leases(fleet.lab) == {}
+
+
+def test_one_exporter_file_serves_jmp_run_and_our_serve_alike(fleet: Fleet) -> None:
+    """The file `token create exporter --format jumpstarter` writes runs under our `jumpstarter serve`
+    too (Jumpstarter's driver paths included); `jmp shell` then drives our exporter from it."""
+    tree = fleet.directory / "tree.yaml"
+    tree.write_text(yaml.safe_dump(JUMPSTARTER_POWER))
+    path = fleet.config("exporter", "both-1", "--export", str(tree), "--label=board=both")
+    with open(fleet.directory / "serve-both-1.log", "wb") as log:
+        ours = subprocess.Popen(
+            [sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(path), "--controller", fleet.lab.endpoints],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=fleet.env,
+        )
+    try:
+        fleet.lab.wait_online("both-1")
+        client = fleet.client("both-user")
+        done = fleet.jmp("shell", "--client-config", str(client), "--selector", "board=both", "--", "j", "power", "on")
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        stop_process(ours, name="jumpstarter serve")
+    log_text = (fleet.directory / "serve-both-1.log").read_text(errors="replace")
+    assert "registered with the controller" in log_text and "power on" in log_text
+    assert active_leases(fleet.lab) == {}
