@@ -128,7 +128,7 @@ class Session:
     uuid: UUID = field(default_factory=uuid4)
     #: Seconds a client's resource stream may wait for a driver call to use it.
     resource_timeout: float = 30.0
-    #: Awaited after a client's ``EndSession``: an exporter serving a controller's lease ends the lease there.
+    #: Awaited after a client's ``EndSession``: an exporter serving a controller's lease becomes AVAILABLE there.
     on_end_session: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
