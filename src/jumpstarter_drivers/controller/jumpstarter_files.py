@@ -61,9 +61,10 @@ def load_export(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigurationError(f"cannot read the export tree {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(content, Mapping) and isinstance(content.get("export"), Mapping):
+    if isinstance(content, Mapping) and "export" in content:
         content = content["export"]
-    if not isinstance(content, Mapping) or not content:
+    nodes = content.values() if isinstance(content, Mapping) else ()
+    if not nodes or not all(isinstance(node, Mapping) for node in nodes):
         raise ConfigurationError(
             f"{path}: expected a driver tree (name: {{type: ..., config: ...}}) or an exporter file with export:"
         )
