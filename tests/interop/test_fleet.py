@@ -60,15 +60,24 @@ class Fleet:
         return self.run([JMP, *args])
 
     def run(self, command: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        """Run ``command`` in a process group of its own; past :data:`COMMAND_TIMEOUT` the whole group
+        (a `jmp shell` and the commands it started) is killed and TimeoutExpired raised."""
+        process = subprocess.Popen(
             command,
-            check=False,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=self.env,
-            timeout=COMMAND_TIMEOUT,
-            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        try:
+            stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
     def config(self, kind: str, name: str, *options: str) -> Path:
         """A configuration file from `jumpstarter controller token create KIND NAME --format jumpstarter`."""
@@ -247,7 +256,11 @@ def test_jmp_and_our_client_waiting_for_one_board_are_served_in_request_order(fl
     def jmp_shell(name: str) -> subprocess.Popen:
         command = [JMP, "shell", "--client-config", str(jmp_files[name]), "--selector", "board=jx-fifo", "--"]
         return subprocess.Popen(
-            [*command, "j", "power", "on"], env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [*command, "j", "power", "on"],
+            env=fleet.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def our_client() -> None:
@@ -276,7 +289,9 @@ def test_jmp_and_our_client_waiting_for_one_board_are_served_in_request_order(fl
     finally:
         for item in waiting:
             if isinstance(item, subprocess.Popen):
-                stop_process(item, name="jmp shell")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(item.pid, signal.SIGKILL)  # a no-op unless the test failed before it ended
+                item.wait(COMMAND_TIMEOUT)
                 item.stdout.close()
     assert not errors, errors
     ended = fleet.lab.store(lambda store: store.ended_leases())
