@@ -337,3 +337,23 @@ def test_one_exporter_file_serves_jmp_run_and_our_serve_alike(fleet: Fleet) -> N
     log_text = (fleet.directory / "serve-both-1.log").read_text(errors="replace")
     assert "registered with the controller" in log_text and "power on" in log_text
     assert active_leases(fleet.lab) == {}
+
+
+def test_jmp_auth_rotate_replaces_the_clients_token_and_the_old_one_is_refused(fleet: Fleet) -> None:
+    """Without -o the file goes where `jmp --client NAME` looks; `jmp auth rotate` rewrites it there."""
+    made = fleet.ours(
+        "controller", "token", "create", "client", "rotating", "--etcd", fleet.lab.etcd.endpoint,
+        "--endpoint", fleet.lab.endpoints, "--ca", str(fleet.lab.cert), "--format", "jumpstarter",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    client = Path(made.stdout.strip())
+    assert client == Path(fleet.env["JMP_CLIENT_CONFIG_HOME"]) / "clients" / "rotating.yaml"
+    old_copy = fleet.directory / "old-copy.yaml"
+    old_copy.write_text(client.read_text())
+    rotated = fleet.jmp("auth", "rotate", "--client", "rotating")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert yaml.safe_load(client.read_text())["token"] != yaml.safe_load(old_copy.read_text())["token"]
+    assert fleet.ours("exporters", "--client-config", str(client)).returncode == 0
+    refused = fleet.ours("exporters", "--client-config", str(old_copy))
+    assert refused.returncode != 0
+    assert "unknown or revoked token" in refused.stderr
