@@ -34,7 +34,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..storage.served import DirectoryServer, PeerQuota
+from ..storage.served import DirectoryServer, PeerQuota, is_servable
 
 #: Bytes a request line and its headers may take.
 MAX_HEADER_BYTES = 64 << 10
@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._refuse(HTTPStatus.FORBIDDEN, f"{raw} is outside the served directory")
             return
-        if not path.is_file():
+        if not is_servable(path):
             self._refuse(HTTPStatus.NOT_FOUND, f"{raw} not found")
             return
         try:

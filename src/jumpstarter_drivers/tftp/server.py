@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..storage.served import DirectoryServer, PeerQuota
+from ..storage.served import DirectoryServer, PeerQuota, is_servable
 
 #: Largest block RFC 2348 allows.
 MAX_BLKSIZE = 65464
@@ -321,7 +321,7 @@ class _Transfer:
             path = self.server.resolve(name.lstrip("/"))
         except ValueError:
             raise TftpRefusal(ErrorCode.ACCESS_VIOLATION, f"{name}: outside the TFTP root") from None
-        if not path.is_file():
+        if not is_servable(path):
             self.log.info("TFTP: %s asked for %r, which does not exist", self.peer, name)
             raise TftpRefusal(ErrorCode.FILE_NOT_FOUND, f"{name}: file not found")
         if not os.access(path, os.R_OK):

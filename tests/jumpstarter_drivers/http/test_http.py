@@ -103,6 +103,15 @@ def test_missing_files_and_directories_are_404(server: HttpServer, payload: byte
         assert response.headers["Content-Length"] == str(len(response.content))
 
 
+def test_a_name_too_long_is_404_not_a_traceback(
+    server: HttpServer, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel refuses a name over 255 bytes (ENAMETOOLONG): no such file, and nothing worth an ERROR log."""
+    for path in ("/" + "x" * 300, "/images/" + "x" * 300 + "/file"):
+        assert _raw_get(server.get_port(), path) == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "an error was logged"
+
+
 def _raw_get(port: int, path: str) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:

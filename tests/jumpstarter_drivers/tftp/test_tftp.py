@@ -131,6 +131,15 @@ def test_paths_outside_the_root_are_refused(tftp: Tftp, root: Path, tmp_path: Pa
     assert "Error code 1: images/missing: file not found" in result.stdout + result.stderr
 
 
+def test_a_name_too_long_is_file_not_found(tftp: Tftp, payload: bytes) -> None:
+    """The kernel refuses a name over 255 bytes (ENAMETOOLONG): the peer is told, not left waiting."""
+    name = "images/" + "x" * 300
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.sendto(_request(name), ("127.0.0.1", tftp.get_port()))
+        assert sock.recv(70000) == error_packet(ErrorCode.FILE_NOT_FOUND, f"{name}: file not found")
+
+
 def test_client_put_file_returns_the_name_a_board_asks_for(root: Path, tmp_path: Path) -> None:
     source = tmp_path / "zImage"
     source.write_bytes(os.urandom(70_000))
