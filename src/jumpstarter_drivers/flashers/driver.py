@@ -16,6 +16,7 @@ import functools
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 import time
 import zlib
@@ -489,9 +490,14 @@ class BaseFlasher(Driver):
         return sorted(p.name for p in root.glob(".flash-chunk-*")) if root.is_dir() else []
 
     def _remove_chunks(self) -> None:
+        """Remove what bears a chunk's name in the TFTP root: a file, a link, or a directory a client wrote there."""
         root = self._storage_root("tftp")
         for name in self._chunk_names():
-            (root / name).unlink(missing_ok=True)
+            path = root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def _prepare_chunks(self, source: Path) -> list[tuple[str, int, int]]:
         """Split the image into TFTP files of ``chunk_size`` (the last padded to whole blocks).

@@ -453,3 +453,17 @@ def test_leftovers_of_a_killed_flash_are_removed_at_start(tmp_path: Path, refere
         assert list(http.iterdir()) == []
     finally:
         root.close()
+
+
+def test_a_directory_named_like_a_chunk_does_not_stop_the_flasher(tmp_path: Path, reference_bundle: Path) -> None:
+    """A client may write any name into the TFTP storage, '.flash-chunk-00000/x' too; the flasher still starts."""
+    tftp = tmp_path / "tftp"
+    root = make_lab(tmp_path, reference_bundle, tftp_dir=str(tftp))
+    try:
+        with serve(root) as client:
+            client.flasher.tftp.storage.write_bytes(".flash-chunk-00000/x", b"in the way")
+    finally:
+        root.close()
+    root = make_lab(tmp_path, reference_bundle, tftp_dir=str(tftp))
+    root.close()
+    assert not (tftp / ".flash-chunk-00000").exists()
