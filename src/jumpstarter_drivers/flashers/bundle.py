@@ -281,9 +281,18 @@ def is_oci_reference(ref: str) -> bool:
     >>> is_oci_reference("127.0.0.1:5000/b@sha256:" + "0" * 64)
     True
     """
+    return looks_like_oci_reference(ref) and (ref.startswith("oci://") or not os.path.exists(ref))
+
+
+def looks_like_oci_reference(ref: str) -> bool:
+    """Whether ``ref`` is written as an OCI reference (``host/repository...``), whatever exists on disk.
+
+    >>> looks_like_oci_reference("boards.lab/b.tar.gz"), looks_like_oci_reference("mine/b.tar.gz")
+    (True, False)
+    """
     if ref.startswith("oci://"):
         return True
-    if ref.startswith((".", "/", "~")) or os.path.exists(ref):
+    if ref.startswith((".", "/", "~")):
         return False
     match = _OCI.match(ref)
     return bool(match) and ("." in match["host"] or ":" in match["host"] or match["host"] == "localhost")

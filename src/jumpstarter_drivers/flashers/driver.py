@@ -37,7 +37,7 @@ from ..tftp.driver import Tftp
 from ..uboot.common import ConsoleError, StepFailed
 from ..uboot.console import ShellConsole, UBootConsole, call_maybe_async
 from ..uboot.driver import UBoot
-from .bundle import MAX_BUNDLE_SIZE, Bundle, fetch_bundle, is_oci_reference, pull_oci
+from .bundle import MAX_BUNDLE_SIZE, Bundle, fetch_bundle, looks_like_oci_reference, pull_oci
 from .common import BLOCK_SIZE, FlashResult, sha256_file
 
 T = TypeVar("T")
@@ -206,21 +206,24 @@ class BaseFlasher(Driver):
             f"({', '.join(self.bundle_sources) or 'none configured'})"
         )
         with host_errors(source):  # a failing cache write names the client's words, not the host's paths
-            if is_oci_reference(source):
-                reference = source.removeprefix("oci://")
-                if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
-                    raise refused
-                root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
-            elif not os.path.isabs(source):
-                path = resolve_inside(self._storage_root("http"), source, self.logger)
-                root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
-            else:
+            http_root = self._storage_root("http")
+            uploaded, _ = inside(http_root, source)  # None for an absolute name
+            if os.path.isabs(source):
                 real = os.path.realpath(source)
                 if ".." in Path(source).parts or not any(
                     fnmatch.fnmatchcase(real, p) for p in self.bundle_sources if p.startswith("/")
                 ):
                     raise refused
                 root = fetch_bundle(real, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+            elif (uploaded is None or not uploaded.exists()) and looks_like_oci_reference(source):
+                # not an upload (its first folder may read like a registry host: 'v1.2/b.tar.gz' is an upload)
+                reference = source.removeprefix("oci://")
+                if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
+                    raise refused
+                root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
+            else:
+                path = resolve_inside(http_root, source, self.logger)
+                root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
             return Bundle.load(root, self.manifest, label=source, max_size=self.max_bundle_size)
 
     def _check_variant(self, name: str, bundle: Bundle | None = None) -> None:
