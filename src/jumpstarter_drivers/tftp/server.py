@@ -187,14 +187,15 @@ class TftpServer(DirectoryServer):
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind(address)
-        except OSError:
+            self._socket = sock
+            self._bound_port = sock.getsockname()[1]
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._listener = threading.Thread(target=self._listen, name=f"tftp-{self._bound_port}", daemon=True)
+            self._listener.start()
+        except BaseException:  # no fds left for the wake-up pair, no thread: nothing stays open
             sock.close()
+            self._release()
             raise
-        self._socket = sock
-        self._bound_port = sock.getsockname()[1]
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._listener = threading.Thread(target=self._listen, name=f"tftp-{self._bound_port}", daemon=True)
-        self._listener.start()
         self.log.info("TFTP server on %s:%d serving %s", self.host, self._bound_port, self.root)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -210,16 +211,20 @@ class TftpServer(DirectoryServer):
         for thread in threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in threads if t.is_alive()]
+        self._release()
+        if stuck:
+            self.log.warning("TFTP threads still running after %g s: %s", timeout, ", ".join(stuck))
+        else:
+            self.log.info("TFTP server stopped")
+
+    def _release(self) -> None:
+        """Close the sockets and forget the listener (once it has returned, or when it never started)."""
         for sock in (self._socket, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
         self._socket = self._wake_r = self._wake_w = None
         self._listener = None
         self._bound_port = 0
-        if stuck:
-            self.log.warning("TFTP threads still running after %g s: %s", timeout, ", ".join(stuck))
-        else:
-            self.log.info("TFTP server stopped")
 
     @property
     def refused(self) -> int:

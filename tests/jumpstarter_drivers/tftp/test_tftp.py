@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -283,6 +284,34 @@ def test_bad_retransmission_config_fails_at_construction(root: Path, config: dic
     """A timeout <= 0 would make a transfer wait for an ACK for ever (poll with a negative timeout)."""
     with pytest.raises(ConfigurationError, match=problem):
         Tftp(root_dir=str(root), **config)
+
+
+@contextlib.contextmanager
+def _one_free_fd() -> Iterator[None]:
+    """A soft RLIMIT_NOFILE that lets the process open exactly one more file (restored on exit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_fds = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    free = [n for n in range(soft) if n not in open_fds][:2]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (free[1], hard))  # new fds must be below it: only free[0] is
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_start_that_fails_for_want_of_fds_leaves_nothing_open(root: Path) -> None:
+    """The listening socket is bound, then its wake-up pair cannot be made (EMFILE): the socket is closed again."""
+    server = TftpServer(root=root)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with _one_free_fd(), pytest.raises(OSError, match="Too many open files"):
+        server.start()
+    assert sorted(os.listdir("/proc/self/fd")) == before, "a socket of the failed start is still open"
+    assert not server.running and server.bound_port == 0
+    server.start()
+    try:
+        assert server.running
+    finally:
+        server.stop()
 
 
 # what an unauthenticated peer can hold ----------------------------------------------------------
