@@ -255,19 +255,28 @@ class TftpServer(DirectoryServer):
                 target=self._serve_request, args=(packet, peer), name=f"tftp-{peer[0]}:{peer[1]}", daemon=True
             )
             if self._admit(thread, peer):
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no memory or threads left for it: refuse it, keep listening
+                    self._transfers.release(thread)
+                    self.log.warning("TFTP: no thread for a request from %s: %s", peer[0], exc)
+                    self._busy(peer, f"no thread to serve it ({exc})")
 
     def _admit(self, thread: threading.Thread, peer: tuple) -> bool:
         """Count ``thread`` as a transfer of ``peer``; answer "busy" instead when a bound is reached."""
         reason = self._transfers.admit(thread, peer[0])
         if reason is None:
             return True
+        self._busy(peer, reason)
+        return False
+
+    def _busy(self, peer: tuple, reason: str) -> None:
+        """Tell ``peer``, from the listening socket, that its request is refused for ``reason``."""
         assert self._socket is not None
         try:
             self._socket.sendto(error_packet(ErrorCode.NOT_DEFINED, f"server busy: {reason}; try again later"), peer)
         except OSError as exc:
             self.log.debug("TFTP: cannot tell %s:%d it is refused: %s", peer[0], peer[1], exc)
-        return False
 
     def _serve_request(self, packet: bytes, peer: tuple) -> None:
         assert self._socket is not None

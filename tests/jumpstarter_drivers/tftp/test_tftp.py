@@ -314,6 +314,26 @@ def test_a_start_that_fails_for_want_of_fds_leaves_nothing_open(root: Path) -> N
         server.stop()
 
 
+def test_a_request_that_gets_no_thread_is_refused_and_the_server_keeps_serving(root: Path, payload: bytes) -> None:
+    """No thread for a transfer (a stack no memory can hold): the peer is told, and the next request is served."""
+    server = TftpServer(root=root)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            default = threading.stack_size(1 << 42)
+            try:
+                sock.sendto(_request("images/payload.bin"), ("127.0.0.1", server.bound_port))
+                refusal = sock.recv(70000)
+            finally:
+                threading.stack_size(default)
+            assert refusal.startswith(error_packet(ErrorCode.NOT_DEFINED, "server busy: no thread")[:-1]), refusal
+            assert not server._active_transfers()
+            assert _fetch(server.bound_port, "images/payload.bin") == payload
+    finally:
+        server.stop()
+
+
 # what an unauthenticated peer can hold ----------------------------------------------------------
 
 
