@@ -332,3 +332,13 @@ def test_a_name_too_long_is_an_error_naming_it_not_the_root(client: StorageClien
             call()
         assert str(tmp_path) not in str(excinfo.value), f"{what}: {excinfo.value}"
         assert repr(name) in str(excinfo.value), what
+
+
+def test_the_home_directory_is_refused_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root the home directory (/root) is a system directory anyway: this user's home is checked on its own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ConfigurationError, match=r"Storage: root_dir '~' is .*/home, the home directory"):
+        Storage(root_dir="~")
+    assert Storage(root_dir="~/tftp").root == home / "tftp"
