@@ -115,7 +115,7 @@ def check_root(root_dir: str, owner: str) -> Path:
             f"{owner}: root_dir {root_dir!r} is empty (it would serve the current directory); name a directory "
             "of its own, such as /srv/tftp"
         )
-    real = Path(os.path.realpath(Path(root_dir).expanduser()))
+    real = Storage.real_root(root_dir)
     try:
         home: Path | None = Path(os.path.realpath(Path.home()))
     except RuntimeError:  # no home directory known for this user
