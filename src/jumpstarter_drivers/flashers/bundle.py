@@ -341,8 +341,10 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-#: Largest extended header (a GNU long name or link, a pax header) an archive member may have.
+#: Largest extended header (a GNU long name or link, a pax header) an archive member may have,
+#: and most such headers in a row before one member (tarfile holds them all while it reads on).
 MAX_MEMBER_HEADER = 1 << 20
+MAX_EXTENDED_IN_A_ROW = 8
 _EXTENDED_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                      tarfile.SOLARIS_XHDTYPE)
 
@@ -357,11 +359,20 @@ class _BoundedTarInfo(tarfile.TarInfo):
     (a bundle needs none); ``_proc_member`` is the hook tarfile leaves to subclasses."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXTENDED_HEADERS and self.size > MAX_MEMBER_HEADER:
-            raise _HeaderRefused(f"has an extended header of {self.size} bytes (more than {MAX_MEMBER_HEADER})")
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _HeaderRefused("is a sparse file")
-        return super()._proc_member(tarfile_)
+        if self.type not in _EXTENDED_HEADERS:
+            return super()._proc_member(tarfile_)
+        if self.size > MAX_MEMBER_HEADER:
+            raise _HeaderRefused(f"has an extended header of {self.size} bytes (more than {MAX_MEMBER_HEADER})")
+        in_a_row = getattr(tarfile_, "_extended_in_a_row", 0) + 1  # tarfile reads the next header from within
+        if in_a_row > MAX_EXTENDED_IN_A_ROW:
+            raise _HeaderRefused(f"has more than {MAX_EXTENDED_IN_A_ROW} extended headers in a row")
+        tarfile_._extended_in_a_row = in_a_row  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(tarfile_)
+        finally:
+            tarfile_._extended_in_a_row = in_a_row - 1  # type: ignore[attr-defined]
 
     def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict, tarfile_: tarfile.TarFile) -> None:
         raise _HeaderRefused("is a sparse file (pax GNU sparse 1.0, whose map is read whole)")

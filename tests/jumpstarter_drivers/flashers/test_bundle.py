@@ -287,3 +287,13 @@ def test_archive_headers_are_bounded_in_memory(tmp_path: Path, what: str, archiv
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, f"{what}: {peak >> 20} MiB held while reading the archive"
+
+
+def test_a_chain_of_extended_headers_is_refused(tmp_path: Path) -> None:
+    """tarfile reads the header after an extended header recursively, holding each: 5000 in a row raised
+    RecursionError (and 1 MiB headers would have been held a thousand at a time)."""
+    path = tmp_path / "chain.tar.gz"
+    path.write_bytes(gzip.compress(b"".join(_header(tarfile.GNUTYPE_LONGNAME, 512) + bytes(511) + b"\n"
+                                            for _ in range(5000)) + _header(tarfile.REGTYPE, 0, name="f")))
+    with pytest.raises(ConfigurationError, match=r"chain\.tar\.gz: an archive member .*extended headers in a row"):
+        fetch_bundle(path, tmp_path / "cache")
