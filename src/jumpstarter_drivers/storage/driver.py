@@ -198,7 +198,8 @@ class Storage(Driver):
             target.parent.mkdir(parents=True, exist_ok=True)
             if self.cleanup:
                 self._created.update(missing)
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
+            stem = os.fsdecode(os.fsencode(target.name)[:PARTIAL_STEM])  # '.STEM.XXXXXXXX.part' fits in 255 bytes
+            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{stem}.", suffix=PARTIAL_SUFFIX)
         os.fchmod(fd, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while open: remove_stale_partials leaves a live writer's file alone
         return target, Path(temp), os.fdopen(fd, "wb")
@@ -394,6 +395,8 @@ class Storage(Driver):
 
 
 PARTIAL_SUFFIX = ".part"
+#: Bytes of a file's name its partial file keeps: with the dots, 8 random characters and the suffix, 255.
+PARTIAL_STEM = 255 - 2 - 8 - len(PARTIAL_SUFFIX)
 
 
 def _is_partial(path: Path) -> bool:

@@ -342,3 +342,14 @@ def test_the_home_directory_is_refused_as_root(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(ConfigurationError, match=r"Storage: root_dir '~' is .*/home, the home directory"):
         Storage(root_dir="~")
     assert Storage(root_dir="~/tftp").root == home / "tftp"
+
+
+def test_a_name_of_255_bytes_can_be_written(client: StorageClient, root: Path, tmp_path: Path) -> None:
+    """The partial file beside it ('.NAME.XXXXXXXX.part') must fit in 255 bytes too."""
+    name = "y" * 255
+    assert client.write_bytes(name, b"data") == 4
+    source = tmp_path / "source"
+    source.write_bytes(b"more data")
+    assert client.write_from_path(f"dir/{name}", source) == 9
+    assert (root / name).read_bytes() == b"data" and (root / "dir" / name).read_bytes() == b"more data"
+    assert sorted(p.name for p in root.rglob("*")) == ["dir", name, name]
