@@ -24,6 +24,8 @@ from .common import DEFAULT_FAIL_PATTERNS, ConsoleError, ConsoleTimeout, PanicDe
 logger = logging.getLogger(__name__)
 
 TAIL = 3000
+#: What a board prints once U-Boot has handed over to an operating system.
+BOOTED_PAST = r"Starting kernel \.\.\.|Booting Linux on physical CPU"
 #: Terminal escape sequences and control characters other than tab, CR and LF.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -92,7 +94,7 @@ class Expecter:
                 self.buffer += await self._receive()
         assert scope.cancelled_caught
         wanted = " or ".join(repr(p.pattern) for p in compiled)
-        raise ConsoleTimeout(self.step, f"no {wanted} within {timeout:g} s", self.console_tail())
+        raise ConsoleTimeout(self.step, f"no {wanted} within {timeout:.1f} s", self.console_tail())
 
 
 class _Commands:
@@ -156,15 +158,29 @@ class UBootConsole(_Commands):
         self.interrupt = interrupt
 
     async def interrupt_autoboot(self, timeout: float) -> None:
-        """After power-on: stop the autoboot countdown and wait for the prompt (``timeout`` in all)."""
+        """After power-on: stop the autoboot countdown and wait for the prompt (``timeout`` in all).
+
+        A board that boots past U-Boot (``Starting kernel ...``) fails at once, not at the timeout.
+        """
         self.step("interrupt autoboot")
         with anyio.fail_after(timeout + 5):
             deadline = anyio.current_time() + timeout
-            index, _ = await self.expecter.expect([self.autoboot_pattern, re.escape(self.prompt)], timeout)
+            prompt = re.escape(self.prompt)
+            index, _ = await self.expecter.expect([self.autoboot_pattern, prompt, BOOTED_PAST], timeout)
             if index == 0:
                 await self.expecter.send(self.interrupt)
                 remaining = max(1.0, deadline - anyio.current_time())
-                await self.expecter.expect([re.escape(self.prompt)], remaining)
+                index, _ = await self.expecter.expect([prompt, BOOTED_PAST], remaining)
+                index = 2 if index == 1 else 1
+            if index == 2:
+                raise StepFailed(
+                    self.expecter.step,
+                    "the board booted past U-Boot without stopping at its prompt (the autoboot countdown was not "
+                    "interrupted: is bootdelay 0, or does this U-Boot want another key than "
+                    f"{self.interrupt!r}?)",
+                    self.expecter.console_tail(),
+                    transient=True,
+                )
         await self.sync()
 
     async def sync(self, timeout: float = 10.0) -> None:

@@ -565,6 +565,8 @@ class VirtualUBoot:
                 self.disk.write(blk * BLOCK_SIZE, self.mem.read(addr, cnt * BLOCK_SIZE))
             else:
                 self.mem.write(addr, self.disk.read(blk * BLOCK_SIZE, cnt * BLOCK_SIZE))
+                # what was read may be a kernel booti starts (a board booting from its disk)
+                self.loaded = [e for e in self.loaded if e.addr != addr] + [Loaded(addr, cnt * BLOCK_SIZE, iface)]
             self.uart.write(f"{cnt} blocks {'written' if sub == 'write' else 'read'}: OK\n")
             return 0
         self.uart.write(f"Usage:\n{iface} read addr blk# cnt\n{iface} write addr blk# cnt\n")
