@@ -135,12 +135,20 @@ class _Commands:
         return status, output
 
 
+#: A kernel message on the console (``[   12.345678] ...``), which may land in a command's output.
+KERNEL_MESSAGE = re.compile(r"^\[\s*\d+\.\d+\] .*\n?", re.MULTILINE)
+
+
 def _command_output(consumed: str, n: int) -> str:
-    """What a command printed: after its echoed line, before its status marker."""
+    """What a command printed: after its echoed line, before its status marker, without kernel messages.
+
+    >>> _command_output("ls; echo rc1:$?:\\r\\n[    3.28] eth0: link up\\r\\na b\\r\\nrc1:", 1)
+    'a b\\n'
+    """
     end = consumed.rfind(f"rc{n}:")
     start = consumed.rfind(f"rc{n}:$?:", 0, end)
     start = consumed.find("\n", start) + 1 if start >= 0 else 0
-    return consumed[start:end].replace("\r", "")
+    return KERNEL_MESSAGE.sub("", consumed[start:end].replace("\r", ""))
 
 
 class UBootConsole(_Commands):
@@ -283,14 +291,39 @@ class ShellConsole(_Commands):
     """A Linux shell on the console (the bundle's busybox), after logging in."""
 
     async def login(self, login_prompt: str, username: str, password: str | None, timeout: float) -> None:
+        """Wait for the login prompt (``timeout``), log in and check the shell answers."""
         self.step("log in")
         await self.expecter.expect([re.escape(login_prompt)], timeout)
+        await self._credentials(username, password)
+
+    async def _credentials(self, username: str, password: str | None) -> None:
         await self.expecter.send(username + "\r")
         if password is not None:
             await self.expecter.expect([r"[Pp]assword:"], 30)
             await self.expecter.send(password + "\r")
-        await self.expecter.expect([re.escape(self.prompt.strip())], 30)
+        index, _ = await self.expecter.expect([re.escape(self.prompt.strip()), "Login incorrect"], 30)
+        if index == 1:
+            raise StepFailed(self.expecter.step, f"the board refused the login of {username!r} (Login incorrect)",
+                             self.expecter.console_tail())
         await self.run("true", 10)
+
+    async def ensure_logged_in(self, login_prompt: str, username: str, password: str | None, timeout: float) -> None:
+        """Reach the shell prompt: press Enter, then log in if the board asks (``timeout`` for the first answer)."""
+        self.step("reach the shell")
+        self.expecter.buffer = ""
+        await self.expecter.send("\r")
+        index, _ = await self.expecter.expect(
+            [re.escape(login_prompt), r"[Pp]assword:", re.escape(self.prompt.strip())], timeout
+        )
+        if index == 1:  # half-way through an earlier login: start again
+            await self.expecter.send("\r")
+            await self.expecter.expect([re.escape(login_prompt)], timeout)
+            index = 0
+        if index == 0:
+            self.step("log in")
+            await self._credentials(username, password)
+        else:
+            await self.run("true", 10)
 
 
 async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:

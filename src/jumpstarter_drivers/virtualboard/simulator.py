@@ -197,12 +197,15 @@ class Faults:
     """Failures a test asks the board for. ``panic_on`` is a command name (``tftpboot``,
     ``booti``, ...) or ``"boot"`` (while booting); ``tftp_timeout_once`` makes the next
     ``tftpboot`` time out once, as a lossy network would; ``hang_boot_once`` makes the next
-    power-on stop after the banner, as a board with a flaky reset does."""
+    power-on stop after the banner, as a board with a flaky reset does; ``kernel_message`` is a
+    line Linux prints in the middle of every command."""
 
     panic_on: str | None = None
     panic_message: str = "Synchronous Abort handler, esr 0x96000010"
     tftp_timeout_once: bool = False
     hang_boot_once: bool = False
+    #: Printed by Linux before each command's output, as a kernel logging to the console does.
+    kernel_message: str | None = None
 
 
 @dataclass
