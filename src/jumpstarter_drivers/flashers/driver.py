@@ -479,6 +479,10 @@ class BaseFlasher(Driver):
         uboot: UBoot = self.children["uboot"]
         async with self._timed(steps, "boot"):
             await uboot.boot_to_prompt(console)
+        await self._network(console, steps, tftp)
+
+    async def _network(self, console: UBootConsole, steps: dict[str, float], tftp: tuple[str, int]) -> None:
+        uboot: UBoot = self.children["uboot"]
         async with self._timed(steps, "network"):
             await uboot.setup_network_on(console, self._board_host(tftp[0]), tftp[1])
             if self.tftp_blocksize:
@@ -566,8 +570,17 @@ class BaseFlasher(Driver):
 
     # method busybox ---------------------------------------------------------------------------
 
-    async def _flash_busybox(self, console: UBootConsole, steps: dict[str, float], target: str, image: str,
-                             size: int, sha256: str, http: tuple[str, int]) -> None:
+    async def boot_linux(self, console: UBootConsole, steps: dict[str, float]) -> ShellConsole:
+        """From the U-Boot prompt: stage the bundle, set up the network, load the bundle's kernel,
+        initramfs and DTB over TFTP, boot them and log in (what a boot strategy's ``shell`` step does)."""
+        async with self._timed(steps, "stage"):
+            await anyio.to_thread.run_sync(self.setup_flasher_bundle)
+        tftp_address, _ = await self._start_servers()
+        await self._network(console, steps, tftp_address)
+        return await self._boot_linux(console, steps)
+
+    async def _boot_linux(self, console: UBootConsole, steps: dict[str, float]) -> ShellConsole:
+        """Load the staged kernel, initramfs and DTB, run the boot command and log in."""
         spec = self.bundle().manifest.spec
         root = self._storage_root("tftp")
         loads = [(self.get_kernel_filename(), self.get_kernel_address())]
@@ -586,6 +599,12 @@ class BaseFlasher(Driver):
             console.expecter.buffer = ""
             await console.expecter.send(bootcmd + "\r")
             await shell.login(spec.login.login_prompt, spec.login.username, spec.login.password, self.login_timeout)
+        return shell
+
+    async def _flash_busybox(self, console: UBootConsole, steps: dict[str, float], target: str, image: str,
+                             size: int, sha256: str, http: tuple[str, int]) -> None:
+        shell = await self._boot_linux(console, steps)
+        spec = self.bundle().manifest.spec
         device = await self._resolve_target(shell, target)
         for command in spec.preflash_commands:
             shell.step(f"preflash command {command!r}")
