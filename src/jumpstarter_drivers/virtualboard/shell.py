@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from .simulator import VirtualUBoot
 
 CHUNK = 1 << 20
+#: Longest command line busybox's line editing takes (``FEATURE_EDITING_MAX_LEN``).
+MAX_LINE = 1023
 Stream = Iterator[bytes]
 
 
@@ -70,7 +72,7 @@ class BusyboxShell:
         try:
             while True:
                 self.uart.write("# ")
-                line = self.uart.read_line()
+                line = self.uart.read_line()[:MAX_LINE]  # busybox's line editing drops the rest
                 if self.board.faults.kernel_message:
                     self.uart.write(f"[   42.000000] {self.board.faults.kernel_message}\n")
                 if line.strip():
