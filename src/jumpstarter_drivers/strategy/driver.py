@@ -122,8 +122,8 @@ class BootStrategy(Driver):
                     if not exc.transient or attempt > self.retries:
                         await self._power_off_quietly()
                         raise
-                    self.logger.warning("transition to %s: %s; power-cycling and trying again (%d of %d)",
-                                        state, exc.reason, attempt + 1, self.retries + 1)
+                    self.logger.warning("transition to %s: power-cycling and trying again (%d of %d) after: %s",
+                                        state, attempt + 1, self.retries + 1, exc)
                     start = "off"
                     continue
                 result = TransitionResult(state, previous, attempt, steps, list(steps))

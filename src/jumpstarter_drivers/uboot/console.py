@@ -24,6 +24,8 @@ from .common import DEFAULT_FAIL_PATTERNS, ConsoleError, ConsoleTimeout, PanicDe
 logger = logging.getLogger(__name__)
 
 TAIL = 3000
+#: Seconds a wait that met a fail pattern still reads, for the rest of the line that says why.
+PANIC_GRACE = 1.0
 #: What a board prints once U-Boot has handed over to an operating system.
 BOOTED_PAST = r"Starting kernel \.\.\.|Booting Linux on physical CPU"
 #: Terminal escape sequences and control characters other than tab, CR and LF.
@@ -67,6 +69,14 @@ class Expecter:
             self.log(text)
         return text
 
+    async def _rest_of_line(self, start: int) -> str:
+        """The line a fail pattern starts at, waiting up to :data:`PANIC_GRACE` for its end (the reason
+        of a panic follows its first words), so the message and tail show why."""
+        with anyio.move_on_after(PANIC_GRACE):
+            while "\n" not in self.buffer[start:]:
+                self.buffer += await self._receive()
+        return self.buffer[start:].split("\n", 1)[0].strip()
+
     async def expect(self, patterns: Sequence[str | re.Pattern], timeout: float) -> tuple[int, re.Match]:
         """Wait until one of ``patterns`` appears in the unread console output.
 
@@ -81,7 +91,8 @@ class Expecter:
                 if self._fail is not None:
                     found = self._fail.search(self.buffer, max(0, scanned_fail - 200))
                     if found:
-                        raise PanicDetected(self.step, f"the board failed: {found.group(0)!r}", self.console_tail())
+                        line = await self._rest_of_line(found.start())
+                        raise PanicDetected(self.step, f"the board failed: {line!r}", self.console_tail())
                     scanned_fail = len(self.buffer)
                 best: tuple[int, int, re.Match] | None = None
                 for index, pattern in enumerate(compiled):
