@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from jumpstarter_drivers.composite.driver import REF_LABEL
+from jumpstarter_drivers.composite.common import REF_LABEL
 from jumpstarter_drivers.core.errors import ConfigurationError
 
 if TYPE_CHECKING:

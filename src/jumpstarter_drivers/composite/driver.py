@@ -23,8 +23,6 @@ from ..core.errors import ConfigurationError
 from .common import REF_LABEL
 
 COMPOSITE_CLIENT = "jumpstarter_drivers.composite.client.CompositeClient"
-#: Label a proxy's report carries: the dotted path of the node it stands for (so a client can tell an alias).
-REF_LABEL = "jumpstarter-toolkit/ref"
 
 
 @dataclass(kw_only=True)

@@ -69,13 +69,12 @@ class Expecter:
             self.log(text)
         return text
 
-    async def _rest_of_line(self, start: int) -> str:
-        """The line a fail pattern starts at, waiting up to :data:`PANIC_GRACE` for its end (the reason
-        of a panic follows its first words), so the message and tail show why."""
+    async def _rest_of_line(self, start: int) -> None:
+        """Read on until the line a fail pattern starts at ends, for at most :data:`PANIC_GRACE` (the
+        reason of a panic follows its first words), so the console tail shows why."""
         with anyio.move_on_after(PANIC_GRACE):
             while "\n" not in self.buffer[start:]:
                 self.buffer += await self._receive()
-        return self.buffer[start:].split("\n", 1)[0].strip()
 
     async def expect(self, patterns: Sequence[str | re.Pattern], timeout: float) -> tuple[int, re.Match]:
         """Wait until one of ``patterns`` appears in the unread console output.
@@ -91,8 +90,8 @@ class Expecter:
                 if self._fail is not None:
                     found = self._fail.search(self.buffer, max(0, scanned_fail - 200))
                     if found:
-                        line = await self._rest_of_line(found.start())
-                        raise PanicDetected(self.step, f"the board failed: {line!r}", self.console_tail())
+                        await self._rest_of_line(found.start())
+                        raise PanicDetected(self.step, f"the board failed: {found.group(0)!r}", self.console_tail())
                     scanned_fail = len(self.buffer)
                 best: tuple[int, int, re.Match] | None = None
                 for index, pattern in enumerate(compiled):

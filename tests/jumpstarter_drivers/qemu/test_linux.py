@@ -124,7 +124,7 @@ def test_kernel_panic_is_reported_at_once_with_the_console_tail(linux_lab) -> No
     client.flasher.use_dtb_variant("panic")
     try:
         started = time.monotonic()
-        panic = r"(?s)failed: 'Kernel panic - not syncing: VFS: Unable to mount root fs.*--- console tail ---.*nowhere"
+        panic = r"(?s)failed: 'Kernel panic - not syncing'.*--- console tail ---.*Unable to mount root fs"
         with pytest.raises(DriverError, match=panic):
             client.strategy.transition("shell")
         print(f"panic reported {time.monotonic() - started:.1f} s after the transition began")
