@@ -120,3 +120,11 @@ def test_cli_forward_until_interrupted(web) -> None:
         finally:
             process.send_signal(signal.SIGINT)
             assert process.wait(20) == 0, process.stderr.read()
+
+
+def test_cli_forward_bad_spec_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "jumpstarter_drivers.cli", "--host", str(tmp_path / "none.sock"), "forward", "8080:board"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2 and "is not LOCAL:NODE:PORT" in done.stderr, done.stderr
