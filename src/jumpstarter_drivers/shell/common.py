@@ -8,9 +8,6 @@ from ..core.errors import DriverError
 
 #: The largest file :meth:`ShellClient.put` / :meth:`ShellClient.get` move over a console in one call.
 MAX_TRANSFER = 2 << 20
-#: Bytes of a file per console line when putting it: busybox's line editing takes at most 1024
-#: characters a line (``FEATURE_EDITING_MAX_LEN``), so 600 bytes (800 in base64) and the command fit.
-PUT_CHUNK = 600
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Each call opens the console, reaches the prompt (logging in when the board shows
 prompt), does its work and closes the console again, so a test may use the console in between.
 Commands end with ``echo rcN:$?:`` (:mod:`jumpstarter_drivers.uboot.console`): the status is the
 command's own, the output is what came between the echoed line and the marker, without the kernel
-messages a board prints on the same console. Files travel base64-encoded in chunks of
-:data:`~.common.PUT_CHUNK` bytes per line and are checked with ``sha256sum`` on the board.
+messages a board prints on the same console. Files travel base64-encoded, in lines of 76
+characters typed into ``base64 -d`` with the terminal's echo off (``put``) or printed by ``base64``
+(``get``), and are checked with ``sha256sum`` on the board.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import anyio
 from ..core.driver import Driver, export
 from ..uboot.common import DEFAULT_FAIL_PATTERNS, StepFailed
 from ..uboot.console import Expecter, ShellConsole
-from .common import MAX_TRANSFER, PUT_CHUNK, CommandResult
+from .common import MAX_TRANSFER, CommandResult
 
 
 @dataclass(kw_only=True)
@@ -86,16 +87,14 @@ class Shell(Driver):
     async def put(self, path: str, data: str, timeout: float = 300.0) -> None:
         """Write base64 ``data`` to the board's file ``path``, chunk by chunk, checked by SHA-256."""
         raw = _decode(data)
-        quoted, staging = shlex.quote(path), shlex.quote(path + ".b64")
-        encoded = base64.b64encode(raw).decode()
-        step = len(base64.b64encode(bytes(PUT_CHUNK)))
+        encoded = base64.encodebytes(raw).decode()  # lines of 76 characters
         with anyio.fail_after(timeout):
             async with self.session() as shell:
                 shell.step(f"put {path}")
-                await shell.run(f"rm -f {staging}", 30)
-                for start in range(0, len(encoded), step):
-                    await shell.run(f"printf %s {encoded[start:start + step]} >> {staging}", 30)
-                await shell.run(f"base64 -d {staging} > {quoted} && rm -f {staging}", 60)
+                status = await shell.run_with_input(f"base64 -d > {shlex.quote(path)}", encoded, timeout)
+                if status != 0:
+                    raise StepFailed(shell.expecter.step, f"base64 -d into {path} failed with status {status}",
+                                     shell.expecter.console_tail())
                 await self._check(shell, path, hashlib.sha256(raw).hexdigest())
         self.logger.info("put %d bytes into %s", len(raw), path)
 

@@ -2,9 +2,10 @@
 
 Enough of busybox for flashing and for a shell client: pipelines of ``wget``/``curl`` (real HTTP
 downloads), ``dd``, ``head -c``, ``sha256sum``, ``cat``, ``base64 [-d]``, ``wc -c``, ``printf``,
-``rm``, ``uname``, ``ls -l /sys/class/block``, ``readlink``, ``sync``, ``echo``, ``$?``,
+``rm``, ``uname``, ``stty [-]echo``, ``ls -l /sys/class/block``, ``readlink``, ``sync``, ``echo``, ``$?``,
 ``set -o pipefail`` and redirections (``>``, ``>>``, ``<``) to files in RAM (lost at power off,
-as a tmpfs is). Block device writes land in the board's disk file, the same one U-Boot's
+as a tmpfs is); a command reading its standard input reads what is typed on the console until
+Ctrl-D. Block device writes land in the board's disk file, the same one U-Boot's
 ``mmc``/``virtio`` commands use.
 """
 
@@ -51,6 +52,8 @@ class BusyboxShell:
         self.pipefail = False
         #: Files in RAM by absolute path (what ``>`` writes and commands read).
         self.files: dict[str, bytes] = {}
+        #: Whether the terminal echoes what a command reads from it (``stty -echo`` turns it off).
+        self.echo = True
         if board.block_interface == "mmc":
             self.device = "mmcblk0"
             self.sysfs = f"../../devices/platform/soc/{board.sysfs_address}.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0"
@@ -118,8 +121,7 @@ class BusyboxShell:
         except ValueError as exc:
             self.uart.write(f"-sh: {exc}\n")
             return 2
-        if source is not None:
-            stream = self._source("sh", source)
+        stream = self._source("sh", source) if source is not None else self._typed()
         for argv in stages:
             if not argv:
                 return 2
@@ -148,6 +150,24 @@ class BusyboxShell:
             yield from stream
         except CommandFailed as failed:
             statuses[index] = failed.status
+
+    def _typed(self) -> Stream:
+        """A command's standard input from the console: lines typed until Ctrl-D at a line's start
+        (read only if the command reads its input, as a terminal does)."""
+        line = bytearray()
+        while True:
+            data = self.uart.read(None)
+            for i, byte in enumerate(data):
+                if byte == 0x04 and not line:
+                    self.uart.unread(data[i + 1 :])
+                    return
+                byte = 0x0A if byte == 0x0D else byte  # icrnl
+                line.append(byte)
+                if self.echo:
+                    self.uart.write(bytes([byte]))
+                if byte == 0x0A:
+                    yield bytes(line)
+                    line.clear()
 
     def _path(self, path: str) -> bool:
         return path in (f"/dev/{self.device}",)
@@ -341,6 +361,13 @@ class BusyboxShell:
         if missing and "-f" not in args:
             self.uart.write(f"rm: can't remove '{missing[0]}': No such file or directory\n")
             raise CommandFailed(1)
+        yield from ()
+
+    def cmd_stty(self, args: list[str], stdin: Stream | None) -> Stream:
+        if args not in (["-echo"], ["echo"]):
+            self.uart.write("stty: this board supports 'stty echo' and 'stty -echo' only\n")
+            raise CommandFailed(1)
+        self.echo = args == ["echo"]
         yield from ()
 
     def cmd_uname(self, args: list[str], stdin: Stream | None) -> Stream:
