@@ -343,7 +343,8 @@ class ShellConsole(_Commands):
         return int(match.group(1))
 
     async def ensure_logged_in(self, login_prompt: str, username: str, password: str | None, timeout: float) -> None:
-        """Reach the shell prompt: press Enter, then log in if the board asks (``timeout`` for the first answer)."""
+        """Reach the shell prompt: press Enter, then log in if the board asks (``timeout`` for the first
+        answer). A command run next is kept apart from what came before by its own markers."""
         self.step("reach the shell")
         self.expecter.buffer = ""
         await self.expecter.send("\r")
@@ -357,8 +358,6 @@ class ShellConsole(_Commands):
         if index == 0:
             self.step("log in")
             await self._credentials(username, password)
-        else:
-            await self.run("true", 10)
 
 
 async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:
