@@ -81,9 +81,13 @@ class TcpNetwork(Driver):
 class Network(Driver):
     """Several TCP ports of one board ``host``; each is a :class:`TcpNetwork` child ``port<N>``."""
 
+    #: The board's address as the exporter host reaches it.
     host: str
+    #: The board's TCP ports a client may reach (each a ``TcpNetwork`` child ``port<N>``).
     ports: list[int]
+    #: Seconds each connection attempt may take.
     connect_timeout: float = 10.0
+    #: Connections open at a time per port; more are refused.
     max_connections: int = 16
 
     def __post_init__(self) -> None:

@@ -52,8 +52,11 @@ class BootStrategy(Driver):
     required_children: ClassVar[dict[str, type | tuple[type, ...]]] = {"flasher": Driver, "shell": Driver}
     STATES: ClassVar[tuple[str, ...]] = ("off", "uboot", "shell")
 
+    #: Power cycles after a transient failure (a timeout, a lost packet) before a transition gives up.
     retries: int = 2
+    #: Seconds a step (reaching U-Boot, booting Linux and logging in) may take.
     step_timeout: float = 600.0
+    #: Seconds the check that the board still is in its state (U-Boot or the shell answers) may take.
     check_timeout: float = 10.0
 
     _state: str = field(default=UNKNOWN, init=False, repr=False)
