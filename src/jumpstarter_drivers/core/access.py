@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .allocator import keep_frame_buffers
 from .client import AllowList, Connection, DriverClient, build_tree, translate
 from .driver import Driver
 from .errors import ConfigurationError, ExporterUnreachable
@@ -157,6 +158,7 @@ def connect(
     if passphrase is None:
         passphrase = os.environ.get(JMP_GRPC_PASSPHRASE) or None
     probe(parsed, timeout)
+    keep_frame_buffers()  # downloads arrive as frame-sized buffers (see allocator)
     channel = _channel(parsed, keepalive, insecure, ca)
     metadata = (("x-jumpstarter-passphrase", passphrase),) if passphrase else ()
     connection = Connection(

@@ -30,6 +30,7 @@ from google.protobuf import empty_pb2
 from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 from . import loop
+from .allocator import keep_frame_buffers
 from .codec import decode, encode_into, restore, to_json
 from .driver import UNSUPPORTED_LABEL, Driver, ExportedMethod, MethodKind
 from .errors import ConfigurationError
@@ -252,6 +253,7 @@ class Session:
         self, address: str, credentials: grpc.ServerCredentials | None, interceptors: tuple
     ) -> tuple[grpc.aio.Server, int]:
         _hold_grpc_aio()
+        keep_frame_buffers()  # uploads arrive as frame-sized buffers on this loop (see allocator)
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
         jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(_ExporterService(self), server)
         server.add_generic_rpc_handlers((_router_handler(_RouterService(self)),))
