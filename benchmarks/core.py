@@ -180,6 +180,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def process_cpu() -> float:
+    """CPU seconds this process (client and in-process exporter, every thread) has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(fn: Callable[[], object], n: int) -> list[float]:
     samples = []
     for _ in range(n):
@@ -390,12 +396,15 @@ def measure_bytes(quick: bool, js: object | None) -> None:
         for write in (64 << 10, 1 << 20):
             size = (128 if quick else 256) << 20
             raw = raw_socket_mbps(size, write)
-            figures = {}
+            figures, cpu = {}, {}
             for name, (ours_fn, js_fn) in paths.items():
                 ours_fn(client, 8 << 20, write)  # warm up
                 ours, theirs = 0.0, 0.0 if js is not None else float("nan")
+                cpu[name] = float("inf")
                 for _ in range(rounds):  # alternating, best of each: the machine's load varies
+                    before = process_cpu()
                     ours = max(size / ours_fn(client, size, write) / 1e6, ours)
+                    cpu[name] = min(cpu[name], (process_cpu() - before) / (size / 1e9))
                     if js is not None:
                         theirs = max(size / js_fn(js, size, write) / 1e6, theirs)
                 figures[name] = ours
@@ -408,6 +417,12 @@ def measure_bytes(quick: bool, js: object | None) -> None:
             for kind in ("resource", "stream"):
                 up, down = figures[f"{kind} upload"], figures[f"{kind} download"]
                 row(f"{kind} upload / download, {write >> 10} KiB writes", f"{up / down:.2f}", "", "target within 1/1.5 .. 1.5")
+                row(
+                    f"{kind} CPU s/GB (client and exporter) up / down, {write >> 10} KiB",
+                    f"{cpu[f'{kind} upload']:.2f} / {cpu[f'{kind} download']:.2f}",
+                    "",
+                    "the cost behind the ratio, steadier than MB/s on a loaded machine",
+                )
 
 
 def measure_calls(quick: bool, js: object | None) -> None:
