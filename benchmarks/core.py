@@ -421,7 +421,8 @@ def measure_bytes(quick: bool, js: object | None) -> None:
                     f"{kind} CPU s/GB (client and exporter) up / down, {write >> 10} KiB",
                     f"{cpu[f'{kind} upload']:.2f} / {cpu[f'{kind} download']:.2f}",
                     "",
-                    "the cost behind the ratio, steadier than MB/s on a loaded machine",
+                    "the cost behind the ratio, steadier than MB/s on a loaded machine"
+                    + ("; download includes stopping the endless source" if kind == "stream" else ""),
                 )
 
 
