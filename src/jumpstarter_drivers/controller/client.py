@@ -8,7 +8,8 @@
 
 While the block runs the client keeps its lease alive (GetLease every :data:`KEEPALIVE` / 3 s);
 if the process dies, the controller ends the lease within :data:`KEEPALIVE` seconds. Each
-connection to the socket becomes one Dial and one router tunnel to the exporter.
+connection to the socket that sends something becomes one Dial and one router tunnel to the
+exporter (a connection closed without a byte, such as the probe ``connect()`` makes, costs none).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 from ..core import loop
 from ..core.errors import ExporterUnreachable, JumpstarterError
 from .config import Access
-from .tunnel import Channels, splice
+from .tunnel import CHUNK, Channels, splice
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class _Holder:
         self.connections: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self.server = await asyncio.start_unix_server(self._connection, self.socket_path)
+        self.server = await asyncio.start_unix_server(self._connection, self.socket_path, limit=CHUNK)
         os.chmod(self.socket_path, 0o600)
         self.keeper = asyncio.create_task(self._keep_alive())
 
@@ -215,8 +216,11 @@ class _Holder:
         assert task is not None
         self.connections.add(task)
         try:
+            first = await reader.read(CHUNK)
+            if not first:
+                return  # a probe (connect() checks that something listens): no Dial, no tunnel
             endpoint, token = await self.client.dial(self.name)
-            await splice(self.channels, endpoint, token, reader, writer)
+            await splice(self.channels, endpoint, token, reader, writer, first)
         except (LeaseError, ExporterUnreachable) as exc:
             logger.error("cannot reach the leased exporter: %s", exc)
         except asyncio.CancelledError:
