@@ -211,7 +211,34 @@ def _state_options(func: Any) -> Any:
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="An exporter's label (repeatable).")
 @click.option("--endpoint", help="Controller endpoint(s) written in the file (default: the running controller's).")
 @click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(dir_okay=False),
+    help="CA certificate (PEM) written in the file (default: the running controller's).",
+)
+@click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Write a configuration file (else print the token)."
+)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(("token", "config", "jumpstarter")),
+    help="token: print the token alone (default without -o); config: our configuration file (default with -o; "
+    "several endpoints and plaintext allowed); jumpstarter: a configuration file Jumpstarter's jmp reads too "
+    "(TLS, one endpoint), written to -o or else where jmp looks for NAME.",
+)
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="PATTERN",
+    help="Client file: driver client classes the client may import (glob, e.g. 'jumpstarter_driver_*'; repeatable).",
+)
+@click.option("--unsafe", is_flag=True, help="Client file: the client may import any driver client class.")
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False),
+    help="Exporter file: the driver tree it serves, from a YAML file (an exporter file or its export: mapping).",
 )
 def token_create(
     kind: str,
@@ -221,9 +248,14 @@ def token_create(
     namespace: str,
     labels: tuple[str, ...],
     endpoint: str | None,
+    ca_file: str | None,
     output: str | None,
+    file_format: str | None,
+    allow: tuple[str, ...],
+    unsafe: bool,
+    export_file: str | None,
 ) -> None:
-    """Issue a token for client or exporter NAME: print it, or write a configuration file with -o."""
+    """Issue a token for client or exporter NAME: print it, or write a configuration file (-o, --format)."""
     pairs = {}
     for label in labels:
         key, sep, value = label.partition("=")
@@ -234,18 +266,65 @@ def token_create(
     from . import config as config_files
     from . import tokens
 
-    issued = run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs)))
-    if output is None:
-        click.echo(issued)
+    file_format = file_format or ("token" if output is None else "config")
+    if file_format == "token":
+        if output is not None:
+            raise _fail(
+                "--format token prints the token; -o writes a configuration file (--format config or jumpstarter)"
+            )
+        click.echo(run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs))))
         return
-    ca_path = info.get("ca")
-    ca = Path(ca_path).read_bytes() if ca_path and not info.get("insecure") else None
+    if ca_file:
+        info = {**info, "ca": ca_file, "insecure": False}
+    content = _config_content(info, kind, name, namespace, endpoint, file_format, allow, unsafe, export_file)
+    issued = run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs)))
+    content["token"] = issued
+    if output is None:
+        from .jumpstarter_files import default_path
+
+        output = str(default_path(tokens.kind_of(kind), name))
+    click.echo(config_files.write(output, content))
+
+
+def _config_content(
+    info: dict[str, Any],
+    kind: str,
+    name: str,
+    namespace: str,
+    endpoint: str | None,
+    file_format: str,
+    allow: tuple[str, ...],
+    unsafe: bool,
+    export_file: str | None,
+) -> dict[str, Any]:
+    """The configuration file ``token create`` writes, without its token yet (checked before issuing one)."""
+    from . import config as config_files
+    from . import tokens
+    from .jumpstarter_files import jumpstarter_document, load_export
+
+    kind_name = tokens.kind_of(kind)
     target = endpoint or info.get("endpoint")
     if not target:
         raise _fail("give --endpoint: the controller endpoint clients and exporters use")
-    kind_name = tokens.kind_of(kind)
-    content = config_files.document(kind_name, name, target, issued, ca, bool(info.get("insecure")), namespace)
-    click.echo(config_files.write(output, content))
+    ca_path = info.get("ca")
+    try:
+        ca = Path(ca_path).read_bytes() if ca_path and not info.get("insecure") else None
+    except OSError as exc:
+        raise _fail(f"cannot read the CA certificate {ca_path}: {exc.strerror}") from None
+    try:
+        export = load_export(export_file) if export_file else None
+        if file_format == "jumpstarter":
+            return jumpstarter_document(
+                kind_name, name, target, "", ca, namespace, allow=list(allow), unsafe=unsafe, export=export
+            )
+    except JumpstarterError as exc:
+        raise _fail(exc) from None
+    content = config_files.document(kind_name, name, target, "", ca, bool(info.get("insecure")), namespace)
+    if kind_name == EXPORTER and export:
+        content["export"] = export
+    if kind_name == CLIENT and (allow or unsafe):
+        content["drivers"] = {"allow": list(allow), "unsafe": unsafe}
+    return content
 
 
 @token.command("revoke")

@@ -5,6 +5,8 @@ Flow, as upstream's exporters do it: ``Register`` (labels and driver reports), `
 each ListenResponse splice a connection to the session's socket through the router; when the
 lease ends, cut those connections and report ``AVAILABLE`` again. The session refuses driver
 calls while no lease holds it. A lost controller is retried on the next endpoint (failover).
+A client's ``EndSession`` (``jmp shell`` sends it when its command exits, then waits to see
+``AVAILABLE`` before deleting its lease) makes the exporter ``AVAILABLE`` at once, as upstream's do.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class ExporterAgent:
         self.access = access
         self.lease: str | None = None
         self.registered = asyncio.Event()
+        self._stub: Any = None
+        session.on_end_session = self._end_session
         #: Leases served so far, in order (tests check that no two overlapped).
         self.served: list[str] = []
 
@@ -70,7 +74,7 @@ class ExporterAgent:
         channels = Channels(self.access)
         listening: asyncio.Task | None = None
         try:
-            stub = jumpstarter_pb2_grpc.ControllerServiceStub(channel)
+            stub = self._stub = jumpstarter_pb2_grpc.ControllerServiceStub(channel)
             report = self.session.report()
             await stub.Register(
                 jumpstarter_pb2.RegisterRequest(labels=dict(self.session.labels), reports=report.reports),
@@ -100,10 +104,23 @@ class ExporterAgent:
         finally:
             if listening is not None:
                 await _cancel(listening)
-            self.lease = None
+            self.lease = self._stub = None
             self.session.update_status(ExporterStatus.AVAILABLE)
             await channels.close()
             await channel.close()
+
+    async def _end_session(self) -> None:
+        """The lease holder is done with the board: report ``AVAILABLE`` (driver calls stop); the holder
+        then deletes its lease, or it ends at its end time."""
+        lease, stub = self.lease, self._stub
+        if lease is None or stub is None:
+            return
+        try:
+            await self._report(stub, ExporterStatus.AVAILABLE)
+        except grpc.aio.AioRpcError as exc:
+            logger.warning("could not report the end of lease %s: %s", lease, exc.details() or exc.code().name)
+        else:
+            logger.info("the holder of lease %s ended its session", lease)
 
     async def _report(self, stub: Any, status: ExporterStatus) -> None:
         self.session.update_status(status)

@@ -253,6 +253,26 @@ class Lab:
                 await self.store.refresh(int(lease.value["holder"]))
         return lease
 
+    async def change_duration(self, identity: Identity, name: str, duration: float) -> Record:
+        """Give ``identity``'s waiting or active lease ``name`` a new duration (an active one a new end time)."""
+        if not 0 < duration <= MAX_DURATION:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"lease duration must be over 0 and at most {MAX_DURATION:g} s"
+            )
+        while True:
+            lease = await self.own_lease(identity, name)
+            if lease.value.get("ended"):
+                raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"lease {name} ended; it cannot change")
+            value = {**lease.value, "duration": duration}
+            if value.get("begin"):
+                value["end"] = float(value["begin"]) + duration
+            if await self.store.update_lease(lease, value):
+                break
+        if self.scheduler is not None:
+            self.scheduler.wake.set()
+        logger.info("lease %s of %s now lasts %g s", name, identity, duration)
+        return await self.own_lease(identity, name)
+
     async def release(self, identity: Identity, name: str, reason: str = "Released") -> None:
         """End the lease now (an ended one stays ended)."""
         lease = await self.own_lease(identity, name)
@@ -662,6 +682,11 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         if request.parent and request.parent != f"namespaces/{identity.namespace}":
             raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"parent {request.parent!r} is not your namespace")
         lease = request.lease
+        if lease.HasField("begin_time"):
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "begin_time: this controller does not schedule leases for later; a lease waits in the queue from now",
+            )
         exporter_name = short_name(lease.exporter_name, "exporters", identity.namespace) if lease.exporter_name else ""
         record = await self.lab.create_lease(
             identity,
@@ -674,8 +699,19 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         )
         return self.lease_message(record)  # its queue place comes with GetLease, once the scheduler saw it
 
+    @_refuse_on_errors
     async def UpdateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "UpdateLease is not served by this controller yet")
+        identity = await self.lab.identify(context, CLIENT)
+        name = short_name(request.lease.name, "leases", identity.namespace)
+        fields = set(request.update_mask.paths)
+        if fields != {"duration"}:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"update_mask {sorted(fields)}: this controller changes only a lease's duration",
+            )
+        lease = await self.lab.change_duration(identity, name, request.lease.duration.ToTimedelta().total_seconds())
+        waiting = not lease.value.get("exporter")
+        return self.lease_message(lease, await self.lab.place(lease) if waiting else None)
 
     @_refuse_on_errors
     async def DeleteLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -351,6 +351,11 @@ class Store:
         ]
         return await self._txn(compare, success)
 
+    async def update_lease(self, lease: Record, value: dict[str, Any]) -> bool:
+        """Replace ``lease``'s value, unless the lease changed (or ended) since it was read."""
+        compare = [self._client.transactions.mod(self._key(LEASES + lease.name)) == lease.mod_revision]
+        return await self._txn(compare, [self._put(LEASES, lease.name, value)])
+
     async def end_lease(self, lease: Record, reason: str, message: str, now: float) -> bool:
         """Move ``lease`` to the history and free its exporter, unless it changed since it was read."""
         history = await self._grant(HISTORY_TTL)

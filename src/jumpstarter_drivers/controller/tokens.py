@@ -1,18 +1,23 @@
 """Tokens the controller issues to clients and exporters, and who a call comes from.
 
-A token is a random string shown once when issued; etcd keeps only its SHA-256 digest with the
-holder's kind, name and namespace. Calls carry it as upstream does: gRPC metadata
+A token is shown once when issued; etcd keeps only its SHA-256 digest with the holder's kind, name
+and namespace. It is shaped like a compact JWT (three base64url parts) because Jumpstarter's ``jmp``
+decodes the middle part of its token to look for an expiry; the first two parts only describe the
+holder, the third is 32 random bytes, and the whole string is what is checked, so editing the
+description makes an unknown token. Calls carry it as upstream does: gRPC metadata
 ``authorization: Bearer <token>``, ``jumpstarter-kind``, ``jumpstarter-namespace`` and
 ``jumpstarter-name``. Every call reads etcd, so a revoked token is refused on its next call.
 
->>> digest("jmp_abc") == digest("jmp_abc") != digest("jmp_abd")
+>>> digest("abc") == digest("abc") != digest("abd")
 True
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -31,7 +36,8 @@ if TYPE_CHECKING:
 KINDS = (CLIENT, EXPORTER)
 #: Names of clients, exporters and namespaces: what Kubernetes allows for an object name.
 NAME = re.compile(r"[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?")
-PREFIX = "jmp_"
+#: ``iss`` of the tokens this controller issues.
+ISSUER = "jumpstarter-toolkit-controller"
 
 
 class Refused(JumpstarterError):
@@ -57,6 +63,23 @@ class Identity:
 def digest(token: str) -> str:
     """The SHA-256 hex digest under which a token is stored."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _segment(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt_shaped(claims: dict[str, object]) -> str:
+    """A new token: ``claims`` readable by anyone in JWT form, then 32 random bytes (no expiry claim).
+
+    >>> token = jwt_shaped({"sub": "client:default:ci"})
+    >>> header, claims, secret = token.split(".")
+    >>> json.loads(base64.urlsafe_b64decode(claims + "==")), len(base64.urlsafe_b64decode(secret + "=="))
+    ({'sub': 'client:default:ci'}, 32)
+    """
+    header = json.dumps({"alg": "none", "typ": "JWT"}, separators=(",", ":")).encode()
+    body = json.dumps(claims, separators=(",", ":")).encode()
+    return ".".join((_segment(header), _segment(body), _segment(secrets.token_bytes(32))))
 
 
 def check_name(name: str, what: str) -> str:
@@ -85,8 +108,9 @@ async def issue(
     kind = kind_of(kind)
     check_name(name, f"{kind.lower()} name")
     check_name(namespace, "namespace")
-    token = PREFIX + secrets.token_urlsafe(32)
-    record = {"kind": kind, "name": name, "namespace": namespace, "issued": time.time()}
+    issued = time.time()
+    token = jwt_shaped({"iss": ISSUER, "sub": f"{kind.lower()}:{namespace}:{name}", "iat": int(issued)})
+    record = {"kind": kind, "name": name, "namespace": namespace, "issued": issued}
     await store.add_token(digest(token), record)
     if kind == EXPORTER and labels:
         await store.update_exporter(name, lambda value: {**value, "name": name, "admin_labels": dict(labels)})

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,8 @@ class Session:
     uuid: UUID = field(default_factory=uuid4)
     #: Seconds a client's resource stream may wait for a driver call to use it.
     resource_timeout: float = 30.0
+    #: Awaited after a client's ``EndSession``: an exporter serving a controller's lease becomes AVAILABLE there.
+    on_end_session: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_device, Driver):
@@ -534,6 +536,8 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             await anyio.to_thread.run_sync(self.session.root_device.reset)
         except Exception as exc:  # noqa: BLE001 - reported to the client as a status
             await _abort(context, exc)
+        if self.session.on_end_session is not None:
+            await self.session.on_end_session()
         return jumpstarter_pb2.EndSessionResponse(success=True, message="session ended")
 
     async def Reset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
