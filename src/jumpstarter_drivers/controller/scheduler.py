@@ -9,6 +9,8 @@ transactions that fail if another replica got there first; so any number of repl
   free, online, available exporter (by name) its selector matches. A lease that no free board fits
   lets later ones pass, but never one that could use the same board: no compatible waiter is
   overtaken.
+- A lease group (:mod:`.groups`) is one waiter at its earliest member's place: all its leases get
+  boards in one transaction, or none does and the boards it could use wait for it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import time
 
 from ..core.status import ExporterStatus
+from . import groups
 from .selector import Selector, SelectorError
 from .store import LAB, LabState, Record, Store, StoreUnavailable
 
@@ -141,9 +144,18 @@ class Scheduler:
                 state.assignments.pop(lease.value.get("exporter", ""), None)
                 changed = True
         free = free_exporters(state)
+        reserved: set[str] = set()  # free boards an earlier waiting group could use: not for later waiters
+        seen: set[str] = set()
         for lease in state.queue():
+            if lease.name in seen:
+                continue
+            group = groups.members(lease)
+            if group:
+                seen.update(group)
+                await self._serve_group(state, group, free, reserved, now)
+                continue
             for name in free:
-                if fits(lease, name, state.exporters[name]):
+                if name not in reserved and fits(lease, name, state.exporters[name]):
                     duration = float(lease.value.get("duration") or 0)
                     if await self.store.assign(lease, name, now, now + duration):
                         logger.info("lease %s of %s gets exporter %s", lease.name, lease.value.get("client"), name)
@@ -155,6 +167,31 @@ class Scheduler:
             self.wake.set()
         ends = [float(lease.value["end"]) for lease in state.leases.values() if lease.value.get("end")]
         return min(ends) if ends else None
+
+    async def _serve_group(
+        self, state: LabState, group: tuple[str, ...], free: list[str], reserved: set[str], now: float
+    ) -> None:
+        """Assign every lease of ``group`` at once, or reserve the boards it could use from later waiters."""
+        leases = groups.complete(group, state.leases)
+        if leases is None:
+            return  # members still being created (or one ended): not a waiter yet
+        usable = [name for name in free if name not in reserved]
+        chosen = groups.plan(leases, usable, lambda lease, name: fits(lease, name, state.exporters[name]))
+        if chosen is None:
+            reserved.update(
+                name for name in usable if any(fits(lease, name, state.exporters[name]) for lease in leases)
+            )
+            return
+        plan = [(lease, chosen[lease.name], now + float(lease.value.get("duration") or 0)) for lease in leases]
+        if await self.store.assign_all(plan, now):
+            boards = ", ".join(chosen[lease.name] for lease in leases)
+            logger.info(
+                "lease group %s of %s gets exporters %s", ",".join(group), leases[0].value.get("client"), boards
+            )
+            for name in chosen.values():
+                free.remove(name)
+        else:
+            self.wake.set()
 
     @staticmethod
     def _end_reason(state: LabState, lease: Record, now: float) -> tuple[str, str] | None:

@@ -339,16 +339,19 @@ class Store:
 
     async def assign(self, lease: Record, exporter: str, begin: float, end: float) -> bool:
         """Give ``exporter`` to ``lease`` if the exporter has no lease and the lease did not change."""
-        assignment = self._key(ASSIGNMENTS + exporter)
-        compare = [
-            self._client.transactions.create(assignment) == 0,
-            self._client.transactions.mod(self._key(LEASES + lease.name)) == lease.mod_revision,
-        ]
-        value = {**lease.value, "exporter": exporter, "begin": begin, "end": end, "queued": lease.create_revision}
-        success = [
-            self._client.transactions.put(assignment, lease.name.encode()),
-            self._put(LEASES, lease.name, value),
-        ]
+        return await self.assign_all([(lease, exporter, end)], begin)
+
+    async def assign_all(self, plan: list[tuple[Record, str, float]], begin: float) -> bool:
+        """Give each lease its exporter (until its end time) in one transaction: all of them, or none
+        if any exporter is taken or any lease changed since it was read."""
+        compare, success = [], []
+        for lease, exporter, end in plan:
+            assignment = self._key(ASSIGNMENTS + exporter)
+            compare.append(self._client.transactions.create(assignment) == 0)
+            compare.append(self._client.transactions.mod(self._key(LEASES + lease.name)) == lease.mod_revision)
+            value = {**lease.value, "exporter": exporter, "begin": begin, "end": end, "queued": lease.create_revision}
+            success.append(self._client.transactions.put(assignment, lease.name.encode()))
+            success.append(self._put(LEASES, lease.name, value))
         return await self._txn(compare, success)
 
     async def update_lease(self, lease: Record, value: dict[str, Any]) -> bool:

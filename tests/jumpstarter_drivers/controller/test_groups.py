@@ -1,0 +1,108 @@
+"""Lease groups: one board per role, leased together or not at all, in FIFO order with other waiters."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from jumpstarter_drivers.controller.client import ControllerClient, LeaseTimeout, leased, leased_roles
+from jumpstarter_drivers.controller.groups import plan
+from jumpstarter_drivers.controller.store import Record
+from jumpstarter_drivers.core import loop
+from jumpstarter_drivers.core.access import connect
+from jumpstarter_drivers.core.errors import ConfigurationError
+
+ROLES = {"host": "board=rpi4", "dut": "board=imx8"}
+
+
+def _lease(name: str, revision: int) -> Record:
+    return Record(name, {}, revision, revision)
+
+
+def test_plan_gives_the_scarce_board_to_the_lease_that_needs_it() -> None:
+    wide, narrow = _lease("wide", 1), _lease("narrow", 2)
+    allowed = {"wide": {"b1", "b2"}, "narrow": {"b1"}}
+    chosen = plan([wide, narrow], ["b1", "b2"], lambda lease, name: name in allowed[lease.name])
+    assert chosen == {"narrow": "b1", "wide": "b2"}
+    assert plan([wide, narrow], ["b1"], lambda lease, name: name in allowed[lease.name]) is None
+
+
+def test_a_group_gets_every_board_at_once_and_holds_none_while_one_is_busy(lab) -> None:
+    lab.serve("host-1", {"board": "rpi4"})
+    lab.serve("dut-1", {"board": "imx8"})
+    got: dict = {}
+    errors: list[BaseException] = []
+
+    def bob() -> None:
+        try:
+            with leased_roles(lab.client("bob"), ROLES, duration=60, wait=60) as held:
+                got.update(held)
+                for lease in held.values():
+                    with connect(lease.socket) as client:
+                        client.power.on()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    with leased(lab.client("alice"), "board=imx8", duration=60, wait=30):
+        thread = threading.Thread(target=bob)
+        thread.start()
+        lab.wait_for(lambda state: len(state.queue()) == 2)  # bob's group waits for dut-1
+        carol = ControllerClient(lab.client("carol"))
+        try:
+            late = loop.run(carol.create_lease("board=rpi4", 60))
+            with pytest.raises(LeaseTimeout):  # host-1 is free, but bob's group asked first for it
+                loop.run(carol.wait_ready(late.name, 2.0))
+            state = lab.store(lambda store: store.snapshot())
+            assert "host-1" not in state.assignments, "the group held one board while waiting for the other"
+        finally:
+            loop.run(carol.release(late.name))
+            loop.run(carol.close())
+    thread.join(60)
+    assert not errors, errors
+    assert {role: lease.exporter for role, lease in got.items()} == {"host": "host-1", "dut": "dut-1"}
+    history = lab.store(lambda store: store.ended_leases())
+    begins = {record.value["begin"] for record in history if record.name in {lease.name for lease in got.values()}}
+    assert len(begins) == 1, "the group's leases began in different transactions"
+
+
+def test_groups_wanting_the_same_boards_never_deadlock(bare_lab) -> None:
+    """Two replicas, four clients each asking for both boards as a group (half of them naming the roles in the
+    other order, the classic lock-order deadlock), three rounds: every group runs, one at a time."""
+    bare_lab.replica()
+    bare_lab.replica()
+    bare_lab.serve("host-1", {"board": "rpi4"})
+    bare_lab.serve("dut-1", {"board": "imx8"})
+    accesses = [bare_lab.client(f"client-{index}") for index in range(4)]
+    lock = threading.Lock()
+    holding: list[int] = []
+    served: list[int] = []
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        roles = ROLES if index % 2 else dict(reversed(ROLES.items()))
+        try:
+            for _ in range(3):
+                with leased_roles(accesses[index], roles, duration=60, wait=45) as held:
+                    with lock:
+                        holding.append(index)
+                        assert len(holding) == 1, f"two groups hold boards at once: {holding}"
+                    assert {lease.exporter for lease in held.values()} == {"host-1", "dut-1"}
+                    with lock:
+                        holding.remove(index)
+                        served.append(index)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert not errors, errors
+    assert sorted(served) == sorted(list(range(4)) * 3)
+
+
+def test_a_group_needs_two_roles() -> None:
+    with pytest.raises(ConfigurationError, match="2 to 8 roles"), leased_roles(None, {"host": "a=b"}, 60):  # type: ignore[arg-type]
+        pass
