@@ -62,6 +62,24 @@ def setting(config: pytest.Config, name: str, env: str) -> str | None:
     return config.getoption(name) or os.environ.get(env) or config.getini(name) or None
 
 
+def lease_settings(config: pytest.Config) -> tuple[Any, float, float | None]:
+    """``(access, duration, timeout)`` for leasing from the controller: the client configuration (with
+    ``--jumpstarter-controller`` over its endpoints), ``--jumpstarter-lease-duration`` and ``-timeout``."""
+    from jumpstarter_drivers.controller.cli import parse_duration
+    from jumpstarter_drivers.controller.config import Access
+
+    path = setting(config, "jumpstarter_client_config", JMP_CLIENT_CONFIG)
+    if not path:
+        raise JumpstarterError("a client configuration is needed: give --jumpstarter-client-config FILE")
+    access = Access.load(path)
+    controller = setting(config, "jumpstarter_controller", JMP_CONTROLLER)
+    if controller:
+        access = dataclasses.replace(access, endpoints=controller.split(","))
+    timeout_text = setting(config, "jumpstarter_lease_timeout", JMP_LEASE_TIMEOUT)
+    duration_text = setting(config, "jumpstarter_lease_duration", JMP_LEASE_DURATION) or DEFAULT_DURATION
+    return access, parse_duration(duration_text), parse_duration(timeout_text) if timeout_text else None
+
+
 class RunLease:
     """The lease of this process's run: taken on first use, released by :meth:`close`."""
 
@@ -80,23 +98,10 @@ class RunLease:
         return self.lease.socket
 
     def _take(self) -> Any:
-        from jumpstarter_drivers.controller.cli import parse_duration
         from jumpstarter_drivers.controller.client import LeaseTimeout, leased
-        from jumpstarter_drivers.controller.config import Access
 
-        config = self.config
-        path = setting(config, "jumpstarter_client_config", JMP_CLIENT_CONFIG)
         try:
-            if not path:
-                raise JumpstarterError("a client configuration is needed: give --jumpstarter-client-config FILE")
-            access = Access.load(path)
-            controller = setting(config, "jumpstarter_controller", JMP_CONTROLLER)
-            if controller:
-                access = dataclasses.replace(access, endpoints=controller.split(","))
-            timeout_text = setting(config, "jumpstarter_lease_timeout", JMP_LEASE_TIMEOUT)
-            duration_text = setting(config, "jumpstarter_lease_duration", JMP_LEASE_DURATION) or DEFAULT_DURATION
-            timeout = parse_duration(timeout_text) if timeout_text else None
-            duration = parse_duration(duration_text)
+            access, duration, timeout = lease_settings(self.config)
             self.say(f"leasing a board matching {self.selector} from {', '.join(access.endpoints)}")
             lease = self._stack.enter_context(leased(access, self.selector, duration, wait=timeout, progress=self.say))
         except LeaseTimeout as exc:

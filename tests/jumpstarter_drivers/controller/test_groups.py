@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -106,3 +108,53 @@ def test_groups_wanting_the_same_boards_never_deadlock(bare_lab) -> None:
 def test_a_group_needs_two_roles() -> None:
     with pytest.raises(ConfigurationError, match="2 to 8 roles"), leased_roles(None, {"host": "a=b"}, 60):  # type: ignore[arg-type]
         pass
+
+
+ROLES_SUITE = """
+import pytest
+
+
+@pytest.mark.jumpstarter_roles(host="board=rpi4", dut="board=imx8")
+def test_both_boards(jumpstarter_boards):
+    assert sorted(jumpstarter_boards) == ["dut", "host"]
+    for board in jumpstarter_boards.values():
+        board.power.on()
+        assert list(board.power.read())
+
+
+def test_without_roles(jumpstarter_boards):
+    pass
+"""
+
+
+def test_the_plugin_leases_a_tests_roles_together(lab, tmp_path) -> None:
+    lab.serve("host-1", {"board": "rpi4"})
+    lab.serve("dut-1", {"board": "imx8"})
+    (tmp_path / "test_roles.py").write_text(ROLES_SUITE)
+    config = lab.client_file("ci")
+    junit = tmp_path / "junit.xml"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        str(tmp_path / "test_roles.py"),
+        "--jumpstarter-client-config",
+        str(config),
+        "--junitxml",
+        str(junit),
+        "-rf",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
+    output = result.stdout + result.stderr
+    assert "1 passed, 1 error" in output, output
+    assert "jumpstarter_boards needs @pytest.mark.jumpstarter_roles(role='selector', ...)" in output
+    xml = junit.read_text()
+    assert (
+        'name="jumpstarter_host_exporter" value="host-1"' in xml
+        and 'name="jumpstarter_dut_exporter" value="dut-1"' in xml
+    )
+    assert "leased to ci" in lab.log("host-1") and "leased to ci" in lab.log("dut-1")
+    assert lab.store(lambda store: store.snapshot()).leases == {}
