@@ -60,15 +60,24 @@ class Fleet:
         return self.run([JMP, *args])
 
     def run(self, command: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        """Run ``command`` in a process group of its own; past :data:`COMMAND_TIMEOUT` the whole group
+        (a `jmp shell` and the commands it started) is killed and TimeoutExpired raised."""
+        process = subprocess.Popen(
             command,
-            check=False,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=self.env,
-            timeout=COMMAND_TIMEOUT,
-            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        try:
+            stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
     def config(self, kind: str, name: str, *options: str) -> Path:
         """A configuration file from `jumpstarter controller token create KIND NAME --format jumpstarter`."""
@@ -247,7 +256,11 @@ def test_jmp_and_our_client_waiting_for_one_board_are_served_in_request_order(fl
     def jmp_shell(name: str) -> subprocess.Popen:
         command = [JMP, "shell", "--client-config", str(jmp_files[name]), "--selector", "board=jx-fifo", "--"]
         return subprocess.Popen(
-            [*command, "j", "power", "on"], env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [*command, "j", "power", "on"],
+            env=fleet.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def our_client() -> None:
@@ -276,7 +289,9 @@ def test_jmp_and_our_client_waiting_for_one_board_are_served_in_request_order(fl
     finally:
         for item in waiting:
             if isinstance(item, subprocess.Popen):
-                stop_process(item, name="jmp shell")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(item.pid, signal.SIGKILL)  # a no-op unless the test failed before it ended
+                item.wait(COMMAND_TIMEOUT)
                 item.stdout.close()
     assert not errors, errors
     ended = fleet.lab.store(lambda store: store.ended_leases())
@@ -322,3 +337,23 @@ def test_one_exporter_file_serves_jmp_run_and_our_serve_alike(fleet: Fleet) -> N
     log_text = (fleet.directory / "serve-both-1.log").read_text(errors="replace")
     assert "registered with the controller" in log_text and "power on" in log_text
     assert active_leases(fleet.lab) == {}
+
+
+def test_jmp_auth_rotate_replaces_the_clients_token_and_the_old_one_is_refused(fleet: Fleet) -> None:
+    """Without -o the file goes where `jmp --client NAME` looks; `jmp auth rotate` rewrites it there."""
+    made = fleet.ours(
+        "controller", "token", "create", "client", "rotating", "--etcd", fleet.lab.etcd.endpoint,
+        "--endpoint", fleet.lab.endpoints, "--ca", str(fleet.lab.cert), "--format", "jumpstarter",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    client = Path(made.stdout.strip())
+    assert client == Path(fleet.env["JMP_CLIENT_CONFIG_HOME"]) / "clients" / "rotating.yaml"
+    old_copy = fleet.directory / "old-copy.yaml"
+    old_copy.write_text(client.read_text())
+    rotated = fleet.jmp("auth", "rotate", "--client", "rotating")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert yaml.safe_load(client.read_text())["token"] != yaml.safe_load(old_copy.read_text())["token"]
+    assert fleet.ours("exporters", "--client-config", str(client)).returncode == 0
+    refused = fleet.ours("exporters", "--client-config", str(old_copy))
+    assert refused.returncode != 0
+    assert "unknown or revoked token" in refused.stderr

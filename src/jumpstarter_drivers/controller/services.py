@@ -719,5 +719,11 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         await self.lab.release(identity, short_name(request.name, "leases", identity.namespace))
         return empty_pb2.Empty()
 
+    @_refuse_on_errors
     async def RotateToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "tokens are issued by `jumpstarter controller token create`")
+        identity = await self.lab.identify(context, CLIENT)
+        if request.parent and request.parent != f"namespaces/{identity.namespace}":
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"parent {request.parent!r} is not your namespace")
+        token = await tokens.rotate(self.lab.store, list(context.invocation_metadata() or ()), CLIENT)
+        logger.info("%s rotated its token", identity)
+        return client_pb2.RotateTokenResponse(token=token)

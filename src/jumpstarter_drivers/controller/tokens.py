@@ -117,6 +117,15 @@ async def issue(
     return token
 
 
+async def rotate(store: Store, metadata: Iterable[tuple[str, str | bytes]], kind: str) -> str:
+    """A new token for the holder of the call's token, which stops working (``jmp auth rotate``)."""
+    identity = await identify(store, metadata, kind)
+    old, _ = bearer(metadata)
+    token = await issue(store, identity.kind, identity.name, identity.namespace)
+    await store.remove_token(digest(old))
+    return token
+
+
 async def revoke(store: Store, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> int:
     """Revoke every token of ``kind`` ``name``; the number revoked."""
     kind = kind_of(kind)
