@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -110,17 +112,16 @@ def test_a_group_needs_two_roles() -> None:
         pass
 
 
-ROLES_SUITE = """
-import pytest
+DOCS = Path(__file__).parents[3] / "docs" / "shared-lab.md"
 
 
-@pytest.mark.jumpstarter_roles(host="board=rpi4", dut="board=imx8")
-def test_both_boards(jumpstarter_boards):
-    assert sorted(jumpstarter_boards) == ["dut", "host"]
-    for board in jumpstarter_boards.values():
-        board.power.on()
-        assert list(board.power.read())
+def roles_example() -> str:
+    """The docs' example of a test taking two boards by role (the one Python block of its section)."""
+    section = DOCS.read_text().split("### Several boards in one test", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
 
+
+WITHOUT_ROLES = """
 
 def test_without_roles(jumpstarter_boards):
     pass
@@ -130,7 +131,7 @@ def test_without_roles(jumpstarter_boards):
 def test_the_plugin_leases_a_tests_roles_together(lab, tmp_path) -> None:
     lab.serve("host-1", {"board": "rpi4"})
     lab.serve("dut-1", {"board": "imx8"})
-    (tmp_path / "test_roles.py").write_text(ROLES_SUITE)
+    (tmp_path / "test_roles.py").write_text(roles_example() + WITHOUT_ROLES)
     config = lab.client_file("ci")
     junit = tmp_path / "junit.xml"
     command = [
