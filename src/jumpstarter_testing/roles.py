@@ -55,9 +55,9 @@ def jumpstarter_boards(
     wanted = ", ".join(f"{role}: {selector}" for role, selector in roles.items())
     with contextlib.ExitStack() as stack:
         try:
-            access, duration, timeout = leasing.lease_settings(request.config)
+            access, options = leasing.lease_settings(request.config)
             run_lease.say(f"leasing boards together ({wanted})")
-            held = stack.enter_context(leased_roles(access, roles, duration, wait=timeout, progress=run_lease.say))
+            held = stack.enter_context(leased_roles(access, roles, progress=run_lease.say, **options))
         except LeaseTimeout as exc:
             pytest.fail(f"jumpstarter: {exc}", pytrace=False)
         except (JumpstarterError, OSError, ValueError) as exc:

@@ -36,6 +36,7 @@ from ..core import loop
 from ..core.errors import ConfigurationError, ExporterUnreachable, JumpstarterError
 from .config import Access
 from .groups import GROUP_TAG, MAX_GROUP, ROLE_TAG
+from .priority import PRIORITY_TAG
 from .tunnel import CHUNK, Channels, splice
 
 logger = logging.getLogger(__name__)
@@ -267,9 +268,14 @@ def leased(
     wait: float | None = None,
     exporter_name: str = "",
     progress: Callable[[str], None] | None = None,
+    priority: int = 0,
 ) -> Iterator[Leased]:
-    """Lease a board matching ``selector`` (waiting at most ``wait`` s), hold it for the block, release it."""
-    with _holding(access, [_Request(selector, exporter_name)], duration, wait, progress) as held:
+    """Lease a board matching ``selector`` (waiting at most ``wait`` s), hold it for the block, release it.
+
+    A negative ``priority`` (down to -100) lets waiting leases of higher priority go first (:mod:`.priority`).
+    """
+    tags = {PRIORITY_TAG: str(priority)} if priority else {}
+    with _holding(access, [_Request(selector, exporter_name, tags=tags)], duration, wait, progress) as held:
         yield held[0]
 
 
@@ -280,6 +286,7 @@ def leased_roles(
     duration: float,
     wait: float | None = None,
     progress: Callable[[str], None] | None = None,
+    priority: int = 0,
 ) -> Iterator[dict[str, Leased]]:
     """One board per role (``{"host": "board=rpi4", "dut": "board=imx8"}``), leased together or not at all.
 
@@ -290,8 +297,9 @@ def leased_roles(
         raise ConfigurationError(f"a lease group has 2 to {MAX_GROUP} roles, not {len(roles)}: {', '.join(roles)}")
     ids = [str(uuid.uuid4()) for _ in roles]
     group = ",".join(ids)
+    ranked = {PRIORITY_TAG: str(priority)} if priority else {}
     requests = [
-        _Request(selector, lease_id=lease_id, tags={GROUP_TAG: group, ROLE_TAG: role})
+        _Request(selector, lease_id=lease_id, tags={GROUP_TAG: group, ROLE_TAG: role, **ranked})
         for (role, selector), lease_id in zip(roles.items(), ids, strict=True)
     ]
     with _holding(access, requests, duration, wait, progress) as held:

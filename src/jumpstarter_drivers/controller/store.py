@@ -34,6 +34,7 @@ import grpc
 from aetcd import rpc
 
 from ..core.errors import JumpstarterError
+from .priority import queue_order
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ class LabState:
     holders: set[str] = field(default_factory=set)
 
     def queue(self) -> list[Record]:
-        """Leases still waiting for an exporter, in request order."""
+        """Leases still waiting for an exporter: by priority, then in request order."""
         waiting = [lease for lease in self.leases.values() if not lease.value.get("exporter")]
-        return sorted(waiting, key=lambda lease: lease.create_revision)
+        return sorted(waiting, key=queue_order)
 
 
 def _encode(value: dict[str, Any]) -> bytes:
