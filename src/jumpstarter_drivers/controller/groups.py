@@ -4,8 +4,9 @@ A client names its leases itself (``CreateLease.lease_id``) and tags each with t
 ``jumpstarter.dev/lease-group: <id>,<id>,...``. Each member is an ordinary lease (its own Dial,
 Listen, keepalive and release); only the scheduler treats them as one queue entry, at the place
 of the group's earliest member, and assigns every member in one etcd transaction over all their
-exporters. A group that cannot be served yet holds no board, but reserves, for that pass, the free
-boards any member could use, so no later compatible waiter overtakes it (FIFO, as for one lease).
+exporters. A group that cannot be served yet holds no board, but reserves, for that pass, one free
+board for each member that has one (:func:`reserve`), so no later waiter takes a board the group
+needs (FIFO, as for one lease), while the boards it does not need stay open to later waiters.
 """
 
 from __future__ import annotations
@@ -65,3 +66,13 @@ def plan(leases: Sequence[Record], free: Sequence[str], fits: Callable[[Record, 
         return False
 
     return dict(chosen) if choose(0) else None
+
+
+def reserve(leases: Sequence[Record], free: Sequence[str], fits: Callable[[Record, str], bool]) -> set[str]:
+    """One free board for each lease that has one (scarcest first), for a group that cannot be served yet."""
+    kept: set[str] = set()
+    for lease in sorted(leases, key=lambda lease: sum(fits(lease, name) for name in free)):
+        choice = next((name for name in free if name not in kept and fits(lease, name)), None)
+        if choice is not None:
+            kept.add(choice)
+    return kept

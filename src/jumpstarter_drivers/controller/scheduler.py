@@ -11,7 +11,7 @@ transactions that fail if another replica got there first; so any number of repl
   lets later ones pass, but never one that could use the same board: no compatible waiter is
   overtaken.
 - A lease group (:mod:`.groups`) is one waiter at its earliest member's place: all its leases get
-  boards in one transaction, or none does and the boards it could use wait for it.
+  boards in one transaction, or none does and one free board per member waits for it.
 """
 
 from __future__ import annotations
@@ -172,16 +172,18 @@ class Scheduler:
     async def _serve_group(
         self, state: LabState, group: tuple[str, ...], free: list[str], reserved: set[str], now: float
     ) -> None:
-        """Assign every lease of ``group`` at once, or reserve the boards it could use from later waiters."""
+        """Assign every lease of ``group`` at once, or keep boards for it from later waiters."""
         leases = groups.complete(group, state.leases)
         if leases is None:
             return  # members still being created (or one ended): not a waiter yet
         usable = [name for name in free if name not in reserved]
-        chosen = groups.plan(leases, usable, lambda lease, name: fits(lease, name, state.exporters[name]))
+
+        def usable_by(lease: Record, name: str) -> bool:
+            return fits(lease, name, state.exporters[name])
+
+        chosen = groups.plan(leases, usable, usable_by)
         if chosen is None:
-            reserved.update(
-                name for name in usable if any(fits(lease, name, state.exporters[name]) for lease in leases)
-            )
+            reserved.update(groups.reserve(leases, usable, usable_by))
             return
         plan = [(lease, chosen[lease.name], now + float(lease.value.get("duration") or 0)) for lease in leases]
         if await self.store.assign_all(plan, now):

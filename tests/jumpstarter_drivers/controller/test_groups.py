@@ -159,3 +159,30 @@ def test_the_plugin_leases_a_tests_roles_together(lab, tmp_path) -> None:
     )
     assert "leased to ci" in lab.log("host-1") and "leased to ci" in lab.log("dut-1")
     assert lab.store(lambda store: store.snapshot()).leases == {}
+
+
+def test_a_waiting_group_keeps_only_the_boards_it_needs(lab) -> None:
+    """Two free rpi4 boards, the imx8 busy: the group keeps one rpi4 for its host, a later rpi4 lease gets the other."""
+    lab.serve("host-1", {"board": "rpi4"})
+    lab.serve("host-2", {"board": "rpi4"})
+    lab.serve("dut-1", {"board": "imx8"})
+    group = ControllerClient(lab.client("bob"))
+    carol = ControllerClient(lab.client("carol"))
+    try:
+        with leased(lab.client("alice"), "board=imx8", duration=60, wait=30):
+            ids = ["group-host", "group-dut"]
+            tags = {"jumpstarter.dev/lease-group": ",".join(ids)}
+            for lease_id, selector in zip(ids, ROLES.values(), strict=True):
+                loop.run(group.create_lease(selector, 60, keepalive=0, lease_id=lease_id, tags=tags))
+            late = loop.run(carol.create_lease("board=rpi4", 60, keepalive=0))
+            assert loop.run(carol.wait_ready(late.name, 30)).exporter.endswith("host-2")
+            state = lab.store(lambda store: store.snapshot())
+            assert "host-1" not in state.assignments and [lease.name for lease in state.queue()] == ids
+        for lease_id in ids:
+            assert loop.run(group.wait_ready(lease_id, 30)).exporter.endswith(("host-1", "dut-1"))
+        loop.run(carol.release(late.name))
+        for lease_id in ids:
+            loop.run(group.release(lease_id))
+    finally:
+        loop.run(group.close())
+        loop.run(carol.close())
