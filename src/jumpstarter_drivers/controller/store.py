@@ -151,6 +151,13 @@ class Store:
         return (self.root + name).encode()
 
     async def _call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``func(...)``; a call refused as UNAVAILABLE (not applied) is tried once more per further member, since
+        the channel moves to the next member only after a call failed on the dead one."""
+        for _ in range(len(self.endpoints) - 1):
+            try:
+                return await func(*args, **kwargs)
+            except aetcd.exceptions.ConnectionFailedError as exc:
+                logger.debug("etcd call failed (%s); trying the next member", exc or type(exc).__name__)
         try:
             return await func(*args, **kwargs)
         except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError) as exc:
