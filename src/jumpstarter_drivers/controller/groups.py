@@ -33,9 +33,10 @@ def members(lease: Record) -> tuple[str, ...]:
 
 
 def complete(group: Sequence[str], leases: dict[str, Record]) -> list[Record] | None:
-    """The group's leases if every member waits and all belong to one client, else ``None``."""
+    """The group's leases if every member waits, names the same group, and all belong to one client, else
+    ``None`` (so a lease naming someone else's in its group tag only keeps itself from being served)."""
     found = [leases.get(name) for name in group]
-    if any(lease is None or lease.value.get("exporter") for lease in found):
+    if any(lease is None or lease.value.get("exporter") or members(lease) != group for lease in found):
         return None
     clients = {lease.value.get("client") for lease in found if lease is not None}
     if len(clients) != 1:

@@ -152,8 +152,11 @@ class Scheduler:
                 continue
             group = groups.members(lease)
             if group:
-                seen.update(group)
-                await self._serve_group(state, group, free, reserved, now)
+                seen.add(lease.name)
+                leases = groups.complete(group, state.leases)
+                if leases is not None:  # else members are still being created (or one ended): not a waiter yet
+                    seen.update(group)
+                    await self._serve_group(state, group, leases, free, reserved, now)
                 continue
             for name in free:
                 if name not in reserved and fits(lease, name, state.exporters[name]):
@@ -170,12 +173,15 @@ class Scheduler:
         return min(ends) if ends else None
 
     async def _serve_group(
-        self, state: LabState, group: tuple[str, ...], free: list[str], reserved: set[str], now: float
+        self,
+        state: LabState,
+        group: tuple[str, ...],
+        leases: list[Record],
+        free: list[str],
+        reserved: set[str],
+        now: float,
     ) -> None:
         """Assign every lease of ``group`` at once, or keep boards for it from later waiters."""
-        leases = groups.complete(group, state.leases)
-        if leases is None:
-            return  # members still being created (or one ended): not a waiter yet
         usable = [name for name in free if name not in reserved]
 
         def usable_by(lease: Record, name: str) -> bool:

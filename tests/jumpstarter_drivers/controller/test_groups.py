@@ -186,3 +186,19 @@ def test_a_waiting_group_keeps_only_the_boards_it_needs(lab) -> None:
     finally:
         loop.run(group.close())
         loop.run(carol.close())
+
+
+def test_a_group_tag_naming_someone_elses_lease_does_not_hold_it_back(lab) -> None:
+    lab.serve("host-1", {"board": "rpi4"})
+    mallory, bob = ControllerClient(lab.client("mallory")), ControllerClient(lab.client("bob"))
+    try:
+        with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30):
+            tags = {"jumpstarter.dev/lease-group": "bob-lease,mallory-lease"}
+            loop.run(mallory.create_lease("board=rpi4", 60, keepalive=0, lease_id="mallory-lease", tags=tags))
+            loop.run(bob.create_lease("board=rpi4", 60, keepalive=0, lease_id="bob-lease"))
+        assert loop.run(bob.wait_ready("bob-lease", 30)).exporter.endswith("host-1")
+        loop.run(bob.release("bob-lease"))
+        loop.run(mallory.release("mallory-lease"))
+    finally:
+        loop.run(mallory.close())
+        loop.run(bob.close())
