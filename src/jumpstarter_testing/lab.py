@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from jumpstarter_drivers.composite.common import REF_LABEL
 from jumpstarter_drivers.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -162,6 +163,8 @@ class Lab:
         found: dict[str, DriverClient] = {}
 
         def visit(node: DriverClient, path: str) -> None:
+            if node.labels.get(REF_LABEL):  # a proxy: the flasher it stands for is found where it is defined
+                return
             if path and is_flasher(node):
                 found[path] = node
             for name, child in node.children.items():

@@ -3,7 +3,8 @@
 It turns options into a :class:`~jumpstarter_testing.lab.Lab` and hands it out as fixtures:
 
 - ``session``: the lab of this run (a remote exporter, or a local one from an exporter file),
-- ``client``: its root client, ``flasher``: the client of its flasher node.
+- ``client``: its root client, ``flasher``: the client of its flasher node,
+- ``board_state``: the board brought to the state ``@pytest.mark.jumpstarter_state("shell")`` names.
 
 The lab starts when the first test needing it is set up, so runs that never touch it never
 connect; a lab that cannot start stops the run once, with one line saying why.
@@ -47,8 +48,9 @@ JUMPSTARTER_LOG_DIR = "JUMPSTARTER_LOG_DIR"
 JUMPSTARTER_FLASHER = "JUMPSTARTER_FLASHER"
 
 #: Fixtures whose use means a test needs the lab.
-LAB_FIXTURES = frozenset({"session", "client", "flasher"})
+LAB_FIXTURES = frozenset({"session", "client", "flasher", "board_state"})
 MARKER = "jumpstarter_requires"
+STATE_MARKER = "jumpstarter_state"
 #: Loggers whose records a test's report and log file carry.
 DRIVER_LOGGER = "driver"  # in-process drivers of a local lab
 STREAMED_LOGGER = "exporter:driver"  # a remote exporter's driver logs, re-emitted by log_stream()
@@ -151,6 +153,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}(*requirements): skip unless the lab has these nodes (dotted paths, e.g. 'power', "
         "'board.serial') and methods ('power.read': present, and supported by the node's driver)",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{STATE_MARKER}(state): the board_state fixture brings the board to this state (off, uboot, shell)",
     )
     if not hasattr(config, "workerinput"):
         _check_boards_and_workers(config)
@@ -465,6 +471,34 @@ def flasher(session: Lab, jumpstarter_flasher_name: str | None) -> DriverClient:
     if node is None:
         pytest.skip(f"the lab at {session.address} has no flasher (no node with a *FlasherClient client class)")
     return node
+
+
+@pytest.fixture
+def board_state(request: pytest.FixtureRequest, session: Lab) -> Any:
+    """The board in the state the test asks for, by ``@pytest.mark.jumpstarter_state("shell")`` or by
+    indirect parametrisation; the value is the transition's result (its steps' seconds are also
+    JUnit properties ``jumpstarter_step_<state>_s``).
+
+    The lab's boot strategy (the node whose client is a ``BootStrategyClient``) checks the board
+    before acting, so tests asking for the state the board is in reuse it without a reboot; a test
+    that broke it (powered it off, say) makes the next one boot it again. Skips when the lab has
+    no boot strategy.
+    """
+    from jumpstarter_drivers.strategy.client import BootStrategyClient
+
+    marker = request.node.get_closest_marker(STATE_MARKER)
+    state = getattr(request, "param", None) or (marker.args[0] if marker and marker.args else None)
+    if not state:
+        pytest.fail(f"board_state needs @pytest.mark.{STATE_MARKER}('STATE') or indirect parametrisation",
+                    pytrace=False)
+    strategies = [node for node in session.client.walk() if isinstance(node, BootStrategyClient)]
+    if not strategies:
+        pytest.skip(f"the lab at {session.address} has no boot strategy (a BootStrategy node)")
+    result = strategies[0].transition(state)
+    logger.info("board state %s: %s", state, result.summary())
+    for name in result.path:  # what record_property does, without its warning under junit_family xunit2
+        request.node.user_properties.append((f"jumpstarter_step_{name}_s", round(result.steps[name], 3)))
+    return result
 
 
 def _uses_lab(item: pytest.Item) -> bool:

@@ -595,3 +595,32 @@ def test_requires_a_method_the_driver_supports(pytester: pytest.Pytester, clean_
     ])
     result = pytester.runpytest("-rs", "-k", "reads or levitates")  # the virtual lab's power measures
     result.assert_outcomes(passed=1, skipped=1)
+BOARD_STATE_SUITE = """
+import pytest
+
+@pytest.mark.jumpstarter_state("shell")
+def test_first(board_state, client):
+    assert board_state.path == ["uboot", "shell"]
+    assert client.shell.run_check("echo one") == "one\\n"
+
+@pytest.mark.jumpstarter_state("shell")
+def test_reuses_the_booted_board(board_state, client):
+    assert board_state.steps == {} and board_state.state == "shell"
+    client.board.power.off()
+
+@pytest.mark.parametrize("board_state", ["shell"], indirect=True)
+def test_boots_again_after_the_board_was_switched_off(board_state):
+    assert board_state.path == ["uboot", "shell"]
+
+def test_without_a_state(board_state):
+    pass
+"""
+
+
+def test_board_state_fixture_boots_once_and_records_steps(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(BOARD_STATE_SUITE)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*board_state needs @pytest.mark.jumpstarter_state('STATE')*"])
+    junit = (pytester.path / "junit.xml").read_text()
+    assert junit.count('name="jumpstarter_step_shell_s"') == 2

@@ -4,6 +4,7 @@ byte stream (like a serial port) and uploads, with counters that show what is st
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,14 @@ class Target(Driver):
             return await resource_size(handle)
         finally:
             self._uploading -= 1
+
+    @export
+    async def hog(self, seconds: float) -> float:
+        """Keep the exporter's event loop busy for ``seconds`` (a driver that forgot to await)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass  # computing on the loop on purpose
+        return seconds
 
     @export
     def state(self) -> dict[str, Any]:

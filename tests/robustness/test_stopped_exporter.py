@@ -89,3 +89,51 @@ def test_connecting_to_a_frozen_exporter_fails(frozen) -> None:
     freeze()
     outcome = outcome_within(lambda: connect(served.address, keepalive=KEEPALIVE, timeout=3), HANG)
     assert isinstance(outcome, ExporterUnreachable), outcome
+
+
+def test_upload_fails_when_the_exporter_freezes(frozen) -> None:
+    """A frozen exporter stops reading, the client's writes back up and gRPC's keepalive pings stay
+    queued behind them: the upload must still fail within the keepalive bound, not wait for ever."""
+    served, freeze = frozen
+    chunk = b"u" * (1 << 20)
+    with connect(served.address, keepalive=KEEPALIVE) as root, root.target.resource() as (handle, stream):
+        call: list = []
+        caller = threading.Thread(target=lambda: call.append(outcome_within(lambda: root.target.call("upload", handle), HANG)))
+        caller.start()
+        for _ in range(8):
+            stream.send(chunk)
+        freeze()
+
+        def send_for_ever() -> None:
+            while True:
+                stream.send(chunk)
+
+        outcome = outcome_within(send_for_ever, HANG)
+        caller.join(HANG)
+    assert isinstance(outcome, ExporterUnreachable), outcome
+    assert "stopped answering" in str(outcome)
+    assert isinstance(call[0], ExporterUnreachable), call
+
+
+def test_a_busy_exporter_is_not_taken_for_a_frozen_one(serve_lab) -> None:
+    """The exporter's event loop computes for longer than the frozen-peer bound (default settings):
+    the call in progress, an upload waiting on the busy loop and a new call all succeed."""
+    from jumpstarter_drivers.core.access import DEFAULT_KEEPALIVE
+
+    busy = 3 * DEFAULT_KEEPALIVE
+    size = 64 << 20
+    with serve_lab() as served, connect(served.address) as root:
+        target = root.target
+        with target.resource() as (handle, stream):
+            uploaded: list = []
+            upload = threading.Thread(target=lambda: uploaded.append(target.call("upload", handle)), daemon=True)
+            upload.start()
+            stream.send(b"x" * (1 << 20))
+            hogged = outcome_within(lambda: target.call("hog", busy), busy + HANG)
+            outcome = outcome_within(lambda: [stream.send(b"x" * (1 << 20)) for _ in range(size >> 20)], HANG)
+            stream.send_eof()
+            upload.join(HANG)
+        assert hogged == busy
+        assert not isinstance(outcome, BaseException), outcome
+        assert uploaded == [size + (1 << 20)]
+        assert target.call("echo", 3) == 3

@@ -730,6 +730,31 @@ def drivers(name: str | None, as_json: bool) -> None:
     click.echo(json.dumps(doc.as_dict(), indent=2) if as_json else "\n".join(text_lines(doc)))
 
 
+@main.command()
+@click.argument("spec", metavar="LOCAL:NODE:PORT")
+@click.pass_context
+def forward(ctx: click.Context, spec: str) -> None:
+    """Forward 127.0.0.1:LOCAL to PORT of the board through NODE (a TcpNetwork or Network node)
+    until interrupted; LOCAL 0 picks a free port (printed)."""
+    from ..network.client import forward_target, parse_forward
+
+    try:
+        local, node_path, port = parse_forward(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="LOCAL:NODE:PORT") from None
+    node = lab_client(ctx)
+    for name in node_path.split("."):
+        if name not in node.children:
+            raise click.BadParameter(f"the lab has no node {node_path!r} ({name!r} is not among: "
+                                     f"{', '.join(node.children) or 'none'})", param_hint="LOCAL:NODE:PORT")
+        node = node.children[name]
+    target = forward_target(node, port)
+    with target.forward(port, local) as (host, bound), signals_caught(signal.SIGINT, signal.SIGTERM) as caught:
+        click.echo(f"forwarding {host}:{bound} to {node_path} port {port}; Ctrl-C stops", err=False)
+        sys.stdout.flush()
+        caught.wait_until(caught.received.is_set)
+
+
 @main.command("tls-cert")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 from collections.abc import Iterator
@@ -25,8 +26,9 @@ JMP_GRPC_PASSPHRASE = "JMP_GRPC_PASSPHRASE"
 JMP_GRPC_CA = "JMP_GRPC_CA"
 JMP_GRPC_KEEPALIVE = "JMP_GRPC_KEEPALIVE"
 
-#: Seconds between keepalive pings, and how long a ping may go unanswered, before a call fails.
-DEFAULT_KEEPALIVE = 10.0
+#: Seconds between keepalive pings, and how long a ping may go unanswered: an exporter that stops
+#: answering (frozen, cut off) fails calls, streams and uploads within about twice this.
+DEFAULT_KEEPALIVE = 2.0
 MAX_MESSAGE = 64 << 20
 
 
@@ -103,6 +105,11 @@ def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str 
         ("grpc.http2.min_time_between_pings_ms", int(keepalive * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 1000)),
         ("grpc.http2.ping_timeout_ms", int(keepalive * 1000)),
+        # a streaming call waits for its messages in the caller's thread instead of handing each
+        # one over from gRPC's channel thread: a short streaming call costs about a unary one.
+        # So one thread does all the waiting on such a call (initial_metadata(), iterating);
+        # cancel() may come from any thread.
+        ("SingleThreadedUnaryStream", 1),
     ]
     if not address.tcp:
         credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
@@ -135,6 +142,10 @@ def connect(
 
     ``allow`` is an :class:`AllowList` or its comma-separated form; ``None`` allows the bundled
     drivers. Fails with :class:`ExporterUnreachable` within ``timeout`` seconds when nobody answers.
+    Once connected, an exporter that stops answering (frozen, cut off) fails calls, streams and
+    uploads with :class:`ExporterUnreachable` within about ``2 * keepalive`` seconds
+    (``keepalive`` from ``$JMP_GRPC_KEEPALIVE``, default 2); a busy exporter is not taken for a
+    frozen one, since gRPC's core answers its pings whatever its drivers are doing.
     """
     import grpc
 
@@ -148,7 +159,9 @@ def connect(
     probe(parsed, timeout)
     channel = _channel(parsed, keepalive, insecure, ca)
     metadata = (("x-jumpstarter-passphrase", passphrase),) if passphrase else ()
-    connection = Connection(channel, parsed.text, metadata)
+    connection = Connection(
+        channel, parsed.text, metadata, keepalive, functools.partial(_channel, parsed, keepalive, insecure, ca)
+    )
     try:
         try:
             report = connection.exporter.GetReport(

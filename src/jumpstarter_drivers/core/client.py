@@ -12,17 +12,17 @@ import contextlib
 import importlib
 import json
 import logging
-import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 from uuid import UUID
 
-from .codec import decode, encode_into, restore
+from .codec import decode, encode_into, from_json, restore
 from .compat import toolkit_name_for
 from .driver import GENERIC_CLIENT
 from .errors import (
@@ -37,7 +37,16 @@ from .errors import (
     Unauthenticated,
 )
 from .status import ExporterStatus
-from .streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME, Frame, decode_frame, encode_frame
+from .streams import (
+    FRAME_DATA,
+    FRAME_GOAWAY,
+    FRAME_RST_STREAM,
+    MAX_FRAME,
+    Frame,
+    decode_frame,
+    encode_frame,
+    pieces,
+)
 
 logger = logging.getLogger(__name__)
 driver_log = logging.getLogger("exporter:driver")
@@ -50,6 +59,8 @@ NAME_LABEL = "jumpstarter.dev/name"
 TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
 ERROR_TYPE_KEY = "x-jmp-error-type"
 BATCH_KEY = "x-jmp-batch"
+JSON_KEY = "x-jmp-json"
+JSON_BATCH_UUID = "x-jmp-json-batch"
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
@@ -127,6 +138,10 @@ class Connection:
     channel: Any
     address: str
     metadata: tuple[tuple[str, str], ...] = ()
+    #: Seconds within which a peer that stopped answering is noticed (see ``connect(keepalive=)``).
+    keepalive: float = 10.0
+    #: Opens another channel to the same peer, for :meth:`answers`; ``None``: assume it answers.
+    new_channel: Callable[[], Any] | None = None
     _closed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -139,11 +154,43 @@ class Connection:
         self.stream = self.channel.stream_stream(
             "/jumpstarter.v1.RouterService/Stream", request_serializer=encode_frame, response_deserializer=decode_frame
         )
+        #: Driver calls ask for JSON results (types kept) and, when streaming, for batches.
+        self.call_metadata = self.metadata + ((JSON_KEY, "1"),)
+        self.streaming_metadata = self.call_metadata + ((BATCH_KEY, "1"),)
+
+    def answers(self, timeout: float) -> bool:
+        """Whether the peer completes a new connection within ``timeout`` s.
+
+        The connection is set up by gRPC's core on both sides, so a peer whose Python is busy
+        still answers; a frozen or unreachable one does not.
+        """
+        import grpc
+
+        if self.new_channel is None:
+            return True
+        channel = self.new_channel()
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+        finally:
+            channel.close()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.channel.close()
+
+    def abandon(self) -> None:
+        """Give up on a peer found frozen: its calls fail now, the channel closes in the background.
+
+        Closing waits for gRPC's writes to the peer, which a frozen peer never takes; the closing
+        thread ends when the peer goes away or wakes up.
+        """
+        if not self._closed:
+            self._closed = True
+            threading.Thread(target=self.channel.close, name="jumpstarter-abandon", daemon=True).start()
 
 
 class DriverClient:
@@ -200,16 +247,24 @@ class DriverClient:
         return f"{self.name or 'root'}.{method}() on {self.connection.address}"
 
     def call(self, method: str, *args: Any) -> Any:
-        """Call an exported unary method; the result is plain decoded JSON (see :meth:`call_as`)."""
+        """Call an exported unary method; the result is plain JSON data (see :meth:`call_as`).
+
+        From our own exporters the result keeps the JSON types the driver returned (``5`` stays
+        an ``int``); Jumpstarter's send every number as a float (``5.0``).
+        """
         import grpc
 
         request = self.connection.pb.DriverCallRequest(uuid=self._uuid, method=method)
         for arg in args:
             encode_into(request.args.add(), arg)
         try:
-            response = self.connection.exporter.DriverCall(request, metadata=self.connection.metadata)
+            response, call = self.connection.exporter.DriverCall.with_call(
+                request, metadata=self.connection.call_metadata
+            )
         except grpc.RpcError as exc:
             raise translate(exc, self._where(method)) from None
+        if (JSON_KEY, "1") in (call.trailing_metadata() or ()):
+            return from_json(response.result.string_value)
         return decode(response.result)
 
     def call_as(self, result_type: Any, method: str, *args: Any) -> Any:
@@ -223,12 +278,13 @@ class DriverClient:
         request = self.connection.pb.StreamingDriverCallRequest(uuid=self._uuid, method=method)
         for arg in args:
             encode_into(request.args.add(), arg)
-        responses = self.connection.exporter.StreamingDriverCall(
-            request, metadata=self.connection.metadata + ((BATCH_KEY, "1"),)
-        )
+        responses = self.connection.exporter.StreamingDriverCall(request, metadata=self.connection.streaming_metadata)
         batched = None
         try:
             for response in responses:
+                if response.uuid == JSON_BATCH_UUID:  # our session: a batch as JSON (see session.JSON_BATCH_UUID)
+                    yield from from_json(response.result.string_value)
+                    continue
                 if batched is None:
                     batched = dict(responses.initial_metadata()).get(BATCH_KEY) == "1"
                 if batched:
@@ -241,17 +297,26 @@ class DriverClient:
             responses.cancel()
 
     @contextlib.contextmanager
-    def stream(self, method: str = "connect") -> Iterator[ByteStream]:
-        """Open the driver's exported byte stream ``method`` (a console, say)."""
+    def stream(self, method: str = "connect", *, raise_on_eof: bool = False) -> Iterator[ByteStream]:
+        """Open the driver's exported byte stream ``method`` (a console, say).
+
+        At its end the stream's ``receive()`` returns ``b""``; with ``raise_on_eof`` it raises
+        ``anyio.EndOfStream`` instead, as Jumpstarter's streams do (see :class:`ByteStream`).
+        """
         request = {"kind": "driver", "uuid": self._uuid, "method": method}
-        with ByteStream.open(self.connection, request, self._where(method)) as stream:
+        with ByteStream.open(self.connection, request, self._where(method), raise_on_eof) as stream:
             yield stream
 
     @contextlib.contextmanager
-    def resource(self, content_encoding: str | None = None) -> Iterator[tuple[dict[str, Any], ByteStream]]:
-        """Open a resource stream; yields ``(handle, stream)``: pass the handle to a driver call."""
+    def resource(
+        self, content_encoding: str | None = None, *, raise_on_eof: bool = False
+    ) -> Iterator[tuple[dict[str, Any], ByteStream]]:
+        """Open a resource stream; yields ``(handle, stream)``: pass the handle to a driver call.
+
+        The stream ends as :meth:`stream`'s does (``b""``, or ``anyio.EndOfStream`` with ``raise_on_eof``).
+        """
         request = {"kind": "resource", "uuid": self._uuid, "x_jmp_content_encoding": content_encoding}
-        with ByteStream.open(self.connection, request, self._where("resource")) as stream:
+        with ByteStream.open(self.connection, request, self._where("resource"), raise_on_eof) as stream:
             handle = json.loads(stream.initial_metadata["resource"])
             yield handle, stream
 
@@ -357,27 +422,74 @@ class UnavailableClient(DriverClient):
         raise self.__dict__["reason"]
 
 
-class ByteStream:
-    """The client end of a ``RouterService.Stream``: a blocking byte stream with timeouts."""
+class _Chunks:
+    """Byte chunks handed from one thread to another, bounded in bytes (one chunk may overshoot)."""
 
-    def __init__(self, connection: Connection, request: dict[str, Any], where: str) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Condition()
+        self.items: deque[Any] = deque()
+        self.size = 0
+        self.closed = False
+        #: When the consumer last took something (a stalled consumer is how a frozen peer shows).
+        self.taken_at = time.monotonic()
+
+    def put(self, item: Any, size: int, timeout: float | None) -> bool:
+        """Queue ``item`` once fewer than ``limit`` bytes wait; ``False`` when no room came in ``timeout`` s."""
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.closed or self.size < self.limit, timeout):
+                return False
+            if not self.closed:
+                if not self.items:
+                    self.taken_at = time.monotonic()
+                self.items.append(item)
+                self.size += size
+                self.lock.notify_all()
+            return True
+
+    def close(self) -> None:
+        """Wake everyone; what is queued stays readable, nothing more is accepted."""
+        with self.lock:
+            self.closed = True
+            self.lock.notify_all()
+
+
+class ByteStream:
+    """The client end of a ``RouterService.Stream``: a blocking byte stream with timeouts.
+
+    ``send`` queues bytes (waiting while 4 MiB are unsent); small writes queued together travel
+    in one frame. ``receive`` returns the next bytes, and at the end of the stream ``b""``, as a
+    socket does; ``for chunk in stream:`` stops there. A stream opened with
+    ``raise_on_eof=True`` raises ``anyio.EndOfStream`` at the end instead, as Jumpstarter's
+    streams do, so code ported from Jumpstarter that waits for that exception ends too.
+    A peer that stops answering (frozen, cut off) fails the stream with
+    :class:`ExporterUnreachable` within the connection's keepalive bound, uploads included.
+    """
+
+    #: Unsent and unread bytes each direction holds before the writer waits.
+    LIMIT = 4 << 20
+
+    def __init__(self, connection: Connection, request: dict[str, Any], where: str, raise_on_eof: bool = False) -> None:
         self.where = where
-        self._outbox: queue.Queue = queue.Queue(maxsize=16)
-        self._inbox: queue.Queue = queue.Queue(maxsize=64)
+        self.raise_on_eof = raise_on_eof
+        self._connection = connection
+        self._outbox = _Chunks(self.LIMIT)
+        self._inbox = _Chunks(self.LIMIT)
         metadata = connection.metadata + (("request", json.dumps(request)),)
-        self._call = connection.stream(iter(self._outbox.get, None), metadata=metadata)
+        self._call = connection.stream(self._requests(), metadata=metadata)
         self._eof_sent = False
-        self._eof_received = False
         self._error: Exception | None = None
         self._buffer = b""
         self.initial_metadata: dict[str, str] = {}
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, connection: Connection, request: dict[str, Any], where: str) -> Iterator[ByteStream]:
+    def open(
+        cls, connection: Connection, request: dict[str, Any], where: str, raise_on_eof: bool = False
+    ) -> Iterator[ByteStream]:
         import grpc
 
-        stream = cls(connection, request, where)
+        stream = cls(connection, request, where, raise_on_eof)
         try:
             try:
                 stream.initial_metadata = dict(stream._call.initial_metadata())
@@ -391,47 +503,100 @@ class ByteStream:
                 yield stream
             finally:
                 stream.close()
+                stream._inbox.close()  # nobody reads any more: what still arrives is dropped
                 reader.join(0.2)  # a driver that ends its side promptly closes cleanly
                 stream._call.cancel()
                 reader.join(5)
         finally:
             stream._call.cancel()
+            stream._outbox.close()
+
+    def _requests(self) -> Iterator[Frame]:
+        """What gRPC sends: queued bytes joined into frames of up to 1 MiB, then GOAWAY, then the end."""
+        outbox = self._outbox
+        while True:
+            with outbox.lock:
+                outbox.lock.wait_for(lambda: outbox.items or outbox.closed)
+                if not outbox.items:
+                    return
+                first = outbox.items.popleft()
+                if isinstance(first, Frame):
+                    frame = first
+                else:
+                    parts = [first]
+                    size = len(first)
+                    while outbox.items and isinstance(outbox.items[0], bytes):
+                        if size + len(outbox.items[0]) > MAX_FRAME:
+                            break
+                        parts.append(outbox.items.popleft())
+                        size += len(parts[-1])
+                    frame = Frame(parts[0] if len(parts) == 1 else b"".join(parts))
+                outbox.size -= len(frame.payload)
+                outbox.taken_at = time.monotonic()
+                outbox.lock.notify_all()
+            yield frame
 
     def _read(self) -> None:
         import grpc
 
+        inbox = self._inbox
         try:
             for frame in self._call:
                 if frame.frame_type == FRAME_DATA and frame.payload:
-                    self._inbox.put(frame.payload)
+                    for piece in pieces(frame.payload):
+                        inbox.put(piece, len(piece), None)  # dropped once the stream is closed
                 elif frame.frame_type in (FRAME_GOAWAY, FRAME_RST_STREAM):
                     break
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self._error = translate(exc, self.where)
         finally:
-            self._inbox.put(None)
+            inbox.close()
 
-    def _put(self, item: Any, timeout: float | None) -> None:
-        """Queue an outgoing frame; waits while the driver is slow, fails once the call is over."""
+    def _put(self, item: bytes | Frame, timeout: float | None) -> None:
+        """Queue an outgoing frame; waits while the driver is slow, fails once the call is over.
+
+        While nothing is taken for a keepalive period, the exporter is probed on a fresh
+        connection: a frozen exporter also stops the gRPC keepalive of a connection whose
+        writes are stuck, so an upload would otherwise wait for ever.
+        """
+        size = len(item.payload) if isinstance(item, Frame) else len(item)
         deadline = None if timeout is None else time.monotonic() + timeout
+        bound = self._connection.keepalive
         while True:
             if self._call.done():
-                raise self._error or ExporterUnreachable(f"{self.where}: the stream is closed")
-            try:
-                self._outbox.put(item, timeout=0.1)
+                raise self._error or self._ended()
+            if self._outbox.put(item, size, min(0.1, bound)):
+                if self._outbox.closed:
+                    raise self._ended()
                 return
-            except queue.Full:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.where}: the driver took no data for {timeout} s") from None
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise TimeoutError(f"{self.where}: the driver took no data for {timeout} s")
+            if now - self._outbox.taken_at > bound:
+                if not self._connection.answers(bound):
+                    self._connection.abandon()
+                    self._error = ExporterUnreachable(
+                        f"{self.where}: the exporter stopped answering (nothing taken for {now - self._outbox.taken_at:.1f} s "
+                        f"and no new connection within {bound:g} s); is it frozen or cut off?"
+                    )
+                    raise self._error
+                self._outbox.taken_at = time.monotonic()
+
+    def _ended(self) -> Exception:
+        return ExporterUnreachable(f"{self.where}: the stream is closed")
 
     def send(self, data: bytes, timeout: float | None = None) -> None:
-        """Send bytes (split into frames of at most 1 MiB); ``TimeoutError`` if the driver stalls past ``timeout``."""
+        """Send bytes; ``TimeoutError`` if the driver takes none of them for ``timeout`` seconds."""
         if self._eof_sent:
             raise ValueError(f"{self.where}: cannot send after send_eof()")
+        if isinstance(data, bytes) and len(data) <= MAX_FRAME:
+            if data:
+                self._put(data, timeout)
+            return
         view = memoryview(data)
         for start in range(0, len(view), MAX_FRAME):
-            self._put(Frame(bytes(view[start : start + MAX_FRAME])), timeout)
+            self._put(bytes(view[start : start + MAX_FRAME]), timeout)
 
     def send_eof(self) -> None:
         """Tell the driver no more bytes will come from this side."""
@@ -440,28 +605,36 @@ class ByteStream:
             self._put(Frame(frame_type=FRAME_GOAWAY), 5.0)
 
     def receive(self, timeout: float | None = None) -> bytes:
-        """The next bytes; ``b""`` once the driver ended the stream; ``TimeoutError`` past ``timeout``."""
+        """The next bytes; at the end ``b""`` (or ``anyio.EndOfStream`` with ``raise_on_eof``).
+
+        ``TimeoutError`` when nothing arrives within ``timeout`` seconds; the exporter's failure
+        (:class:`ExporterUnreachable`, say) when the stream broke.
+        """
         if self._buffer:
             data, self._buffer = self._buffer, b""
             return data
-        if self._eof_received:
-            return b""
-        try:
-            data = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"{self.where}: no data within {timeout} s") from None
-        if data is None:
-            self._eof_received = True
-            if self._error is not None:
-                raise self._error
-            return b""
-        return data
+        inbox = self._inbox
+        with inbox.lock:
+            if not inbox.lock.wait_for(lambda: inbox.items or inbox.closed, timeout):
+                raise TimeoutError(f"{self.where}: no data within {timeout} s")
+            if inbox.items:
+                data = inbox.items.popleft()
+                inbox.size -= len(data)
+                inbox.lock.notify_all()
+                return data
+        if self._error is not None:
+            raise self._error
+        if self.raise_on_eof:
+            import anyio
+
+            raise anyio.EndOfStream
+        return b""
 
     def read_exactly(self, size: int, timeout: float | None = None) -> bytes:
         """Exactly ``size`` bytes (``EOFError`` if the stream ends first)."""
         chunks, have = [], 0
         while have < size:
-            data = self.receive(timeout)
+            data = self._receive_or_end(timeout)
             if not data:
                 raise EOFError(f"{self.where}: stream ended after {have} of {size} bytes")
             chunks.append(data)
@@ -470,16 +643,25 @@ class ByteStream:
         self._buffer = joined[size:]
         return joined[:size]
 
+    def _receive_or_end(self, timeout: float | None = None) -> bytes:
+        """:meth:`receive`, with ``b""`` at the end whatever ``raise_on_eof`` says."""
+        import anyio
+
+        try:
+            return self.receive(timeout)
+        except anyio.EndOfStream:
+            return b""
+
     def __iter__(self) -> Iterator[bytes]:
-        while data := self.receive():
+        """Every chunk until the end of the stream."""
+        while data := self._receive_or_end():
             yield data
 
     def close(self) -> None:
         """Half-close, so the driver sees the end of what was sent, then end the request stream."""
         with contextlib.suppress(Exception):
             self.send_eof()
-        with contextlib.suppress(queue.Full):
-            self._outbox.put(None, timeout=1.0)
+        self._outbox.close()
 
 
 # building the tree -------------------------------------------------------------------------

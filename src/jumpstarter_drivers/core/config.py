@@ -84,6 +84,10 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "VirtualFlasher": "jumpstarter_drivers.virtualboard.driver.VirtualFlasher",
     "QemuBoard": "jumpstarter_drivers.qemu.driver.QemuBoard",
     "QemuPower": "jumpstarter_drivers.qemu.driver.QemuPower",
+    "Shell": "jumpstarter_drivers.shell.driver.Shell",
+    "BootStrategy": "jumpstarter_drivers.strategy.driver.BootStrategy",
+    "TcpNetwork": "jumpstarter_drivers.network.driver.TcpNetwork",
+    "Network": "jumpstarter_drivers.network.driver.Network",
 }
 
 #: Jumpstarter's driver import paths that name a driver we have, so its exporter files load as they are.

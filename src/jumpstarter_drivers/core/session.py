@@ -30,7 +30,7 @@ from google.protobuf import empty_pb2
 from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 from . import loop
-from .codec import decode, encode_into, restore
+from .codec import decode, encode_into, restore, to_json
 from .driver import UNSUPPORTED_LABEL, Driver, ExportedMethod, MethodKind
 from .errors import ConfigurationError
 from .status import ExporterStatus
@@ -47,6 +47,13 @@ ERROR_TYPE_KEY = "x-jmp-error-type"
 #: Our own extension: a client that sends this metadata accepts several items per streaming message
 #: (a list); the session confirms it in its initial metadata. Other peers get one message per item.
 BATCH_KEY = "x-jmp-batch"
+#: Our own extension: a client that sends this metadata takes results as JSON text (ints stay ints);
+#: the session confirms it (a unary call's trailing metadata; streaming: :data:`JSON_BATCH_UUID`).
+#: Other peers get ``google.protobuf.Value`` results.
+JSON_KEY = "x-jmp-json"
+#: A client that asks for both batches and JSON gets each batch as one JSON list, in a message whose
+#: ``uuid`` is this marker (no driver has it), so no separate initial metadata has to confirm it.
+JSON_BATCH_UUID = "x-jmp-json-batch"
 MAX_BATCH = 4096
 MAX_MESSAGE = 64 << 20
 
@@ -479,7 +486,11 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             finally:
                 current_session.reset(token)
             response = jumpstarter_pb2.DriverCallResponse(uuid=request.uuid)
-            encode_into(response.result, result)
+            if _asks(context, JSON_KEY):
+                response.result.string_value = to_json(result)
+                context.set_trailing_metadata(((JSON_KEY, "1"),))
+            else:
+                encode_into(response.result, result)
             return response
         except Exception as exc:  # noqa: BLE001 - every driver failure becomes a gRPC status
             _log_failure(request, exc)
@@ -493,7 +504,12 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             items = getattr(driver, method.name)(*args)
             try:
                 source = _iterate(driver, method, items)
-                if dict(context.invocation_metadata() or ()).get(BATCH_KEY) == "1":
+                if _asks(context, BATCH_KEY) and _asks(context, JSON_KEY):
+                    async for batch in _batches(source):
+                        response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=JSON_BATCH_UUID)
+                        response.result.string_value = to_json(batch)
+                        yield response
+                elif _asks(context, BATCH_KEY):
                     await context.send_initial_metadata(((BATCH_KEY, "1"),))
                     async for batch in _batches(source):
                         yield _streaming_response(request.uuid, batch)
@@ -609,6 +625,11 @@ def _streaming_response(uuid: str, item: Any) -> Any:
     response = jumpstarter_pb2.StreamingDriverCallResponse(uuid=uuid)
     encode_into(response.result, item)
     return response
+
+
+def _asks(context: grpc.aio.ServicerContext, key: str) -> bool:
+    """Whether the client's metadata asks for our extension ``key``."""
+    return any(k == key and v == "1" for k, v in context.invocation_metadata() or ())
 
 
 def _log_failure(request: Any, exc: BaseException) -> None:

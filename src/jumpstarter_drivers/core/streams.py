@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +31,22 @@ _END = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)
 
 
 class Frame(NamedTuple):
-    """One ``StreamRequest``/``StreamResponse`` message: a payload or a control frame."""
+    """One ``StreamRequest``/``StreamResponse`` message: a payload or a control frame.
 
-    payload: bytes = b""
+    A received payload larger than :data:`MAX_FRAME` is a ``memoryview``; see :func:`pieces`.
+    """
+
+    payload: bytes | memoryview = b""
     frame_type: int = FRAME_DATA
+
+
+def pieces(payload: bytes | memoryview) -> Iterator[bytes]:
+    """A received payload as ``bytes`` of at most :data:`MAX_FRAME` each (one piece when it is small)."""
+    if isinstance(payload, bytes):
+        yield payload
+        return
+    for start in range(0, len(payload), MAX_FRAME):
+        yield bytes(payload[start : start + MAX_FRAME])
 
 
 def _varint(value: int) -> bytes:
@@ -96,13 +110,62 @@ def decode_frame(data: bytes) -> Frame:
             if pos + size > end:
                 raise ValueError("truncated frame")
             if field == 1:
-                payload = bytes(view[pos : pos + size])
+                # A large payload stays a view of the message: copying it here would stop the event
+                # loop for the whole frame; :func:`pieces` copies it a frame's worth at a time.
+                payload = view[pos : pos + size] if size > MAX_FRAME else bytes(view[pos : pos + size])
             pos += size
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
         else:
             raise ValueError(f"unsupported wire type {wire} in a stream frame")
     return Frame(payload, frame_type)
+
+
+#: Bytes a pipe holds per direction before its writer waits; one write may overshoot it once.
+PIPE_LIMIT = 4 << 20
+
+
+class _Direction:
+    """One direction of a pipe: queued chunks, bounded in bytes, and who has ended it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: deque[bytes | memoryview] = deque()
+        self.size = 0
+        self.ended = False  # the writer closed it (send_eof, aclose)
+        self.reader_closed = False  # the reader closed its end: what is queued is dropped
+        self._changed: anyio.Event | None = None
+
+    async def changed(self) -> None:
+        """Wait until something happens to this direction (data, room, an end)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def take(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of what is queued, joined from as many chunks as it takes."""
+        parts: list[bytes | memoryview] = []
+        taken = 0
+        while self.chunks and taken < max_bytes:
+            chunk = self.chunks[0]
+            room = max_bytes - taken
+            if len(chunk) <= room:
+                self.chunks.popleft()
+            else:
+                view = memoryview(chunk)
+                chunk, self.chunks[0] = view[:room], view[room:]
+            parts.append(chunk)
+            taken += len(chunk)
+        self.size -= taken
+        self.notify()
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
 
 
 class _PipeState:
@@ -112,32 +175,49 @@ class _PipeState:
 
 
 class PipeStream(anyio.abc.ByteStream):
-    """One end of an in-memory byte pipe (see :func:`pipe`)."""
+    """One end of an in-memory byte pipe (see :func:`pipe`).
 
-    def __init__(
-        self, send: MemoryObjectSendStream[bytes], receive: MemoryObjectReceiveStream[bytes], state: _PipeState
-    ) -> None:
-        self._send = send
-        self._receive = receive
+    ``receive(max_bytes)`` returns what is queued, up to ``max_bytes``, joining small writes
+    and splitting large ones; ``anyio.EndOfStream`` once the other end sent its end and
+    everything was read, ``anyio.BrokenResourceError`` when the other end aborted.
+    """
+
+    def __init__(self, inbound: _Direction, outbound: _Direction, state: _PipeState) -> None:
+        self._in = inbound
+        self._out = outbound
         self._state = state
-        self._leftover = b""
 
     async def receive(self, max_bytes: int = MAX_FRAME) -> bytes:
-        try:
-            data = self._leftover or await self._receive.receive()
-        except anyio.EndOfStream:
-            if self._state.aborted:
-                raise anyio.BrokenResourceError("the peer went away before the end of the stream") from None
-            raise
-        self._leftover = data[max_bytes:]
-        return data[:max_bytes]
+        direction = self._in
+        while not direction.chunks:
+            if direction.reader_closed:
+                raise anyio.ClosedResourceError
+            if direction.ended:
+                if self._state.aborted:
+                    raise anyio.BrokenResourceError("the peer went away before the end of the stream")
+                raise anyio.EndOfStream
+            await direction.changed()
+        return direction.take(max_bytes)
 
     async def send(self, item: bytes) -> None:
+        """Queue ``item``; waits while the pipe holds its limit of unread bytes."""
+        direction = self._out
+        while True:
+            if direction.ended:
+                raise anyio.ClosedResourceError
+            if direction.reader_closed:
+                raise anyio.BrokenResourceError("the other end of the pipe is closed")
+            if direction.size < direction.limit:
+                break
+            await direction.changed()
         if item:
-            await self._send.send(bytes(item))
+            direction.chunks.append(item if isinstance(item, bytes) else bytes(item))
+            direction.size += len(item)
+            direction.notify()
 
     async def send_eof(self) -> None:
-        await self._send.aclose()
+        self._out.ended = True
+        self._out.notify()
 
     async def abort(self) -> None:
         """Close both ways; the other end's reads fail instead of seeing a clean end."""
@@ -145,16 +225,18 @@ class PipeStream(anyio.abc.ByteStream):
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._send.aclose()
-        await self._receive.aclose()
+        await self.send_eof()
+        self._in.reader_closed = True
+        self._in.chunks.clear()
+        self._in.size = 0
+        self._in.notify()
 
 
-def pipe(buffer: int = 16) -> tuple[PipeStream, PipeStream]:
-    """Two connected byte streams; each buffers up to ``buffer`` chunks before the writer waits."""
-    a_send, b_receive = anyio.create_memory_object_stream[bytes](buffer)
-    b_send, a_receive = anyio.create_memory_object_stream[bytes](buffer)
+def pipe(limit: int = PIPE_LIMIT) -> tuple[PipeStream, PipeStream]:
+    """Two connected byte streams; each direction holds up to ``limit`` unread bytes before its writer waits."""
+    a_to_b, b_to_a = _Direction(limit), _Direction(limit)
     state = _PipeState()
-    return PipeStream(a_send, a_receive, state), PipeStream(b_send, b_receive, state)
+    return PipeStream(b_to_a, a_to_b, state), PipeStream(a_to_b, b_to_a, state)
 
 
 async def pump(stream: anyio.abc.ByteStream, context: Any) -> None:
@@ -190,7 +272,10 @@ async def pump(stream: anyio.abc.ByteStream, context: Any) -> None:
                     return
                 if frame.frame_type == FRAME_DATA and frame.payload:
                     try:
-                        await stream.send(frame.payload)
+                        for piece in pieces(frame.payload):
+                            await stream.send(piece)
+                            if piece is not frame.payload:
+                                await anyio.lowlevel.checkpoint()  # a large frame: let others run between pieces
                     except _END:
                         return
 

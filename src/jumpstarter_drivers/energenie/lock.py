@@ -54,8 +54,14 @@ def lock_path_for(host: str, port: int, lock_dir: Path) -> Path:
 def ensure_lock_dir(path: Path) -> None:
     """Create ``path`` (mode ``0700``) if missing; :class:`DriverError` unless only this user can change it."""
     for folder in (*reversed(path.parents), path):
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise DriverError(
+                f"cannot create lock directory {path}: {exc.strerror}; set 'lock_dir' to a directory of your own"
+            ) from None
     uid = os.geteuid()
     info = os.lstat(path)
     fix = f"remove {path} (another user may have planted it) or set 'lock_dir' to a directory of your own"

@@ -281,9 +281,18 @@ def is_oci_reference(ref: str) -> bool:
     >>> is_oci_reference("127.0.0.1:5000/b@sha256:" + "0" * 64)
     True
     """
+    return looks_like_oci_reference(ref) and (ref.startswith("oci://") or not os.path.exists(ref))
+
+
+def looks_like_oci_reference(ref: str) -> bool:
+    """Whether ``ref`` is written as an OCI reference (``host/repository...``), whatever exists on disk.
+
+    >>> looks_like_oci_reference("boards.lab/b.tar.gz"), looks_like_oci_reference("mine/b.tar.gz")
+    (True, False)
+    """
     if ref.startswith("oci://"):
         return True
-    if ref.startswith((".", "/", "~")) or os.path.exists(ref):
+    if ref.startswith((".", "/", "~")):
         return False
     match = _OCI.match(ref)
     return bool(match) and ("." in match["host"] or ":" in match["host"] or match["host"] == "localhost")
@@ -332,6 +341,54 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+#: Largest extended header (a GNU long name or link, a pax header) an archive member may have,
+#: and most such headers in a row before one member (tarfile holds them all while it reads on).
+MAX_MEMBER_HEADER = 1 << 20
+MAX_EXTENDED_IN_A_ROW = 8
+_EXTENDED_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                     tarfile.SOLARIS_XHDTYPE)
+
+
+class _HeaderRefused(Exception):
+    """An archive member header that would make :mod:`tarfile` read without bound."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Member headers read with bounds: tarfile reads an extended header or a sparse map whole into
+    memory, so a few hundred kB of gzip could make it hold gigabytes. Sparse files are refused
+    (a bundle needs none); ``_proc_member`` is the hook tarfile leaves to subclasses."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _HeaderRefused("is a sparse file")
+        if self.type not in _EXTENDED_HEADERS:
+            return super()._proc_member(tarfile_)
+        if self.size > MAX_MEMBER_HEADER:
+            raise _HeaderRefused(f"has an extended header of {self.size} bytes (more than {MAX_MEMBER_HEADER})")
+        in_a_row = getattr(tarfile_, "_extended_in_a_row", 0) + 1  # tarfile reads the next header from within
+        if in_a_row > MAX_EXTENDED_IN_A_ROW:
+            raise _HeaderRefused(f"has more than {MAX_EXTENDED_IN_A_ROW} extended headers in a row")
+        tarfile_._extended_in_a_row = in_a_row  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(tarfile_)
+        finally:
+            tarfile_._extended_in_a_row = in_a_row - 1  # type: ignore[attr-defined]
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict, tarfile_: tarfile.TarFile) -> None:
+        raise _HeaderRefused("is a sparse file (pax GNU sparse 1.0, whose map is read whole)")
+
+
+def _is_tar(path: Path) -> bool:
+    """:func:`tarfile.is_tarfile`, reading the first member header with the bounds of :func:`unpack`."""
+    try:
+        tarfile.open(path, tarinfo=_BoundedTarInfo).close()
+    except _HeaderRefused:
+        return True  # a tar archive: unpack refuses it, saying why
+    except tarfile.TarError:
+        return False
+    return True
+
+
 def unpack(archive: str | os.PathLike, dest: Path, label: str, max_size: int) -> int:
     """Unpack the tar ``archive`` into the real directory ``dest`` member by member; the bytes of its files.
 
@@ -342,7 +399,7 @@ def unpack(archive: str | os.PathLike, dest: Path, label: str, max_size: int) ->
     """
     total = 0
     try:
-        with tarfile.open(archive) as tar:
+        with tarfile.open(archive, tarinfo=_BoundedTarInfo) as tar:
             for count, member in enumerate(tar, 1):
                 if count > MAX_MEMBERS:
                     raise ConfigurationError(f"flasher bundle {label}: holds more than {MAX_MEMBERS} members; refused")
@@ -363,6 +420,8 @@ def unpack(archive: str | os.PathLike, dest: Path, label: str, max_size: int) ->
                             f"refused at member {member.name!r}"
                         )
                 tar.extract(member, dest, filter="data")  # the standard library's checks as a second line
+    except _HeaderRefused as exc:
+        raise ConfigurationError(f"flasher bundle {label}: an archive member {exc}; refused") from None
     except (tarfile.TarError, OSError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise ConfigurationError(f"flasher bundle {label}: cannot unpack it: {detail}") from None
@@ -553,7 +612,7 @@ def fetch_bundle(
     if path.is_dir():
         return path
     if path.is_file():
-        if not tarfile.is_tarfile(path):
+        if not _is_tar(path):
             raise ConfigurationError(
                 f"flasher bundle {label} is a file but not a tar archive; give a directory, a .tar/.tar.gz or an "
                 "OCI reference"

@@ -16,6 +16,7 @@ import functools
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 import time
 import zlib
@@ -36,7 +37,7 @@ from ..tftp.driver import Tftp
 from ..uboot.common import ConsoleError, StepFailed
 from ..uboot.console import ShellConsole, UBootConsole, call_maybe_async
 from ..uboot.driver import UBoot
-from .bundle import MAX_BUNDLE_SIZE, Bundle, fetch_bundle, is_oci_reference, pull_oci
+from .bundle import MAX_BUNDLE_SIZE, Bundle, fetch_bundle, looks_like_oci_reference, pull_oci
 from .common import BLOCK_SIZE, FlashResult, sha256_file
 
 T = TypeVar("T")
@@ -205,21 +206,24 @@ class BaseFlasher(Driver):
             f"({', '.join(self.bundle_sources) or 'none configured'})"
         )
         with host_errors(source):  # a failing cache write names the client's words, not the host's paths
-            if is_oci_reference(source):
-                reference = source.removeprefix("oci://")
-                if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
-                    raise refused
-                root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
-            elif not os.path.isabs(source):
-                path = resolve_inside(self._storage_root("http"), source, self.logger)
-                root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
-            else:
+            http_root = self._storage_root("http")
+            uploaded, _ = inside(http_root, source)  # None for an absolute name
+            if os.path.isabs(source):
                 real = os.path.realpath(source)
                 if ".." in Path(source).parts or not any(
                     fnmatch.fnmatchcase(real, p) for p in self.bundle_sources if p.startswith("/")
                 ):
                     raise refused
                 root = fetch_bundle(real, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+            elif (uploaded is None or not uploaded.exists()) and looks_like_oci_reference(source):
+                # not an upload (its first folder may read like a registry host: 'v1.2/b.tar.gz' is an upload)
+                reference = source.removeprefix("oci://")
+                if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
+                    raise refused
+                root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
+            else:
+                path = resolve_inside(http_root, source, self.logger)
+                root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
             return Bundle.load(root, self.manifest, label=source, max_size=self.max_bundle_size)
 
     def _check_variant(self, name: str, bundle: Bundle | None = None) -> None:
@@ -475,6 +479,10 @@ class BaseFlasher(Driver):
         uboot: UBoot = self.children["uboot"]
         async with self._timed(steps, "boot"):
             await uboot.boot_to_prompt(console)
+        await self._network(console, steps, tftp)
+
+    async def _network(self, console: UBootConsole, steps: dict[str, float], tftp: tuple[str, int]) -> None:
+        uboot: UBoot = self.children["uboot"]
         async with self._timed(steps, "network"):
             await uboot.setup_network_on(console, self._board_host(tftp[0]), tftp[1])
             if self.tftp_blocksize:
@@ -489,9 +497,14 @@ class BaseFlasher(Driver):
         return sorted(p.name for p in root.glob(".flash-chunk-*")) if root.is_dir() else []
 
     def _remove_chunks(self) -> None:
+        """Remove what bears a chunk's name in the TFTP root: a file, a link, or a directory a client wrote there."""
         root = self._storage_root("tftp")
         for name in self._chunk_names():
-            (root / name).unlink(missing_ok=True)
+            path = root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def _prepare_chunks(self, source: Path) -> list[tuple[str, int, int]]:
         """Split the image into TFTP files of ``chunk_size`` (the last padded to whole blocks).
@@ -557,8 +570,17 @@ class BaseFlasher(Driver):
 
     # method busybox ---------------------------------------------------------------------------
 
-    async def _flash_busybox(self, console: UBootConsole, steps: dict[str, float], target: str, image: str,
-                             size: int, sha256: str, http: tuple[str, int]) -> None:
+    async def boot_linux(self, console: UBootConsole, steps: dict[str, float]) -> ShellConsole:
+        """From the U-Boot prompt: stage the bundle, set up the network, load the bundle's kernel,
+        initramfs and DTB over TFTP, boot them and log in (what a boot strategy's ``shell`` step does)."""
+        async with self._timed(steps, "stage"):
+            await anyio.to_thread.run_sync(self.setup_flasher_bundle)
+        tftp_address, _ = await self._start_servers()
+        await self._network(console, steps, tftp_address)
+        return await self._boot_linux(console, steps)
+
+    async def _boot_linux(self, console: UBootConsole, steps: dict[str, float]) -> ShellConsole:
+        """Load the staged kernel, initramfs and DTB, run the boot command and log in."""
         spec = self.bundle().manifest.spec
         root = self._storage_root("tftp")
         loads = [(self.get_kernel_filename(), self.get_kernel_address())]
@@ -577,6 +599,12 @@ class BaseFlasher(Driver):
             console.expecter.buffer = ""
             await console.expecter.send(bootcmd + "\r")
             await shell.login(spec.login.login_prompt, spec.login.username, spec.login.password, self.login_timeout)
+        return shell
+
+    async def _flash_busybox(self, console: UBootConsole, steps: dict[str, float], target: str, image: str,
+                             size: int, sha256: str, http: tuple[str, int]) -> None:
+        shell = await self._boot_linux(console, steps)
+        spec = self.bundle().manifest.spec
         device = await self._resolve_target(shell, target)
         for command in spec.preflash_commands:
             shell.step(f"preflash command {command!r}")

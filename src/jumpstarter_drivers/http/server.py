@@ -34,7 +34,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..storage.served import DirectoryServer, PeerQuota
+from ..storage.served import DirectoryServer, PeerQuota, is_servable
 
 #: Bytes a request line and its headers may take.
 MAX_HEADER_BYTES = 64 << 10
@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._refuse(HTTPStatus.FORBIDDEN, f"{raw} is outside the served directory")
             return
-        if not path.is_file():
+        if not is_servable(path):
             self._refuse(HTTPStatus.NOT_FOUND, f"{raw} not found")
             return
         try:
@@ -298,14 +298,17 @@ class FileServer(DirectoryServer):
         if self.running:
             return
         family, _, _, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
-        self._server = _Server(address, self, family)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name=f"http-{self.bound_port}",
+        server = _Server(address, self, family)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"http-{server.server_address[1]}",
             daemon=True,
         )
-        self._thread.start()
+        try:
+            thread.start()
+        except BaseException:  # no thread: stop() would wait for its serve_forever for ever
+            server.server_close()
+            raise
+        self._server, self._thread = server, thread
         self.log.info("HTTP server on %s serving %s", self.url, self.root)
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -12,6 +13,9 @@ from pexpect.spawnbase import SpawnBase
 
 from ..core.client import ByteStream, DriverClient
 from .common import ConsoleLog
+
+#: How many characters of what was received a failed expect shows.
+TAIL = 600
 
 
 class ConsoleSpawn(SpawnBase):
@@ -52,6 +56,39 @@ class ConsoleSpawn(SpawnBase):
         self.delayafterread = None
         self._pending = b""
 
+    def expect_list(self, pattern_list: Any, timeout: float | None = -1, searchwindowsize: int | None = -1,
+                    async_: bool = False, **kw: Any) -> Any:
+        """pexpect's ``expect_list``; a timeout or the end of the console names the patterns, the
+        seconds waited and the tail of what was received (``expect`` goes through here too)."""
+        with self._explained(pattern_list):
+            return super().expect_list(pattern_list, timeout, searchwindowsize, async_, **kw)
+
+    def expect_exact(self, pattern_list: Any, timeout: float | None = -1, searchwindowsize: int | None = -1,
+                     async_: bool = False, **kw: Any) -> Any:
+        """pexpect's ``expect_exact``, with the same errors as :meth:`expect_list`."""
+        with self._explained(pattern_list):
+            return super().expect_exact(pattern_list, timeout, searchwindowsize, async_, **kw)
+
+    @contextlib.contextmanager
+    def _explained(self, patterns: Any) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        except pexpect.TIMEOUT:
+            waited = time.monotonic() - started
+            raise pexpect.TIMEOUT(
+                f"{self.name}: no {describe_patterns(patterns)} within {waited:.1f} s{self._received()}"
+            ) from None
+        except pexpect.EOF:
+            raise pexpect.EOF(f"{self.name}: the console ended before {describe_patterns(patterns)}{self._received()}") from None
+
+    def _received(self) -> str:
+        """The tail of what was received and not matched, decoded, for error messages."""
+        seen = self.before if isinstance(self.before, (str, bytes)) else b""
+        text = seen.decode("utf-8", "replace") if isinstance(seen, bytes) else seen
+        text = text.replace("\r\n", "\n")[-TAIL:]
+        return f"; received (last {TAIL} characters):\n{text}" if text else "; nothing was received"
+
     def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> Any:
         """Up to ``size`` bytes (characters in text mode), waiting at most ``timeout`` seconds.
 
@@ -66,7 +103,7 @@ class ConsoleSpawn(SpawnBase):
             try:
                 data = self.stream.receive(timeout)
             except TimeoutError:
-                raise pexpect.TIMEOUT(f"{self.name}: nothing received within {timeout} s") from None
+                raise pexpect.TIMEOUT(f"{self.name}: nothing more received within {timeout:.1f} s") from None
             if not data:
                 self.flag_eof = True
                 raise pexpect.EOF(f"{self.name}: the console ended")
@@ -146,6 +183,23 @@ class ConsoleSpawn(SpawnBase):
         if self.capture is not None:
             self.capture.close()
         self.stream.close()
+
+
+def describe_patterns(patterns: Any) -> str:
+    """Patterns as a reader wants them in an error message.
+
+    >>> import re
+    >>> describe_patterns([b"login:", re.compile(rb"# $"), pexpect.EOF])
+    "'login:' or '# $'"
+    """
+    items = patterns if isinstance(patterns, (list, tuple)) else [patterns]
+    shown = []
+    for item in items:
+        if isinstance(item, type):  # pexpect.EOF or pexpect.TIMEOUT in a pattern list
+            continue
+        text = getattr(item, "pattern", item)
+        shown.append(repr(text.decode("utf-8", "replace") if isinstance(text, bytes) else text))
+    return " or ".join(shown) or "match"
 
 
 class PySerialClient(DriverClient):

@@ -27,6 +27,7 @@ import yaml
 from ..core.errors import DriverError, JumpstarterError
 from ..core.processes import stop_process
 from .driver import DEFAULT_BIOS
+from .linux import PASSWORD
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,24 @@ def flasher_lab_config(ns: Namespace, bundle: str | os.PathLike, workdir: str | 
             },
         },
     }}
+
+
+def linux_lab_config(ns: Namespace, bundle: str | os.PathLike, workdir: str | os.PathLike,
+                     disk_size: int = 64 << 20) -> dict[str, Any]:
+    """:func:`flasher_lab_config` plus what a test of the board's Linux uses: a ``shell`` on its
+    console, a boot ``strategy`` and ``network`` (the board's HTTP port 80, reached from the namespace)."""
+    config = flasher_lab_config(ns, bundle, workdir, disk_size)
+    flasher = config["export"]["flasher"]
+    flasher["config"].update(tftp_windowsize=8, login_timeout=300.0)
+    flasher["children"]["uboot"]["config"]["boot_timeout"] = 120.0
+    config["export"].update({
+        "shell": {"type": "Shell", "config": {"password": PASSWORD, "login_timeout": 60.0},
+                  "children": {"serial": {"ref": "board.serial"}}},
+        "strategy": {"type": "BootStrategy", "config": {"retries": 1, "step_timeout": 900.0},
+                     "children": {"flasher": {"ref": "flasher"}, "shell": {"ref": "shell"}}},
+        "network": {"type": "Network", "config": {"host": ns.board, "ports": [80]}},
+    })
+    return config
 
 
 @contextlib.contextmanager

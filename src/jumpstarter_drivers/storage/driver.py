@@ -115,7 +115,7 @@ def check_root(root_dir: str, owner: str) -> Path:
             f"{owner}: root_dir {root_dir!r} is empty (it would serve the current directory); name a directory "
             "of its own, such as /srv/tftp"
         )
-    real = Path(os.path.realpath(Path(root_dir).expanduser()))
+    real = Storage.real_root(root_dir)
     try:
         home: Path | None = Path(os.path.realpath(Path.home()))
     except RuntimeError:  # no home directory known for this user
@@ -176,8 +176,9 @@ class Storage(Driver):
 
     def _file(self, path: str) -> Path:
         target = self.resolve(path)
-        if not target.is_file():
-            raise FileNotFoundError(f"no file {path!r} in the storage root")
+        with host_errors(path):
+            if not target.is_file():
+                raise FileNotFoundError(f"no file {path!r} in the storage root")
         return target
 
     def _open(self, path: str) -> Any:
@@ -190,14 +191,15 @@ class Storage(Driver):
 
     def _begin_write(self, path: str) -> tuple[Path, Path, Any]:
         target = self.resolve(path)
-        if target == self.root or target.is_dir():
-            raise DriverInvalidArgument(f"{path!r} is a directory in the storage root; name a file")
-        missing = [p for p in reversed(target.parents) if p.is_relative_to(self.root) and not p.exists()]
         with host_errors(path):
+            if target == self.root or target.is_dir():
+                raise DriverInvalidArgument(f"{path!r} is a directory in the storage root; name a file")
+            missing = [p for p in reversed(target.parents) if p.is_relative_to(self.root) and not p.exists()]
             target.parent.mkdir(parents=True, exist_ok=True)
             if self.cleanup:
                 self._created.update(missing)
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
+            stem = os.fsdecode(os.fsencode(target.name)[:PARTIAL_STEM])  # '.STEM.XXXXXXXX.part' fits in 255 bytes
+            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{stem}.", suffix=PARTIAL_SUFFIX)
         os.fchmod(fd, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while open: remove_stale_partials leaves a live writer's file alone
         return target, Path(temp), os.fdopen(fd, "wb")
@@ -314,25 +316,27 @@ class Storage(Driver):
     @export
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists in the root."""
-        return self.resolve(path).exists()
+        target = self.resolve(path)
+        with host_errors(path):
+            return target.exists()
 
     @export
     def stat(self, path: str) -> FileStat:
         """Size, modification time and kind of ``path``."""
         target = self.resolve(path)
-        if not target.exists():
-            raise FileNotFoundError(f"no file {path!r} in the storage root")
         with host_errors(path):
+            if not target.exists():
+                raise FileNotFoundError(f"no file {path!r} in the storage root")
             st = target.stat()
-        return FileStat(size=st.st_size, mtime=st.st_mtime, is_dir=target.is_dir())
+        return FileStat(size=st.st_size, mtime=st.st_mtime, is_dir=stat.S_ISDIR(st.st_mode))
 
     @export
     def list(self, path: str = ".", recursive: bool = False) -> builtins.list[str]:
         """Names under the directory ``path``, relative to the root, sorted (files only when ``recursive``)."""
         target = self.resolve(path)
-        if not target.is_dir():
-            raise NotADirectoryError(f"{path!r} is not a directory in the storage root")
         with host_errors(path):
+            if not target.is_dir():
+                raise NotADirectoryError(f"{path!r} is not a directory in the storage root")
             entries = [p for p in target.rglob("*") if p.is_file()] if recursive else builtins.list(target.iterdir())
         return sorted(p.relative_to(self.root).as_posix() for p in entries if not _is_partial(p))
 
@@ -391,6 +395,8 @@ class Storage(Driver):
 
 
 PARTIAL_SUFFIX = ".part"
+#: Bytes of a file's name its partial file keeps: with the dots, 8 random characters and the suffix, 255.
+PARTIAL_STEM = 255 - 2 - 8 - len(PARTIAL_SUFFIX)
 
 
 def _is_partial(path: Path) -> bool:

@@ -96,6 +96,15 @@ class PeerQuota:
             return list(self.holders)
 
 
+def is_servable(path: Path) -> bool:
+    """Whether ``path`` (a name a peer asked for, resolved) is a regular file; a name the system refuses
+    (longer than a file name may be, say) is none, as a missing one."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 @dataclass
 class DirectoryServer(ABC):
     """Serves files under ``root`` on ``host``:``port`` (0 picks a free port) from threads of its own.

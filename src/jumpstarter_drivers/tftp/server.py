@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..storage.served import DirectoryServer, PeerQuota
+from ..storage.served import DirectoryServer, PeerQuota, is_servable
 
 #: Largest block RFC 2348 allows.
 MAX_BLKSIZE = 65464
@@ -187,14 +187,15 @@ class TftpServer(DirectoryServer):
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind(address)
-        except OSError:
+            self._socket = sock
+            self._bound_port = sock.getsockname()[1]
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._listener = threading.Thread(target=self._listen, name=f"tftp-{self._bound_port}", daemon=True)
+            self._listener.start()
+        except BaseException:  # no fds left for the wake-up pair, no thread: nothing stays open
             sock.close()
+            self._release()
             raise
-        self._socket = sock
-        self._bound_port = sock.getsockname()[1]
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._listener = threading.Thread(target=self._listen, name=f"tftp-{self._bound_port}", daemon=True)
-        self._listener.start()
         self.log.info("TFTP server on %s:%d serving %s", self.host, self._bound_port, self.root)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -210,16 +211,20 @@ class TftpServer(DirectoryServer):
         for thread in threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in threads if t.is_alive()]
+        self._release()
+        if stuck:
+            self.log.warning("TFTP threads still running after %g s: %s", timeout, ", ".join(stuck))
+        else:
+            self.log.info("TFTP server stopped")
+
+    def _release(self) -> None:
+        """Close the sockets and forget the listener (once it has returned, or when it never started)."""
         for sock in (self._socket, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
         self._socket = self._wake_r = self._wake_w = None
         self._listener = None
         self._bound_port = 0
-        if stuck:
-            self.log.warning("TFTP threads still running after %g s: %s", timeout, ", ".join(stuck))
-        else:
-            self.log.info("TFTP server stopped")
 
     @property
     def refused(self) -> int:
@@ -250,19 +255,28 @@ class TftpServer(DirectoryServer):
                 target=self._serve_request, args=(packet, peer), name=f"tftp-{peer[0]}:{peer[1]}", daemon=True
             )
             if self._admit(thread, peer):
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no memory or threads left for it: refuse it, keep listening
+                    self._transfers.release(thread)
+                    self.log.warning("TFTP: no thread for a request from %s: %s", peer[0], exc)
+                    self._busy(peer, f"no thread to serve it ({exc})")
 
     def _admit(self, thread: threading.Thread, peer: tuple) -> bool:
         """Count ``thread`` as a transfer of ``peer``; answer "busy" instead when a bound is reached."""
         reason = self._transfers.admit(thread, peer[0])
         if reason is None:
             return True
+        self._busy(peer, reason)
+        return False
+
+    def _busy(self, peer: tuple, reason: str) -> None:
+        """Tell ``peer``, from the listening socket, that its request is refused for ``reason``."""
         assert self._socket is not None
         try:
             self._socket.sendto(error_packet(ErrorCode.NOT_DEFINED, f"server busy: {reason}; try again later"), peer)
         except OSError as exc:
             self.log.debug("TFTP: cannot tell %s:%d it is refused: %s", peer[0], peer[1], exc)
-        return False
 
     def _serve_request(self, packet: bytes, peer: tuple) -> None:
         assert self._socket is not None
@@ -321,7 +335,7 @@ class _Transfer:
             path = self.server.resolve(name.lstrip("/"))
         except ValueError:
             raise TftpRefusal(ErrorCode.ACCESS_VIOLATION, f"{name}: outside the TFTP root") from None
-        if not path.is_file():
+        if not is_servable(path):
             self.log.info("TFTP: %s asked for %r, which does not exist", self.peer, name)
             raise TftpRefusal(ErrorCode.FILE_NOT_FOUND, f"{name}: file not found")
         if not os.access(path, os.R_OK):

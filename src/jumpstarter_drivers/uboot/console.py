@@ -24,6 +24,12 @@ from .common import DEFAULT_FAIL_PATTERNS, ConsoleError, ConsoleTimeout, PanicDe
 logger = logging.getLogger(__name__)
 
 TAIL = 3000
+#: Bytes typed in one write by :meth:`ShellConsole.run_with_input` (flow control paces the rest).
+INPUT_CHUNK = 4096
+#: Seconds a wait that met a fail pattern still reads, for the rest of the line that says why.
+PANIC_GRACE = 1.0
+#: What a board prints once U-Boot has handed over to an operating system.
+BOOTED_PAST = r"Starting kernel \.\.\.|Booting Linux on physical CPU"
 #: Terminal escape sequences and control characters other than tab, CR and LF.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -65,6 +71,13 @@ class Expecter:
             self.log(text)
         return text
 
+    async def _rest_of_line(self, start: int) -> None:
+        """Read on until the line a fail pattern starts at ends, for at most :data:`PANIC_GRACE` (the
+        reason of a panic follows its first words), so the console tail shows why."""
+        with anyio.move_on_after(PANIC_GRACE):
+            while "\n" not in self.buffer[start:]:
+                self.buffer += await self._receive()
+
     async def expect(self, patterns: Sequence[str | re.Pattern], timeout: float) -> tuple[int, re.Match]:
         """Wait until one of ``patterns`` appears in the unread console output.
 
@@ -79,6 +92,7 @@ class Expecter:
                 if self._fail is not None:
                     found = self._fail.search(self.buffer, max(0, scanned_fail - 200))
                     if found:
+                        await self._rest_of_line(found.start())
                         raise PanicDetected(self.step, f"the board failed: {found.group(0)!r}", self.console_tail())
                     scanned_fail = len(self.buffer)
                 best: tuple[int, int, re.Match] | None = None
@@ -92,7 +106,7 @@ class Expecter:
                 self.buffer += await self._receive()
         assert scope.cancelled_caught
         wanted = " or ".join(repr(p.pattern) for p in compiled)
-        raise ConsoleTimeout(self.step, f"no {wanted} within {timeout:g} s", self.console_tail())
+        raise ConsoleTimeout(self.step, f"no {wanted} within {timeout:.1f} s", self.console_tail())
 
 
 class _Commands:
@@ -133,12 +147,20 @@ class _Commands:
         return status, output
 
 
+#: A kernel message on the console (``[   12.345678] ...``), which may land in a command's output.
+KERNEL_MESSAGE = re.compile(r"^\[\s*\d+\.\d+\] .*\n?", re.MULTILINE)
+
+
 def _command_output(consumed: str, n: int) -> str:
-    """What a command printed: after its echoed line, before its status marker."""
+    """What a command printed: after its echoed line, before its status marker, without kernel messages.
+
+    >>> _command_output("ls; echo rc1:$?:\\r\\n[    3.28] eth0: link up\\r\\na b\\r\\nrc1:", 1)
+    'a b\\n'
+    """
     end = consumed.rfind(f"rc{n}:")
     start = consumed.rfind(f"rc{n}:$?:", 0, end)
     start = consumed.find("\n", start) + 1 if start >= 0 else 0
-    return consumed[start:end].replace("\r", "")
+    return KERNEL_MESSAGE.sub("", consumed[start:end].replace("\r", ""))
 
 
 class UBootConsole(_Commands):
@@ -156,15 +178,29 @@ class UBootConsole(_Commands):
         self.interrupt = interrupt
 
     async def interrupt_autoboot(self, timeout: float) -> None:
-        """After power-on: stop the autoboot countdown and wait for the prompt (``timeout`` in all)."""
+        """After power-on: stop the autoboot countdown and wait for the prompt (``timeout`` in all).
+
+        A board that boots past U-Boot (``Starting kernel ...``) fails at once, not at the timeout.
+        """
         self.step("interrupt autoboot")
         with anyio.fail_after(timeout + 5):
             deadline = anyio.current_time() + timeout
-            index, _ = await self.expecter.expect([self.autoboot_pattern, re.escape(self.prompt)], timeout)
+            prompt = re.escape(self.prompt)
+            index, _ = await self.expecter.expect([self.autoboot_pattern, prompt, BOOTED_PAST], timeout)
             if index == 0:
                 await self.expecter.send(self.interrupt)
                 remaining = max(1.0, deadline - anyio.current_time())
-                await self.expecter.expect([re.escape(self.prompt)], remaining)
+                index, _ = await self.expecter.expect([prompt, BOOTED_PAST], remaining)
+                index = 2 if index == 1 else 1
+            if index == 2:
+                raise StepFailed(
+                    self.expecter.step,
+                    "the board booted past U-Boot without stopping at its prompt (the autoboot countdown was not "
+                    "interrupted: is bootdelay 0, or does this U-Boot want another key than "
+                    f"{self.interrupt!r}?)",
+                    self.expecter.console_tail(),
+                    transient=True,
+                )
         await self.sync()
 
     async def sync(self, timeout: float = 10.0) -> None:
@@ -267,14 +303,61 @@ class ShellConsole(_Commands):
     """A Linux shell on the console (the bundle's busybox), after logging in."""
 
     async def login(self, login_prompt: str, username: str, password: str | None, timeout: float) -> None:
+        """Wait for the login prompt (``timeout``), log in and check the shell answers."""
         self.step("log in")
         await self.expecter.expect([re.escape(login_prompt)], timeout)
+        await self._credentials(username, password)
+
+    async def _credentials(self, username: str, password: str | None) -> None:
         await self.expecter.send(username + "\r")
         if password is not None:
             await self.expecter.expect([r"[Pp]assword:"], 30)
             await self.expecter.send(password + "\r")
-        await self.expecter.expect([re.escape(self.prompt.strip())], 30)
+        index, _ = await self.expecter.expect([re.escape(self.prompt.strip()), "Login incorrect"], 30)
+        if index == 1:
+            raise StepFailed(self.expecter.step, f"the board refused the login of {username!r} (Login incorrect)",
+                             self.expecter.console_tail())
         await self.run("true", 10)
+
+    async def run_with_input(self, command: str, data: str, timeout: float = 300.0) -> int:
+        """Run ``command`` with ``data`` (whole lines of text) typed into its standard input with the
+        terminal's echo off, ended by Ctrl-D; its exit status.
+
+        The kernel's terminal line discipline takes the input, not the shell's line editing, which
+        handles one character at a time and at most 1024 a line: far faster on a slow board.
+        """
+        n = next(self._ids)
+        self.expecter.buffer = ""
+        await self.expecter.send(f"stty -echo; echo RE''ADY{n}; {command}; echo rc{n}:$?:; stty echo\r")
+        await self.expecter.expect([rf"READY{n}\r?\n"], 30)
+
+        async def feed() -> None:
+            for start in range(0, len(data), INPUT_CHUNK):
+                await self.expecter.send(data[start : start + INPUT_CHUNK])
+            await self.expecter.send(b"\x04")
+
+        async with anyio.create_task_group() as tg:  # read while typing, so output never backs up
+            tg.start_soon(feed)
+            _, match = await self.expecter.expect([re.compile(rf"rc{n}:(\d+):")], timeout)
+        await self.expecter.expect([re.escape(self.prompt.rstrip())], 10)
+        return int(match.group(1))
+
+    async def ensure_logged_in(self, login_prompt: str, username: str, password: str | None, timeout: float) -> None:
+        """Reach the shell prompt: press Enter, then log in if the board asks (``timeout`` for the first
+        answer). A command run next is kept apart from what came before by its own markers."""
+        self.step("reach the shell")
+        self.expecter.buffer = ""
+        await self.expecter.send("\r")
+        index, _ = await self.expecter.expect(
+            [re.escape(login_prompt), r"[Pp]assword:", re.escape(self.prompt.strip())], timeout
+        )
+        if index == 1:  # half-way through an earlier login: start again
+            await self.expecter.send("\r")
+            await self.expecter.expect([re.escape(login_prompt)], timeout)
+            index = 0
+        if index == 0:
+            self.step("log in")
+            await self._credentials(username, password)
 
 
 async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:

@@ -13,6 +13,7 @@ class VirtualBoardClient(DriverClient):
         return self.call("disk_sha256", length)
 
     def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False,
-                   hang_boot_once: bool = False) -> None:
-        """Make the board panic at a command, time out its next TFTP transfer once, or hang once at boot."""
-        self.call("set_faults", panic_on, tftp_timeout_once, hang_boot_once)
+                   hang_boot_once: bool = False, kernel_message: str | None = None) -> None:
+        """Make the board panic at a command, time out its next TFTP transfer once, hang once at boot,
+        or print a kernel message in the middle of every Linux command."""
+        self.call("set_faults", panic_on, tftp_timeout_once, hang_boot_once, kernel_message)

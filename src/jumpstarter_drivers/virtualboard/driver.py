@@ -122,12 +122,14 @@ class VirtualBoard(PtyBoard):
 
     @export
     def set_faults(self, panic_on: str | None = None, tftp_timeout_once: bool = False,
-                   hang_boot_once: bool = False) -> None:
+                   hang_boot_once: bool = False, kernel_message: str | None = None) -> None:
         """Make the board panic at a command (``tftpboot``, ``booti``, ``boot``, ``linux``, ...), time
-        out its next TFTP transfer once, or hang once after the banner at the next power-on."""
+        out its next TFTP transfer once, hang once after the banner at the next power-on, or have
+        Linux print ``kernel_message`` in the middle of every command."""
         self.board.faults.panic_on = panic_on
         self.board.faults.tftp_timeout_once = tftp_timeout_once
         self.board.faults.hang_boot_once = hang_boot_once
+        self.board.faults.kernel_message = kernel_message
 
     def close_fds(self) -> tuple[int, ...]:
         return (*super().close_fds(), self._wake_r, self._wake_w)

@@ -1,13 +1,18 @@
 """The Linux side of the virtual board: a login and a small busybox-like shell.
 
-Enough of busybox for flashing: pipelines of ``wget``/``curl`` (real HTTP downloads),
-``dd``, ``head -c``, ``sha256sum``, ``cat``, ``ls -l /sys/class/block``, ``readlink``,
-``sync``, ``echo``, ``$?`` and ``set -o pipefail``. Block device writes land in the board's
-disk file, the same one U-Boot's ``mmc``/``virtio`` commands use.
+Enough of busybox for flashing and for a shell client: pipelines of ``wget``/``curl`` (real HTTP
+downloads), ``dd``, ``head -c``, ``sha256sum``, ``cat``, ``base64 [-d]``, ``wc -c``, ``printf``,
+``rm``, ``uname``, ``stty [-]echo``, ``ls -l /sys/class/block``, ``readlink``, ``sync``, ``echo``, ``$?``,
+``set -o pipefail`` and redirections (``>``, ``>>``, ``<``) to files in RAM (lost at power off,
+as a tmpfs is); a command reading its standard input reads what is typed on the console until
+Ctrl-D. Block device writes land in the board's disk file, the same one U-Boot's
+``mmc``/``virtio`` commands use.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import shlex
 import time
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
     from .simulator import VirtualUBoot
 
 CHUNK = 1 << 20
+#: Longest command line busybox's line editing takes (``FEATURE_EDITING_MAX_LEN``).
+MAX_LINE = 1023
 Stream = Iterator[bytes]
 
 
@@ -43,6 +50,10 @@ class BusyboxShell:
         self.board, self.uart = board, board.uart
         self.status = 0
         self.pipefail = False
+        #: Files in RAM by absolute path (what ``>`` writes and commands read).
+        self.files: dict[str, bytes] = {}
+        #: Whether the terminal echoes what a command reads from it (``stty -echo`` turns it off).
+        self.echo = True
         if board.block_interface == "mmc":
             self.device = "mmcblk0"
             self.sysfs = f"../../devices/platform/soc/{board.sysfs_address}.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0"
@@ -64,7 +75,9 @@ class BusyboxShell:
         try:
             while True:
                 self.uart.write("# ")
-                line = self.uart.read_line()
+                line = self.uart.read_line()[:MAX_LINE]  # busybox's line editing drops the rest
+                if self.board.faults.kernel_message:
+                    self.uart.write(f"[   42.000000] {self.board.faults.kernel_message}\n")
                 if line.strip():
                     self.execute(line)
         except ShellExit:
@@ -101,6 +114,14 @@ class BusyboxShell:
     def pipeline(self, stages: list[list[str]]) -> int:
         statuses: list[int] = []
         stream: Stream | None = None
+        try:
+            stages[0], source, (target, append) = _redirections(stages[0])
+            if len(stages) > 1:
+                stages[-1], _, (target, append) = _redirections(stages[-1])
+        except ValueError as exc:
+            self.uart.write(f"-sh: {exc}\n")
+            return 2
+        stream = self._source("sh", source) if source is not None else self._typed()
         for argv in stages:
             if not argv:
                 return 2
@@ -111,8 +132,12 @@ class BusyboxShell:
                 self.uart.write(f"-sh: {argv[0]}: not found\n")
                 return 127
             stream = self._guard(handler(argv[1:], stream), statuses)
-        for chunk in stream or ():
-            self.uart.write(chunk)
+        if target is not None:
+            data = b"".join(stream or ())
+            self.files[target] = (self.files.get(target, b"") if append else b"") + data
+        else:
+            for chunk in stream or ():
+                self.uart.write(chunk)
         if self.pipefail:
             return next((s for s in reversed(statuses) if s), 0)
         return statuses[-1] if statuses else 0
@@ -126,8 +151,35 @@ class BusyboxShell:
         except CommandFailed as failed:
             statuses[index] = failed.status
 
+    def _typed(self) -> Stream:
+        """A command's standard input from the console: lines typed until Ctrl-D at a line's start
+        (read only if the command reads its input, as a terminal does)."""
+        line = bytearray()
+        while True:
+            data = self.uart.read(None)
+            for i, byte in enumerate(data):
+                if byte == 0x04 and not line:
+                    self.uart.unread(data[i + 1 :])
+                    return
+                byte = 0x0A if byte == 0x0D else byte  # icrnl
+                line.append(byte)
+                if self.echo:
+                    self.uart.write(bytes([byte]))
+                if byte == 0x0A:
+                    yield bytes(line)
+                    line.clear()
+
     def _path(self, path: str) -> bool:
         return path in (f"/dev/{self.device}",)
+
+    def _source(self, command: str, path: str) -> Stream:
+        """The contents of the disk device or a file in RAM; a missing one fails as busybox does."""
+        if self._path(path):
+            return self._read_disk(self.board.disk.size)
+        if path in self.files:
+            return iter([self.files[path]])
+        self.uart.write(f"{command}: can't open '{path}': No such file or directory\n")
+        raise CommandFailed(1)
 
     # commands (each a generator of stdout chunks) -----------------------------------------
 
@@ -255,11 +307,7 @@ class BusyboxShell:
             raise CommandFailed(1)
         length = _size(args[1])
         if len(args) > 2:
-            if not self._path(args[2]):
-                self.uart.write(f"head: {args[2]}: No such file or directory\n")
-                raise CommandFailed(1)
-            yield from self._read_disk(min(length, self.board.disk.size))
-            return
+            stdin = self._source("head", args[2])
         for chunk in stdin or ():
             if length <= 0:
                 return
@@ -269,22 +317,90 @@ class BusyboxShell:
     def cmd_sha256sum(self, args: list[str], stdin: Stream | None) -> Stream:
         digest = hashlib.sha256()
         if args:
-            if not self._path(args[0]):
-                self.uart.write(f"sha256sum: {args[0]}: No such file or directory\n")
-                raise CommandFailed(1)
-            stdin = self._read_disk(self.board.disk.size)
+            stdin = self._source("sha256sum", args[0])
         for chunk in stdin or ():
             digest.update(chunk)
         yield f"{digest.hexdigest()}  {args[0] if args else '-'}\n".encode()
 
     def cmd_cat(self, args: list[str], stdin: Stream | None) -> Stream:
+        for path in args:
+            yield from self._source("cat", path)
         if not args:
             yield from stdin or ()
-        elif self._path(args[0]):
-            yield from self._read_disk(self.board.disk.size)
-        else:
-            self.uart.write(f"cat: can't open '{args[0]}': No such file or directory\n")
+
+    def cmd_printf(self, args: list[str], stdin: Stream | None) -> Stream:
+        if args[:1] != ["%s"]:
+            self.uart.write("printf: this board supports 'printf %s ARG...' only\n")
             raise CommandFailed(1)
+        yield "".join(args[1:]).encode()
+
+    def cmd_base64(self, args: list[str], stdin: Stream | None) -> Stream:
+        decode = "-d" in args
+        paths = [a for a in args if not a.startswith("-")]
+        data = b"".join(self._source("base64", paths[0]) if paths else stdin or ())
+        if decode:
+            try:
+                yield base64.b64decode(b"".join(data.split()), validate=True)
+            except binascii.Error:
+                self.uart.write("base64: invalid input\n")
+                raise CommandFailed(1) from None
+            return
+        encoded = base64.b64encode(data)
+        yield b"".join(encoded[i : i + 76] + b"\n" for i in range(0, len(encoded), 76))
+
+    def cmd_wc(self, args: list[str], stdin: Stream | None) -> Stream:
+        paths = [a for a in args if not a.startswith("-")]
+        if "-c" not in args:
+            self.uart.write("wc: this board supports 'wc -c [FILE]' only\n")
+            raise CommandFailed(1)
+        size = sum(len(chunk) for chunk in (self._source("wc", paths[0]) if paths else stdin or ()))
+        yield f"{size} {paths[0] if paths else ''}".rstrip().encode() + b"\n"
+
+    def cmd_rm(self, args: list[str], stdin: Stream | None) -> Stream:
+        missing = [p for p in args if not p.startswith("-") and self.files.pop(p, None) is None]
+        if missing and "-f" not in args:
+            self.uart.write(f"rm: can't remove '{missing[0]}': No such file or directory\n")
+            raise CommandFailed(1)
+        yield from ()
+
+    def cmd_stty(self, args: list[str], stdin: Stream | None) -> Stream:
+        if args not in (["-echo"], ["echo"]):
+            self.uart.write("stty: this board supports 'stty echo' and 'stty -echo' only\n")
+            raise CommandFailed(1)
+        self.echo = args == ["echo"]
+        yield from ()
+
+    def cmd_uname(self, args: list[str], stdin: Stream | None) -> Stream:
+        release = "6.1.0-virtual"
+        yield (f"Linux {self.board.hostname} {release} #1 SMP aarch64 GNU/Linux" if "-a" in args else
+               release if "-r" in args else "Linux").encode() + b"\n"
+
+
+def _redirections(argv: list[str]) -> tuple[list[str], str | None, tuple[str | None, bool]]:
+    """Split ``<``, ``>`` and ``>>`` off a command: ``(argv, input file, (output file, append))``.
+
+    >>> _redirections(["printf", "%s", "QUJD", ">>", "/tmp/f"])
+    (['printf', '%s', 'QUJD'], None, ('/tmp/f', True))
+    >>> _redirections(["wc", "-c", "</tmp/f"])
+    (['wc', '-c'], '/tmp/f', (None, False))
+    """
+    rest: list[str] = []
+    source: str | None = None
+    target: tuple[str | None, bool] = (None, False)
+    words = iter(argv)
+    for word in words:
+        operator = next((op for op in (">>", ">", "<") if word.startswith(op)), None)
+        if operator is None:
+            rest.append(word)
+            continue
+        path = word[len(operator):] or next(words, "")
+        if not path:
+            raise ValueError(f"syntax error: no file after {operator}")
+        if operator == "<":
+            source = path
+        else:
+            target = (path, operator == ">>")
+    return rest, source, target
 
 
 def _size(text: str) -> int:

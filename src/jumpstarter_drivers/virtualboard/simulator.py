@@ -197,12 +197,15 @@ class Faults:
     """Failures a test asks the board for. ``panic_on`` is a command name (``tftpboot``,
     ``booti``, ...) or ``"boot"`` (while booting); ``tftp_timeout_once`` makes the next
     ``tftpboot`` time out once, as a lossy network would; ``hang_boot_once`` makes the next
-    power-on stop after the banner, as a board with a flaky reset does."""
+    power-on stop after the banner, as a board with a flaky reset does; ``kernel_message`` is a
+    line Linux prints in the middle of every command."""
 
     panic_on: str | None = None
     panic_message: str = "Synchronous Abort handler, esr 0x96000010"
     tftp_timeout_once: bool = False
     hang_boot_once: bool = False
+    #: Printed by Linux before each command's output, as a kernel logging to the console does.
+    kernel_message: str | None = None
 
 
 @dataclass
@@ -565,6 +568,8 @@ class VirtualUBoot:
                 self.disk.write(blk * BLOCK_SIZE, self.mem.read(addr, cnt * BLOCK_SIZE))
             else:
                 self.mem.write(addr, self.disk.read(blk * BLOCK_SIZE, cnt * BLOCK_SIZE))
+                # what was read may be a kernel booti starts (a board booting from its disk)
+                self.loaded = [e for e in self.loaded if e.addr != addr] + [Loaded(addr, cnt * BLOCK_SIZE, iface)]
             self.uart.write(f"{cnt} blocks {'written' if sub == 'write' else 'read'}: OK\n")
             return 0
         self.uart.write(f"Usage:\n{iface} read addr blk# cnt\n{iface} write addr blk# cnt\n")

@@ -105,3 +105,11 @@ def test_unbound_proxy_says_how_to_bind_it() -> None:
         Proxy(ref="board.power").client()
     with pytest.raises(ConfigurationError, match="is not a dotted path"):
         Proxy(ref="board..power")
+
+
+def test_proxy_report_names_the_node_it_stands_for() -> None:
+    root = config.loads(LAB).root
+    with config.ExporterConfig(root=root).session() as session:
+        reports = session.report().reports
+    refs = {r.labels.get("jumpstarter-toolkit/ref") for r in reports if r.labels.get("jumpstarter.dev/name") == "power"}
+    assert refs == {None, "board.power"}

@@ -206,9 +206,9 @@ def test_frozen_exporter_fails_within_the_keepalive_bound(exporter_process):
 
 def test_long_calls_are_not_capped_by_keepalive(exporter_process):
     proc, path = exporter_process
-    with connect(path, keepalive=0.2) as client:
+    with connect(path, keepalive=1) as client:
         thread, outcome = _call_in_thread(lambda: client.call("hang"))
-        thread.join(1.5)  # several keepalive periods: the call is still legitimately running
+        thread.join(4)  # several keepalive periods: the call is still legitimately running
         assert thread.is_alive() and not outcome, outcome
         proc.kill()
         thread.join(10)

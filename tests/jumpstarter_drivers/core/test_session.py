@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 
+import anyio
 import pytest
 
 from jumpstarter_drivers import (
@@ -129,6 +130,23 @@ def test_byte_stream_round_trip(sample):
         writer.join(10)
         stream.send_eof()
         assert stream.receive(timeout=10) == b""
+
+
+def test_byte_stream_end_is_empty_bytes_or_end_of_stream_on_request(sample):
+    """Socket style by default (``b""``, iteration stops); Jumpstarter style (``anyio.EndOfStream``) opted in."""
+    for raise_on_eof in (False, True):
+        with sample.stream("echo_stream", raise_on_eof=raise_on_eof) as stream:
+            for word in (b"one ", b"two ", b"three"):
+                stream.send(word)
+            stream.send_eof()
+            assert b"".join(chunk for chunk in stream) == b"one two three"
+            if raise_on_eof:
+                with pytest.raises(anyio.EndOfStream):
+                    stream.receive(timeout=5)
+            else:
+                assert stream.receive(timeout=5) == b""
+            with pytest.raises(EOFError, match="ended after 0 of 1 bytes"):
+                stream.read_exactly(1, timeout=5)
 
 
 def test_byte_stream_receive_times_out(sample):
@@ -277,6 +295,20 @@ def test_unused_resource_streams_expire():
             with pytest.raises(DriverTimeout, match="no driver call used this resource within 0.2 s"):
                 stream.receive(timeout=10)
             assert client.call("add", 1, 2) == 3
+
+
+def test_generic_calls_keep_the_types_the_driver_returned(sample):
+    """Between our client and our session ints stay ints; a peer that does not ask gets Jumpstarter's Values."""
+    point = sample.call("point")
+    assert point == {"x": 3, "y": 4.5} and type(point["x"]) is int
+    assert type(sample.call("add", 2**60, 0)) is int
+    assert sample.call("echo", [True, None, "x", {"a": 1.5}]) == [True, None, "x", {"a": 1.5}]
+    assert [type(i) for i in sample.streamingcall("acount", 3)] == [int, int, int]
+    connection = sample.connection
+    request = connection.pb.DriverCallRequest(uuid=sample._uuid, method="add")
+    request.args.add().number_value = 2
+    request.args.add().number_value = 3
+    assert connection.exporter.DriverCall(request).result.number_value == 5.0
 
 
 def test_streaming_batches_only_for_peers_that_ask(sample):

@@ -578,3 +578,11 @@ def test_a_reply_that_is_not_http_is_refused_without_retries(raw_strip, lock_dir
         EnerGenie(host=strip.address, retries=2, lock_dir=lock_dir).on()
     strip.close()
     assert len(strip.sent) == 1
+
+
+def test_a_lock_dir_that_cannot_be_created_is_a_driver_error(simulator, tmp_path: Path) -> None:
+    sim = simulator()
+    (tmp_path / "file").write_text("not a directory\n")
+    with pytest.raises(DriverError, match=r"cannot create lock directory .*/file/locks: Not a directory; set 'lock_dir'"):
+        EnerGenie(host=sim.address, lock_dir=str(tmp_path / "file" / "locks")).on()
+    assert sim.exchanges == []

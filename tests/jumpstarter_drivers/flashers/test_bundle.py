@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,62 @@ def test_files_a_directory_manifest_names_are_bounded(reference_bundle: Path) ->
     with pytest.raises(ConfigurationError, match=r"the files the manifest names hold 10240 bytes, more than 10000"):
         Bundle.load(reference_bundle, max_size=10_000)
     assert Bundle.load(reference_bundle, max_size=10_240).manifest.metadata.name == "test-bundle"
+
+
+def _header(kind: bytes, size: int, name: str = "././@LongLink") -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def _sparse_with_endless_map() -> bytes:
+    """An old GNU sparse member ('S') whose map goes on in 512-byte extension blocks (each says 'more follows')."""
+    head = bytearray(_header(tarfile.GNUTYPE_SPARSE, 0, name="sparse"))
+    head[482] = 1  # isextended
+    head[148:156] = b"%06o\0 " % tarfile.calc_chksums(bytes(head[:148] + b" " * 8 + head[156:]))[0]
+    extension = bytearray(512)
+    extension[504] = 1  # isextended: another block follows
+    return bytes(head) + bytes(extension) * (32 << 11)  # 32 MiB of map
+
+
+def _pax_sparse_with_endless_map() -> bytes:
+    """A pax GNU sparse 1.0 member whose map, at the start of its data, announces 10**8 entries."""
+    info = tarfile.TarInfo("sparse")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "1"}
+    info.size = 32 << 20
+    return info.tobuf(format=tarfile.PAX_FORMAT) + b"100000000\n" + b"1\n" * (16 << 20)
+
+
+@pytest.mark.parametrize(("what", "archive"), [
+    ("long name", lambda: _header(tarfile.GNUTYPE_LONGNAME, 32 << 20) + bytes(32 << 20)),
+    ("long link", lambda: _header(tarfile.GNUTYPE_LONGLINK, 32 << 20) + bytes(32 << 20)),
+    ("pax", lambda: _header(tarfile.XHDTYPE, 32 << 20, name="pax") + bytes(32 << 20)),
+    ("global pax", lambda: _header(tarfile.XGLTYPE, 32 << 20, name="pax") + bytes(32 << 20)),
+    ("sparse", _sparse_with_endless_map),
+    ("pax sparse", _pax_sparse_with_endless_map),
+], ids=lambda value: value if isinstance(value, str) else "")
+def test_archive_headers_are_bounded_in_memory(tmp_path: Path, what: str, archive) -> None:
+    """tarfile reads a long name, a pax header or a sparse map whole into memory: a few hundred kB of gzip
+    made it hold 32 MiB and more (a 1.3 MB archive took 2.4 GB), whatever max_bundle_size said."""
+    path = tmp_path / "evil.tar.gz"
+    path.write_bytes(gzip.compress(archive(), compresslevel=9))
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        refused = r"evil\.tar\.gz: an archive member (has an extended header of|is a sparse file).*; refused"
+        with pytest.raises(ConfigurationError, match=refused):
+            fetch_bundle(path, tmp_path / "cache")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{what}: {peak >> 20} MiB held while reading the archive"
+
+
+def test_a_chain_of_extended_headers_is_refused(tmp_path: Path) -> None:
+    """tarfile reads the header after an extended header recursively, holding each: 5000 in a row raised
+    RecursionError (and 1 MiB headers would have been held a thousand at a time)."""
+    path = tmp_path / "chain.tar.gz"
+    path.write_bytes(gzip.compress(b"".join(_header(tarfile.GNUTYPE_LONGNAME, 512) + bytes(511) + b"\n"
+                                            for _ in range(5000)) + _header(tarfile.REGTYPE, 0, name="f")))
+    with pytest.raises(ConfigurationError, match=r"chain\.tar\.gz: an archive member .*extended headers in a row"):
+        fetch_bundle(path, tmp_path / "cache")

@@ -380,6 +380,15 @@ def test_a_client_bundle_lasts_until_its_session_ends(lab, tmp_path: Path) -> No
         assert later.flasher.get_dtb_filename() == "test-dtb.dtb"
 
 
+@pytest.mark.parametrize("name", ["v1.2/bundle.tar.gz", "boards.lab/bundle.tar.gz", "localhost/bundle.tar.gz"])
+def test_an_uploaded_bundle_whose_folder_looks_like_a_registry_is_used(lab, tmp_path: Path, name: str) -> None:
+    """A name in the HTTP storage is the client's upload, even when its first folder reads like a registry host."""
+    _, client = lab
+    client.flasher.http.storage.write_from_path(name, bundle_archive(tmp_path))
+    client.flasher.setup_flasher_bundle(name)
+    assert client.flasher.get_kernel_filename() == "vmlinuz"
+
+
 def test_reset_brings_back_the_configured_bundle(lab, tmp_path: Path) -> None:
     root, client = lab
     client.flasher.http.storage.write_from_path("b.tar.gz", bundle_archive(tmp_path))
@@ -453,3 +462,17 @@ def test_leftovers_of_a_killed_flash_are_removed_at_start(tmp_path: Path, refere
         assert list(http.iterdir()) == []
     finally:
         root.close()
+
+
+def test_a_directory_named_like_a_chunk_does_not_stop_the_flasher(tmp_path: Path, reference_bundle: Path) -> None:
+    """A client may write any name into the TFTP storage, '.flash-chunk-00000/x' too; the flasher still starts."""
+    tftp = tmp_path / "tftp"
+    root = make_lab(tmp_path, reference_bundle, tftp_dir=str(tftp))
+    try:
+        with serve(root) as client:
+            client.flasher.tftp.storage.write_bytes(".flash-chunk-00000/x", b"in the way")
+    finally:
+        root.close()
+    root = make_lab(tmp_path, reference_bundle, tftp_dir=str(tftp))
+    root.close()
+    assert not (tftp / ".flash-chunk-00000").exists()

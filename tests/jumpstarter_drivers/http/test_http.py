@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,15 @@ def test_missing_files_and_directories_are_404(server: HttpServer, payload: byte
         response = requests.get(server.get_url() + path, timeout=10)
         assert response.status_code == 404
         assert response.headers["Content-Length"] == str(len(response.content))
+
+
+def test_a_name_too_long_is_404_not_a_traceback(
+    server: HttpServer, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel refuses a name over 255 bytes (ENAMETOOLONG): no such file, and nothing worth an ERROR log."""
+    for path in ("/" + "x" * 300, "/images/" + "x" * 300 + "/file"):
+        assert _raw_get(server.get_port(), path) == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "an error was logged"
 
 
 def _raw_get(port: int, path: str) -> int:
@@ -364,5 +374,28 @@ def test_a_reply_nobody_reads_is_cut_after_send_timeout(root: Path) -> None:
                 while data := sock.recv(1 << 20):
                     received += len(data)
             assert received < 256 << 20
+    finally:
+        server.stop()
+
+
+def test_a_start_that_cannot_make_its_thread_leaves_nothing_open(root: Path) -> None:
+    """No thread for serve_forever (a stack no memory can hold): the socket is closed, and stop() returns."""
+    server = FileServer(root=root)
+    before = sorted(os.listdir("/proc/self/fd"))
+    default = threading.stack_size(1 << 42)
+    try:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            server.start()
+    finally:
+        threading.stack_size(default)
+    assert sorted(os.listdir("/proc/self/fd")) == before, "the listening socket of the failed start is still open"
+    assert server.bound_port == 0
+    stopping = threading.Thread(target=server.stop, name="stop-after-failed-start", daemon=True)
+    stopping.start()
+    stopping.join(30)  # generous: it returns at once unless it waits for a serve_forever that never ran
+    assert not stopping.is_alive(), "stop() waits for a server loop that never started"
+    server.start()
+    try:
+        assert _raw_get(server.bound_port, "/missing") == 404
     finally:
         server.stop()

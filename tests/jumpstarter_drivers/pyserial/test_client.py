@@ -297,3 +297,26 @@ def test_fixture_sees_descriptors(board) -> None:
         assert board.driver_fds() == [fd]
     finally:
         os.close(fd)
+
+
+def test_expect_timeout_shows_patterns_wait_and_what_was_received(console, board) -> None:
+    with console.pexpect(timeout=5) as session:
+        board.write(b"abc\r\nboot: \xff partial")
+        with pytest.raises(pexpect.TIMEOUT) as caught:
+            session.expect([b"login:", rb"never \d+"], timeout=1.0)
+        message = str(caught.value)
+        assert "'login:'" in message and "'never \\\\d+'" in message
+        assert "within 1 s" in message or "within 1.0 s" in message
+        assert "abc\nboot: \ufffd partial" in message
+        assert "object at 0x" not in message and "searcher" not in message
+        with pytest.raises(pexpect.TIMEOUT, match=r"(?s)no 'prompt# ' within 0.3 s.*abc"):
+            session.expect_exact("prompt# ", timeout=0.3)
+
+
+def test_expect_end_of_console_shows_what_was_received(console, board) -> None:
+    with console.pexpect(timeout=5) as session:
+        board.write(b"last words\r\n")
+        session.expect("last")
+        board.hang_up()
+        with pytest.raises(pexpect.EOF, match=r"(?s)the console ended before 'login:'.* words"):
+            session.expect("login:")

@@ -309,3 +309,47 @@ def test_os_errors_do_not_reveal_the_root_path(client: StorageClient, root: Path
         with pytest.raises(DriverError, match=r"'file/child': (File exists|Not a directory)") as excinfo:
             call()
         assert str(tmp_path) not in str(excinfo.value)
+
+
+LONG = "x" * 300  # longer than a file name may be (255 bytes): the kernel answers ENAMETOOLONG
+
+
+@pytest.mark.parametrize("name", [LONG, f"dir/{LONG}", f"{LONG}/file"])
+def test_a_name_too_long_is_an_error_naming_it_not_the_root(client: StorageClient, root: Path, tmp_path: Path,
+                                                             name: str) -> None:
+    (root / "dir").mkdir()
+    source = tmp_path / "source"
+    source.write_bytes(b"payload")
+    calls = {
+        "exists": lambda: client.exists(name), "stat": lambda: client.stat(name),
+        "read_bytes": lambda: client.read_bytes(name), "read_into_path": lambda: client.read_into_path(name, source),
+        "hash": lambda: client.hash(name), "list": lambda: client.list(name), "delete": lambda: client.delete(name),
+        "write_bytes": lambda: client.write_bytes(name, b"x"),
+        "write_from_path": lambda: client.write_from_path(name, source),
+    }
+    for what, call in calls.items():
+        with pytest.raises(DriverError, match="File name too long") as excinfo:
+            call()
+        assert str(tmp_path) not in str(excinfo.value), f"{what}: {excinfo.value}"
+        assert repr(name) in str(excinfo.value), what
+
+
+def test_the_home_directory_is_refused_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root the home directory (/root) is a system directory anyway: this user's home is checked on its own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ConfigurationError, match=r"Storage: root_dir '~' is .*/home, the home directory"):
+        Storage(root_dir="~")
+    assert Storage(root_dir="~/tftp").root == home / "tftp"
+
+
+def test_a_name_of_255_bytes_can_be_written(client: StorageClient, root: Path, tmp_path: Path) -> None:
+    """The partial file beside it ('.NAME.XXXXXXXX.part') must fit in 255 bytes too."""
+    name = "y" * 255
+    assert client.write_bytes(name, b"data") == 4
+    source = tmp_path / "source"
+    source.write_bytes(b"more data")
+    assert client.write_from_path(f"dir/{name}", source) == 9
+    assert (root / name).read_bytes() == b"data" and (root / "dir" / name).read_bytes() == b"more data"
+    assert sorted(p.name for p in root.rglob("*")) == ["dir", name, name]

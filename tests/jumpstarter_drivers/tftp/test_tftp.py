@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -129,6 +130,15 @@ def test_paths_outside_the_root_are_refused(tftp: Tftp, root: Path, tmp_path: Pa
         assert not (tmp_path / "got").exists() or (tmp_path / "got").read_bytes() != b"secret"
     result = hpa(tftp.get_port(), "get", "images/missing", str(tmp_path / "missing"))
     assert "Error code 1: images/missing: file not found" in result.stdout + result.stderr
+
+
+def test_a_name_too_long_is_file_not_found(tftp: Tftp, payload: bytes) -> None:
+    """The kernel refuses a name over 255 bytes (ENAMETOOLONG): the peer is told, not left waiting."""
+    name = "images/" + "x" * 300
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.sendto(_request(name), ("127.0.0.1", tftp.get_port()))
+        assert sock.recv(70000) == error_packet(ErrorCode.FILE_NOT_FOUND, f"{name}: file not found")
 
 
 def test_client_put_file_returns_the_name_a_board_asks_for(root: Path, tmp_path: Path) -> None:
@@ -276,22 +286,79 @@ def test_bad_retransmission_config_fails_at_construction(root: Path, config: dic
         Tftp(root_dir=str(root), **config)
 
 
+@contextlib.contextmanager
+def _one_free_fd() -> Iterator[None]:
+    """A soft RLIMIT_NOFILE that lets the process open exactly one more file (restored on exit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_fds = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    free = [n for n in range(soft) if n not in open_fds][:2]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (free[1], hard))  # new fds must be below it: only free[0] is
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_start_that_fails_for_want_of_fds_leaves_nothing_open(root: Path) -> None:
+    """The listening socket is bound, then its wake-up pair cannot be made (EMFILE): the socket is closed again."""
+    server = TftpServer(root=root)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with _one_free_fd(), pytest.raises(OSError, match="Too many open files"):
+        server.start()
+    assert sorted(os.listdir("/proc/self/fd")) == before, "a socket of the failed start is still open"
+    assert not server.running and server.bound_port == 0
+    server.start()
+    try:
+        assert server.running
+    finally:
+        server.stop()
+
+
+def test_a_request_that_gets_no_thread_is_refused_and_the_server_keeps_serving(root: Path, payload: bytes) -> None:
+    """No thread for a transfer (a stack no memory can hold): the peer is told, and the next request is served."""
+    server = TftpServer(root=root)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            default = threading.stack_size(1 << 42)
+            try:
+                sock.sendto(_request("images/payload.bin"), ("127.0.0.1", server.bound_port))
+                refusal = sock.recv(70000)
+            finally:
+                threading.stack_size(default)
+            assert refusal.startswith(error_packet(ErrorCode.NOT_DEFINED, "server busy: no thread")[:-1]), refusal
+            assert not server._active_transfers()
+            assert _fetch(server.bound_port, "images/payload.bin") == payload
+    finally:
+        server.stop()
+
+
 # what an unauthenticated peer can hold ----------------------------------------------------------
 
 
-def _send_requests(sock: socket.socket, port: int, count: int, **options: int) -> list[tuple[bytes, tuple]]:
-    """Send ``count`` read requests of the payload and collect one reply to each (OACK, DATA or ERROR).
+def _send_requests(sock: socket.socket, port: int, count: int, **options: int) -> tuple[list[bytes], dict[int, bytes]]:
+    """Send ``count`` read requests of the payload; the listening port's replies (refusals), and the first
+    packet (OACK or DATA) of each transfer that started, by the transfer's port.
 
-    They go in batches of 50, so the replies never overflow the socket's receive buffer.
+    A transfer resends its first packet every ``timeout`` until acknowledged: a resend is not another
+    reply, so a test thread that is late to read (a loaded machine) counts the same. Requests go in
+    batches of 50, so the replies never overflow the socket's receive buffer.
     """
     request = _request("images/payload.bin", **options)
-    replies = []
+    refusals: list[bytes] = []
+    transfers: dict[int, bytes] = {}
     for start in range(0, count, 50):
         batch = min(50, count - start)
         for _ in range(batch):
             sock.sendto(request, ("127.0.0.1", port))
-        replies += [sock.recvfrom(70000) for _ in range(batch)]
-    return replies
+        while len(refusals) + len(transfers) < start + batch:
+            packet, peer = sock.recvfrom(70000)
+            if peer[1] == port:
+                refusals.append(packet)
+            else:
+                transfers.setdefault(peer[1], packet)
+    return refusals, transfers
 
 
 def _board_download(port: int, out: Path) -> bytes:
@@ -304,15 +371,15 @@ def _board_download(port: int, out: Path) -> bytes:
 
 def test_never_acknowledged_requests_hold_a_few_transfers_per_host(root: Path, payload: bytes, tmp_path: Path) -> None:
     """200 read requests asking for timeout 255 and never acknowledged: 8 transfers, the rest told "busy"."""
-    server = TftpServer(root=root)
+    server = TftpServer(root=root, timeout=5)  # its transfers live 30 s: all of the test, however slow the machine
     server.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(5)
-            replies = _send_requests(sock, server.bound_port, 200, timeout=255, blksize=1468)
-            oacks = [packet for packet, _ in replies if packet[:2] == b"\x00\x06"]
-            busy = [p for p, peer in replies if p[:4] == b"\x00\x05\x00\x00" and peer[1] == server.bound_port]
+            sock.settimeout(10)
+            busy, transfers = _send_requests(sock, server.bound_port, 200, timeout=255, blksize=1468)
+            oacks = list(transfers.values())
             assert (len(oacks), len(busy)) == (8, 192)
+            assert all(oack[:2] == b"\x00\x06" for oack in oacks) and all(p[:4] == b"\x00\x05\x00\x00" for p in busy)
             assert b"max_transfers_per_host" in busy[0]
             assert all(b"timeout" not in oack for oack in oacks), "a 255 s timeout was acknowledged"
             assert len(server._active_transfers()) == 8
@@ -324,13 +391,13 @@ def test_never_acknowledged_requests_hold_a_few_transfers_per_host(root: Path, p
 
 
 def test_transfers_are_capped_in_total(root: Path, payload: bytes) -> None:
-    server = TftpServer(root=root, max_transfers=4, max_transfers_per_host=100)
+    server = TftpServer(root=root, timeout=5, max_transfers=4, max_transfers_per_host=100)
     server.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(5)
-            replies = _send_requests(sock, server.bound_port, 10)
-            busy = [packet for packet, peer in replies if peer[1] == server.bound_port]
+            sock.settimeout(10)
+            busy, transfers = _send_requests(sock, server.bound_port, 10)
+            assert len(transfers) == 4
             assert len(busy) == 6 and all(b"(max_transfers)" in packet for packet in busy), busy
     finally:
         server.stop()
@@ -358,15 +425,15 @@ def test_a_flood_under_an_fd_limit_leaves_the_session_and_boards_served(
 ) -> None:
     """600 unacknowledged requests with a soft limit of 200 free fds: gRPC calls and a board's download still work."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with serve(Tftp(root_dir=str(root))) as client:
+    with serve(Tftp(root_dir=str(root), timeout=5)) as client:  # transfers live 30 s, all of the flood
         client.start()
         port = client.get_port()
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 200, hard))
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.settimeout(5)
-                replies = _send_requests(sock, port, 600, timeout=255)
-                assert sum(peer[1] == port for _, peer in replies) == 600 - 8
+                sock.settimeout(10)
+                busy, transfers = _send_requests(sock, port, 600, timeout=255)
+                assert (len(transfers), len(busy)) == (8, 600 - 8)
                 assert client.get_port() == port
                 assert _board_download(port, tmp_path / "board") == payload
         finally:

@@ -19,8 +19,8 @@ from jumpstarter_drivers.virtualboard import VirtualBoard
 def served_lab(**uboot_config: object) -> Iterator:
     """A virtual board and a UBoot driver on its serial and power, served; yields (board, client)."""
     board = VirtualBoard(autoboot_delay=1)
-    uboot = UBoot(boot_timeout=10, power_off_time=0,
-                  children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")}, **uboot_config)
+    uboot = UBoot(children={"serial": Proxy(ref="board.serial"), "power": Proxy(ref="board.power")},
+                  **({"boot_timeout": 10.0, "power_off_time": 0.0} | uboot_config))
     root = Composite(children={"board": board, "uboot": uboot})
     resolve_refs(root)
     try:
@@ -129,3 +129,11 @@ def test_set_env_quotes_what_the_shell_would_split(lab) -> None:
     assert client.uboot.get_env("cmd") == "echo a; echo $b"
     with pytest.raises(DriverInvalidArgument, match="cannot quote"):
         client.uboot.set_env("bad", "it's; here")
+
+
+def test_board_booting_past_uboot_fails_at_once_not_at_the_timeout() -> None:
+    with served_lab(boot_timeout=20.0) as (_, client):
+        client.uboot.reboot_to_console()
+        client.uboot.run_command("setenv bootdelay 0; setenv bootcmd 'mmc read 40400000 0 8; booti 40400000'; saveenv")
+        with pytest.raises(DriverError, match=r"(?s)booted past U-Boot without stopping.*Starting kernel \.\.\."):
+            client.uboot.reboot_to_console()
