@@ -11,7 +11,8 @@ loopback. Figures, each beside a baseline measured in the same run:
   reconcile loop), in a second lab started in the same run;
 - hand-over: from the holder's release to the next waiter's Ready, the same two ways;
 - router: latency of one driver call and upload throughput to a Storage driver through the
-  lease's local socket (Dial + router) vs a direct connection to the same exporter session;
+  lease's local socket (Dial + router) vs a direct connection to the same exporter session, and
+  the CPU each process (this client, the controller, the exporter) spends per call both ways;
 - scale: 200 lightweight exporters (Register, ReportStatus and a Status stream each, in this
   process) holding 200 leases, and 500 more leases waiting: controller CPU and memory, etcd size.
 """
@@ -28,8 +29,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -42,6 +44,8 @@ from jumpstarter_drivers.controller.store import Store
 from jumpstarter_drivers.core import loop
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.processes import stop_process
+
+T = TypeVar("T")
 
 EXPORT = {"power": {"type": "MockPower"}, "storage": {"type": "Storage", "config": {"root_dir": "STORAGE"}}}
 
@@ -196,6 +200,17 @@ def upload_throughput(address: str, source: Path) -> float:
     return source.stat().st_size / elapsed
 
 
+def with_cpu(pids: dict[str, int], action: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """``action()``'s result and the CPU seconds each process spent meanwhile."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = action()
+    return result, {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+
+
+def per_call(cpu: dict[str, float], calls: int) -> str:
+    return "/".join(f"{1e6 * seconds / calls:.0f}" for seconds in cpu.values())
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -331,9 +346,13 @@ def main() -> None:
             summary(baseline_acquire) + "  (reconcile every 1 s)")
         row("hand-over release -> next Ready", summary(hand_over(alice, bob, "board=rpi4", args.repeat)),
             summary(baseline_hand_over) + "  (reconcile every 1 s)")
+        pids = {"client": os.getpid(), "controller": lab.controller.pid, "exporter": lab.processes[-1].pid}
         with leased(alice, "board=rpi4", 600, wait=30) as lease:
-            row("driver call", summary(call_latency(lease.socket, args.calls)),
-                summary(call_latency(direct, args.calls)) + "  (direct)")
+            routed, routed_cpu = with_cpu(pids, lambda: call_latency(lease.socket, args.calls))
+            straight, straight_cpu = with_cpu(pids, lambda: call_latency(direct, args.calls))
+            row("driver call", summary(routed), summary(straight) + "  (direct)")
+            row("  CPU us per call " + "/".join(pids), per_call(routed_cpu, args.calls),
+                per_call(straight_cpu, args.calls) + "  (direct)")
             source = lab.directory / "source.bin"
             source.write_bytes(os.urandom(args.mib << 20))
             row(f"upload {args.mib} MiB", f"{upload_throughput(lease.socket, source) / (1 << 20):8.1f} MiB/s",

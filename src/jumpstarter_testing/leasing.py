@@ -24,6 +24,7 @@ JMP_CONTROLLER = "JMP_CONTROLLER"
 JMP_CLIENT_CONFIG = "JMP_CLIENT_CONFIG"
 JMP_LEASE_TIMEOUT = "JMP_LEASE_TIMEOUT"
 JMP_LEASE_DURATION = "JMP_LEASE_DURATION"
+JMP_LEASE_PRIORITY = "JMP_LEASE_PRIORITY"
 DEFAULT_DURATION = "1h"
 
 
@@ -50,6 +51,10 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
             "lease-duration", "DURATION", JMP_LEASE_DURATION,
             f"longest the run may hold the board (default {DEFAULT_DURATION})",
         ),
+        (
+            "lease-priority", "N", JMP_LEASE_PRIORITY,
+            "a negative number (down to -100) lets waiting leases of a higher priority go first; default 0",
+        ),
     )
     for name, metavar, env, text in options:
         dest = "jumpstarter_" + name.replace("-", "_")
@@ -60,6 +65,35 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
 def setting(config: pytest.Config, name: str, env: str) -> str | None:
     """Command line, then environment, then ini file."""
     return config.getoption(name) or os.environ.get(env) or config.getini(name) or None
+
+
+def lease_settings(config: pytest.Config) -> tuple[Any, dict[str, Any]]:
+    """``(access, options)`` for leasing from the controller: the client configuration (with
+    ``--jumpstarter-controller`` over its endpoints), and ``duration``, ``wait`` and ``priority`` from
+    ``--jumpstarter-lease-duration``, ``-timeout`` and ``-priority``."""
+    from jumpstarter_drivers.controller.cli import parse_duration
+    from jumpstarter_drivers.controller.config import Access
+
+    path = setting(config, "jumpstarter_client_config", JMP_CLIENT_CONFIG)
+    if not path:
+        raise JumpstarterError("a client configuration is needed: give --jumpstarter-client-config FILE")
+    access = Access.load(path)
+    controller = setting(config, "jumpstarter_controller", JMP_CONTROLLER)
+    if controller:
+        access = dataclasses.replace(access, endpoints=controller.split(","))
+    timeout_text = setting(config, "jumpstarter_lease_timeout", JMP_LEASE_TIMEOUT)
+    duration_text = setting(config, "jumpstarter_lease_duration", JMP_LEASE_DURATION) or DEFAULT_DURATION
+    priority_text = setting(config, "jumpstarter_lease_priority", JMP_LEASE_PRIORITY) or "0"
+    try:
+        priority = int(priority_text)
+    except ValueError:
+        raise JumpstarterError(f"--jumpstarter-lease-priority {priority_text!r} is not a whole number") from None
+    options = {
+        "duration": parse_duration(duration_text),
+        "wait": parse_duration(timeout_text) if timeout_text else None,
+        "priority": priority,
+    }
+    return access, options
 
 
 class RunLease:
@@ -80,25 +114,12 @@ class RunLease:
         return self.lease.socket
 
     def _take(self) -> Any:
-        from jumpstarter_drivers.controller.cli import parse_duration
         from jumpstarter_drivers.controller.client import LeaseTimeout, leased
-        from jumpstarter_drivers.controller.config import Access
 
-        config = self.config
-        path = setting(config, "jumpstarter_client_config", JMP_CLIENT_CONFIG)
         try:
-            if not path:
-                raise JumpstarterError("a client configuration is needed: give --jumpstarter-client-config FILE")
-            access = Access.load(path)
-            controller = setting(config, "jumpstarter_controller", JMP_CONTROLLER)
-            if controller:
-                access = dataclasses.replace(access, endpoints=controller.split(","))
-            timeout_text = setting(config, "jumpstarter_lease_timeout", JMP_LEASE_TIMEOUT)
-            duration_text = setting(config, "jumpstarter_lease_duration", JMP_LEASE_DURATION) or DEFAULT_DURATION
-            timeout = parse_duration(timeout_text) if timeout_text else None
-            duration = parse_duration(duration_text)
+            access, options = lease_settings(self.config)
             self.say(f"leasing a board matching {self.selector} from {', '.join(access.endpoints)}")
-            lease = self._stack.enter_context(leased(access, self.selector, duration, wait=timeout, progress=self.say))
+            lease = self._stack.enter_context(leased(access, self.selector, progress=self.say, **options))
         except LeaseTimeout as exc:
             self._fail(f"jumpstarter: {exc}")
         except (JumpstarterError, OSError, ValueError) as exc:

@@ -29,7 +29,7 @@ import pytest
 
 from jumpstarter_drivers.core.errors import JumpstarterError
 
-from . import leasing
+from . import leasing, roles
 from .lab import VIRTUAL_LAB
 from .reporting import CAPTURED, SKIP_CAPTURED, Board, failure_line, log_line
 
@@ -162,6 +162,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _check_boards_and_workers(config)
     run_lease = leasing.RunLease(config)
     config.stash[leasing.LEASE] = run_lease
+    config.pluginmanager.register(roles, "jumpstarter-roles")
     config.add_cleanup(run_lease.close)  # runs after the lab closed (cleanups run last-added first)
     manager = LabManager(config)
     config.stash[MANAGER] = manager

@@ -8,7 +8,8 @@
 
 While the block runs the client keeps its lease alive (GetLease every :data:`KEEPALIVE` / 3 s);
 if the process dies, the controller ends the lease within :data:`KEEPALIVE` seconds. Each
-connection to the socket becomes one Dial and one router tunnel to the exporter.
+connection to the socket that sends something becomes one Dial and one router tunnel to the
+exporter (a connection closed without a byte, such as the probe ``connect()`` makes, costs none).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,11 @@ from jumpstarter_protocol.jumpstarter.client.v1 import client_pb2, client_pb2_gr
 from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
 from ..core import loop
-from ..core.errors import ExporterUnreachable, JumpstarterError
+from ..core.errors import ConfigurationError, ExporterUnreachable, JumpstarterError
 from .config import Access
-from .tunnel import Channels, splice
+from .groups import GROUP_TAG, MAX_GROUP, ROLE_TAG
+from .priority import PRIORITY_TAG
+from .tunnel import CHUNK, Channels, splice
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +112,22 @@ class ControllerClient:
         )
 
     async def create_lease(
-        self, selector: str, duration: float, exporter_name: str = "", keepalive: int = KEEPALIVE
+        self,
+        selector: str,
+        duration: float,
+        exporter_name: str = "",
+        keepalive: int = KEEPALIVE,
+        lease_id: str = "",
+        tags: dict[str, str] | None = None,
     ) -> Any:
-        lease = client_pb2.Lease(selector=selector, duration=duration_pb2.Duration(seconds=int(duration)))
+        lease = client_pb2.Lease(
+            selector=selector, duration=duration_pb2.Duration(seconds=int(duration)), tags=tags or {}
+        )
         if exporter_name:
             lease.exporter_name = exporter_name
         metadata = (("jumpstarter-lease-keepalive", str(keepalive)),) if keepalive else ()
-        return await self.call("CreateLease", client_pb2.CreateLeaseRequest(lease=lease), metadata=metadata)
+        request = client_pb2.CreateLeaseRequest(lease=lease, lease_id=lease_id)
+        return await self.call("CreateLease", request, metadata=metadata)
 
     async def get_lease(self, name: str, wait: float = 0.0) -> Any:
         metadata = (("jumpstarter-wait", f"{wait:g}"),) if wait else ()
@@ -193,7 +206,7 @@ class _Holder:
         self.connections: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self.server = await asyncio.start_unix_server(self._connection, self.socket_path)
+        self.server = await asyncio.start_unix_server(self._connection, self.socket_path, limit=CHUNK)
         os.chmod(self.socket_path, 0o600)
         self.keeper = asyncio.create_task(self._keep_alive())
 
@@ -215,8 +228,11 @@ class _Holder:
         assert task is not None
         self.connections.add(task)
         try:
+            first = await reader.read(CHUNK)
+            if not first:
+                return  # a probe (connect() checks that something listens): no Dial, no tunnel
             endpoint, token = await self.client.dial(self.name)
-            await splice(self.channels, endpoint, token, reader, writer)
+            await splice(self.channels, endpoint, token, reader, writer, first)
         except (LeaseError, ExporterUnreachable) as exc:
             logger.error("cannot reach the leased exporter: %s", exc)
         except asyncio.CancelledError:
@@ -236,6 +252,14 @@ class _Holder:
         await self.channels.close()
 
 
+@dataclass(frozen=True)
+class _Request:
+    selector: str
+    exporter_name: str = ""
+    lease_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
 def leased(
     access: Access,
@@ -244,25 +268,84 @@ def leased(
     wait: float | None = None,
     exporter_name: str = "",
     progress: Callable[[str], None] | None = None,
+    priority: int = 0,
 ) -> Iterator[Leased]:
-    """Lease a board matching ``selector`` (waiting at most ``wait`` s), hold it for the block, release it."""
+    """Lease a board matching ``selector`` (waiting at most ``wait`` s), hold it for the block, release it.
+
+    A negative ``priority`` (down to -100) lets waiting leases of higher priority go first (:mod:`.priority`).
+    """
+    tags = {PRIORITY_TAG: str(priority)} if priority else {}
+    with _holding(access, [_Request(selector, exporter_name, tags=tags)], duration, wait, progress) as held:
+        yield held[0]
+
+
+@contextlib.contextmanager
+def leased_roles(
+    access: Access,
+    roles: Mapping[str, str],
+    duration: float,
+    wait: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    priority: int = 0,
+) -> Iterator[dict[str, Leased]]:
+    """One board per role (``{"host": "board=rpi4", "dut": "board=imx8"}``), leased together or not at all.
+
+    The leases form one group (:mod:`.groups`): the controller assigns every board in one etcd
+    transaction once all are free, and holds none of them for the group while it waits.
+    """
+    if not 2 <= len(roles) <= MAX_GROUP:
+        raise ConfigurationError(f"a lease group has 2 to {MAX_GROUP} roles, not {len(roles)}: {', '.join(roles)}")
+    ids = [str(uuid.uuid4()) for _ in roles]
+    group = ",".join(ids)
+    ranked = {PRIORITY_TAG: str(priority)} if priority else {}
+    requests = [
+        _Request(selector, lease_id=lease_id, tags={GROUP_TAG: group, ROLE_TAG: role, **ranked})
+        for (role, selector), lease_id in zip(roles.items(), ids, strict=True)
+    ]
+    with _holding(access, requests, duration, wait, progress) as held:
+        yield dict(zip(roles, held, strict=True))
+
+
+@contextlib.contextmanager
+def _holding(
+    access: Access,
+    requests: list[_Request],
+    duration: float,
+    wait: float | None,
+    progress: Callable[[str], None] | None,
+) -> Iterator[list[Leased]]:
+    """Create the leases, wait until all are Ready, hold each behind its own local socket, release them all."""
     client = ControllerClient(access)
     private = Path(tempfile.mkdtemp(prefix="jmp-lease-"))
-    holder: _Holder | None = None
-    name = ""
+    holders: list[_Holder] = []
+    names: list[str] = []
     try:
-        lease = loop.run(client.create_lease(selector, duration, exporter_name), timeout=CALL_TIMEOUT * 2)
-        name = lease.name
+        for request in requests:
+            lease = loop.run(
+                client.create_lease(
+                    request.selector,
+                    duration,
+                    request.exporter_name,
+                    lease_id=request.lease_id,
+                    tags=request.tags,
+                ),
+                timeout=CALL_TIMEOUT * 2,
+            )
+            names.append(lease.name)
         ready_timeout = None if wait is None else wait + CALL_TIMEOUT * 2
-        lease = loop.run(client.wait_ready(name, wait, progress), timeout=ready_timeout)
-        holder = _Holder(client, name, str(private / "socket"))
-        loop.run(holder.start())
-        yield Leased(short(name), short(lease.exporter), holder.socket_path)
+        held = []
+        for index, name in enumerate(names):
+            lease = loop.run(client.wait_ready(name, wait, progress), timeout=ready_timeout)
+            holder = _Holder(client, name, str(private / f"socket-{index}"))
+            loop.run(holder.start())
+            holders.append(holder)
+            held.append(Leased(short(name), short(lease.exporter), holder.socket_path))
+        yield held
     finally:
         try:
-            if holder is not None:
+            for holder in holders:
                 loop.run(holder.stop())
-            if name:
+            for name in names:
                 try:
                     loop.run(client.release(name), timeout=CALL_TIMEOUT * 2)
                 except (LeaseError, ExporterUnreachable) as exc:

@@ -22,7 +22,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 
 from ..core.status import ExporterStatus
 from .config import Access
-from .tunnel import Channels, splice
+from .tunnel import CHUNK, Channels, splice
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ExporterAgent:
 
     async def _tunnel(self, channels: Channels, endpoint: str, token: str) -> None:
         try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path)
+            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=CHUNK)
         except OSError as exc:
             logger.error("cannot reach the session at %s: %s", self.socket_path, exc)
             return

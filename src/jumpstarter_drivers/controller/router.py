@@ -3,8 +3,9 @@
 A Dial records a stream id and the digest of a one-time token in etcd; the client and the
 exporter each open ``Stream`` on the replica the Dial named, with ``authorization: Bearer
 <stream>.<secret>``. The first to arrive waits (:data:`PAIR_TIMEOUT`) for the other; then frames
-are copied both ways as they are, without decoding, through bounded queues (backpressure, and
-bounded memory per tunnel). The tunnel ends when either side ends or goes away (the other side
+are copied both ways as they are, without decoding: each side's reader writes straight into the
+other side's call and reads the next frame only once that write is done (backpressure, and at most
+one frame in flight per direction). The tunnel ends when either side ends or goes away (the other side
 gets ``UNAVAILABLE``), and when the lease ends.
 """
 
@@ -27,34 +28,28 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the first side of a tunnel waits for the second.
 PAIR_TIMEOUT = 30.0
-#: Frames queued per direction of a tunnel (each at most the server's message size).
-QUEUE_FRAMES = 8
 #: Streams that may wait for their other side at once (tokens come only from authenticated Dials).
 MAX_WAITING = 1024
 #: Tunnels one replica carries at once.
 MAX_TUNNELS = 4096
 
-_END = b""  # what a side's queue receives when the other side ended cleanly
-
-
-class _Gone(Exception):
-    """The other side of the tunnel went away (or the lease ended)."""
-
-
 @dataclass(eq=False)
 class _Side:
+    """One stream of a tunnel: its context is written only by the other side's reader (one writer)."""
+
     stream: str
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
+    context: grpc.aio.ServicerContext
     paired: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when nothing more will be written to this side: the other side ended, failed or left.
+    done: asyncio.Event = field(default_factory=asyncio.Event)
     peer: _Side | None = None
     failure: str | None = None
 
     def fail(self, reason: str) -> None:
-        """End this side's output with ``reason`` at once (drops what is queued)."""
-        self.failure = reason
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
+        """End this side's output with ``reason`` at once."""
+        if not self.done.is_set():
+            self.failure = reason
+            self.done.set()
 
 
 class Router:
@@ -64,6 +59,8 @@ class Router:
         self.store = store
         self._waiting: dict[str, _Side] = {}
         self._tunnels = 0
+        #: Tunnels paired since start (one per client connection through a lease).
+        self.paired = 0
 
     def handler(self) -> grpc.GenericRpcHandler:
         """``RouterService.Stream`` taking and giving frames as raw bytes."""
@@ -84,12 +81,13 @@ class Router:
             record = await self._authorize(context)
             if self._tunnels >= MAX_TUNNELS:
                 raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this router carries {MAX_TUNNELS} tunnels already")
-            me = _Side(record.name)
+            me = _Side(record.name, context)
             peer = self._waiting.pop(record.name, None)
             if peer is None:
                 await self._wait_for_peer(me)
             else:
                 me.peer, peer.peer = peer, me
+                self.paired += 1
                 peer.paired.set()
                 await self.store.take_stream(record)
         except Refused as exc:
@@ -131,17 +129,27 @@ class Router:
         watch_lease: bool,
         lease: str,
     ) -> None:
+        """Copy this side's frames straight into the other side's call until either side is done.
+
+        No queue and no extra task per frame: the reader awaits the peer's write, which is the
+        backpressure, and each direction costs one read and one write on the event loop.
+        """
         peer = me.peer
         assert peer is not None
 
         async def inbound() -> None:
             try:
                 async for frame in requests:
-                    await peer.queue.put(frame)
-            except (grpc.RpcError, asyncio.CancelledError, ConnectionError) as exc:
+                    if peer.done.is_set():
+                        return
+                    await peer.context.write(frame)
+            except (grpc.RpcError, ConnectionError, grpc.aio.UsageError) as exc:
                 peer.fail(f"the other end of the tunnel went away ({type(exc).__name__})")
+                return
+            except asyncio.CancelledError:
+                peer.fail("the other end of the tunnel went away (cancelled)")
                 raise
-            await peer.queue.put(None if peer.failure else _END)
+            peer.done.set()
 
         async def lease_end() -> None:
             try:
@@ -158,12 +166,9 @@ class Router:
         if watch_lease:
             tasks.append(asyncio.create_task(lease_end()))
         try:
-            while True:
-                frame = await me.queue.get()
-                if frame is None or frame == _END:
-                    return
-                await context.write(frame)
+            await me.done.wait()
         finally:
+            me.done.set()  # the peer's reader stops writing here
             for task in tasks:
                 task.cancel()
             for task in tasks:

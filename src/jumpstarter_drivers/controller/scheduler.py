@@ -5,10 +5,13 @@ transactions that fail if another replica got there first; so any number of repl
 
 - An active lease past its end time ends (``Expired``); a lease whose holder stopped keeping it
   alive ends (``HolderGone``).
-- Waiting leases are served in request order (their key's create revision): each takes the first
+- Waiting leases are served by priority (:mod:`.priority`, only ever lowered below the default),
+  then in request order (their key's create revision): each takes the first
   free, online, available exporter (by name) its selector matches. A lease that no free board fits
   lets later ones pass, but never one that could use the same board: no compatible waiter is
   overtaken.
+- A lease group (:mod:`.groups`) is one waiter at its earliest member's place: all its leases get
+  boards in one transaction, or none does and one free board per member waits for it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import time
 
 from ..core.status import ExporterStatus
+from . import groups
 from .selector import Selector, SelectorError
 from .store import LAB, LabState, Record, Store, StoreUnavailable
 
@@ -141,9 +145,21 @@ class Scheduler:
                 state.assignments.pop(lease.value.get("exporter", ""), None)
                 changed = True
         free = free_exporters(state)
+        reserved: set[str] = set()  # free boards an earlier waiting group could use: not for later waiters
+        seen: set[str] = set()
         for lease in state.queue():
+            if lease.name in seen:
+                continue
+            group = groups.members(lease)
+            if group:
+                seen.add(lease.name)
+                leases = groups.complete(group, state.leases)
+                if leases is not None:  # else members are still being created (or one ended): not a waiter yet
+                    seen.update(group)
+                    await self._serve_group(state, group, leases, free, reserved, now)
+                continue
             for name in free:
-                if fits(lease, name, state.exporters[name]):
+                if name not in reserved and fits(lease, name, state.exporters[name]):
                     duration = float(lease.value.get("duration") or 0)
                     if await self.store.assign(lease, name, now, now + duration):
                         logger.info("lease %s of %s gets exporter %s", lease.name, lease.value.get("client"), name)
@@ -155,6 +171,36 @@ class Scheduler:
             self.wake.set()
         ends = [float(lease.value["end"]) for lease in state.leases.values() if lease.value.get("end")]
         return min(ends) if ends else None
+
+    async def _serve_group(
+        self,
+        state: LabState,
+        group: tuple[str, ...],
+        leases: list[Record],
+        free: list[str],
+        reserved: set[str],
+        now: float,
+    ) -> None:
+        """Assign every lease of ``group`` at once, or keep boards for it from later waiters."""
+        usable = [name for name in free if name not in reserved]
+
+        def usable_by(lease: Record, name: str) -> bool:
+            return fits(lease, name, state.exporters[name])
+
+        chosen = groups.plan(leases, usable, usable_by)
+        if chosen is None:
+            reserved.update(groups.reserve(leases, usable, usable_by))
+            return
+        plan = [(lease, chosen[lease.name], now + float(lease.value.get("duration") or 0)) for lease in leases]
+        if await self.store.assign_all(plan, now):
+            boards = ", ".join(chosen[lease.name] for lease in leases)
+            logger.info(
+                "lease group %s of %s gets exporters %s", ",".join(group), leases[0].value.get("client"), boards
+            )
+            for name in chosen.values():
+                free.remove(name)
+        else:
+            self.wake.set()
 
     @staticmethod
     def _end_reason(state: LabState, lease: Record, now: float) -> tuple[str, str] | None:

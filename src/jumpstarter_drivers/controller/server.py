@@ -107,7 +107,8 @@ class ControllerServer:
         lab = Lab(self.store, self.endpoint, self.scheduler)
         jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerService(lab), server)
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientService(lab), server)
-        server.add_generic_rpc_handlers((Router(self.store).handler(),))
+        self.router = Router(self.store)
+        server.add_generic_rpc_handlers((self.router.handler(),))
         await server.start()
         self._server = server
         self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")

@@ -34,6 +34,7 @@ import grpc
 from aetcd import rpc
 
 from ..core.errors import JumpstarterError
+from .priority import queue_order
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ class LabState:
     holders: set[str] = field(default_factory=set)
 
     def queue(self) -> list[Record]:
-        """Leases still waiting for an exporter, in request order."""
+        """Leases still waiting for an exporter: by priority, then in request order."""
         waiting = [lease for lease in self.leases.values() if not lease.value.get("exporter")]
-        return sorted(waiting, key=lambda lease: lease.create_revision)
+        return sorted(waiting, key=queue_order)
 
 
 def _encode(value: dict[str, Any]) -> bytes:
@@ -150,6 +151,13 @@ class Store:
         return (self.root + name).encode()
 
     async def _call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``func(...)``; a call refused as UNAVAILABLE (not applied) is tried once more per further member, since
+        the channel moves to the next member only after a call failed on the dead one."""
+        for _ in range(len(self.endpoints) - 1):
+            try:
+                return await func(*args, **kwargs)
+            except aetcd.exceptions.ConnectionFailedError as exc:
+                logger.debug("etcd call failed (%s); trying the next member", exc or type(exc).__name__)
         try:
             return await func(*args, **kwargs)
         except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError) as exc:
@@ -339,16 +347,19 @@ class Store:
 
     async def assign(self, lease: Record, exporter: str, begin: float, end: float) -> bool:
         """Give ``exporter`` to ``lease`` if the exporter has no lease and the lease did not change."""
-        assignment = self._key(ASSIGNMENTS + exporter)
-        compare = [
-            self._client.transactions.create(assignment) == 0,
-            self._client.transactions.mod(self._key(LEASES + lease.name)) == lease.mod_revision,
-        ]
-        value = {**lease.value, "exporter": exporter, "begin": begin, "end": end, "queued": lease.create_revision}
-        success = [
-            self._client.transactions.put(assignment, lease.name.encode()),
-            self._put(LEASES, lease.name, value),
-        ]
+        return await self.assign_all([(lease, exporter, end)], begin)
+
+    async def assign_all(self, plan: list[tuple[Record, str, float]], begin: float) -> bool:
+        """Give each lease its exporter (until its end time) in one transaction: all of them, or none
+        if any exporter is taken or any lease changed since it was read."""
+        compare, success = [], []
+        for lease, exporter, end in plan:
+            assignment = self._key(ASSIGNMENTS + exporter)
+            compare.append(self._client.transactions.create(assignment) == 0)
+            compare.append(self._client.transactions.mod(self._key(LEASES + lease.name)) == lease.mod_revision)
+            value = {**lease.value, "exporter": exporter, "begin": begin, "end": end, "queued": lease.create_revision}
+            success.append(self._client.transactions.put(assignment, lease.name.encode()))
+            success.append(self._put(LEASES, lease.name, value))
         return await self._txn(compare, success)
 
     async def update_lease(self, lease: Record, value: dict[str, Any]) -> bool:

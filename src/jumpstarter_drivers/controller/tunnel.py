@@ -13,14 +13,15 @@ import logging
 
 import grpc
 
-from ..core.streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, Frame, decode_frame, encode_frame
+from ..core.streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME, Frame, decode_frame, encode_frame
 from .config import Access
 
 logger = logging.getLogger(__name__)
 
 STREAM_METHOD = "/jumpstarter.v1.RouterService/Stream"
-#: Bytes read from the local socket per frame.
-CHUNK = 64 << 10
+#: Most bytes read from the local socket into one frame; also the local streams' buffer limit, so a
+#: burst (an upload) crosses the router in few large frames rather than many 64 KiB ones.
+CHUNK = MAX_FRAME
 
 
 class Channels:
@@ -42,15 +43,25 @@ class Channels:
 
 
 async def splice(
-    channels: Channels, endpoint: str, token: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    channels: Channels,
+    endpoint: str,
+    token: str,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    first: bytes = b"",
 ) -> None:
-    """Carry one local connection through the router at ``endpoint`` until either side ends."""
+    """Carry one local connection through the router at ``endpoint`` until either side ends.
+
+    ``first`` is what was already read from ``reader`` (sent before anything else).
+    """
     channel = channels.get(endpoint)
     call = channel.stream_stream(STREAM_METHOD, request_serializer=None, response_deserializer=None)(
         metadata=(("authorization", f"Bearer {token}"),)
     )
 
     async def upstream() -> None:
+        if first:
+            await call.write(encode_frame(Frame(first)))
         while data := await reader.read(CHUNK):
             await call.write(encode_frame(Frame(data)))
         await call.write(encode_frame(Frame(b"", FRAME_GOAWAY)))
