@@ -76,7 +76,12 @@ def read_passphrase(path: str | None) -> str | None:
     passphrase = lines[0].strip() if lines else ""
     if not passphrase:
         raise Failure(f"the passphrase file {path} is empty; put the shared passphrase on its first line")
-    return passphrase
+    from ..core.session import check_passphrase
+
+    try:
+        return check_passphrase(passphrase, f"passphrase in {path}")
+    except JumpstarterError as exc:
+        raise Failure(exc) from None
 
 
 def parse_listen(value: str) -> tuple[str, int]:

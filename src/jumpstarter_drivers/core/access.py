@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 from .client import AllowList, Connection, DriverClient, build_tree, translate
 from .driver import Driver
 from .errors import ConfigurationError, ExporterUnreachable
+
+logger = logging.getLogger(__name__)
 
 JUMPSTARTER_HOST = "JUMPSTARTER_HOST"
 JMP_DRIVERS_ALLOW = "JMP_DRIVERS_ALLOW"
@@ -89,7 +92,7 @@ def probe(address: Address, timeout: float) -> None:
         ) from None
 
 
-def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str | None) -> object:
+def _channel(address: Address, keepalive: float, insecure: bool, ca: str | None) -> object:
     import grpc
 
     options = [
@@ -107,8 +110,6 @@ def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str 
     if not address.tcp:
         credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
         return grpc.secure_channel(address.target, credentials, options=options)
-    if insecure is None:
-        insecure = os.environ.get(JMP_GRPC_INSECURE, "") in ("1", "true", "yes")
     if insecure:
         return grpc.insecure_channel(address.target, options=options)
     ca = ca or os.environ.get(JMP_GRPC_CA)
@@ -138,6 +139,8 @@ def connect(
     """
     import grpc
 
+    from .session import check_passphrase
+
     parsed = Address.parse(address)
     if not isinstance(allow, AllowList):
         allow = AllowList.parse(allow)
@@ -145,6 +148,19 @@ def connect(
         keepalive = float(os.environ.get(JMP_GRPC_KEEPALIVE) or DEFAULT_KEEPALIVE)
     if passphrase is None:
         passphrase = os.environ.get(JMP_GRPC_PASSPHRASE) or None
+        source = JMP_GRPC_PASSPHRASE
+    else:
+        source = "passphrase"
+    if passphrase:
+        check_passphrase(passphrase, source)
+    if insecure is None:
+        insecure = os.environ.get(JMP_GRPC_INSECURE, "") in ("1", "true", "yes")
+    if passphrase and insecure and parsed.tcp:
+        logger.warning(
+            "sending the passphrase in plaintext to %s: anyone on the path can read it and call every driver; "
+            "serve with TLS and connect without --insecure unless the network is yours alone",
+            parsed.text,
+        )
     probe(parsed, timeout)
     channel = _channel(parsed, keepalive, insecure, ca)
     metadata = (("x-jumpstarter-passphrase", passphrase),) if passphrase else ()

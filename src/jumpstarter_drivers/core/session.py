@@ -187,21 +187,32 @@ class Session:
     def serve_unix(self, path: str | os.PathLike | None = None, *, passphrase: str | None = None) -> Iterator[Path]:
         """Serve on a unix socket and yield its path.
 
-        Without ``path`` the socket lives in a fresh directory only this user can enter. With
+        Without ``path`` the socket lives in a fresh directory only this user can enter. The
+        socket is mode 0600 whatever the umask: it is bound in a private directory, made the
+        user's alone, and only then moved to ``path`` (replacing a stale socket there). With
         ``passphrase``, calls without it are refused (as over TCP).
         """
-        private_dir = None
-        if path is None:
-            private_dir = Path(tempfile.mkdtemp(prefix="jmp-"))
-            path = private_dir / "socket"
-        path = Path(path)
-        interceptors = (PassphraseInterceptor(passphrase),) if passphrase else ()
+        interceptors = _passphrase_interceptors(passphrase)
+        target = None if path is None else Path(path)
+        private_dir = Path(tempfile.mkdtemp(prefix="jmp-", dir=None if target is None else target.parent))
         try:
-            with self.serve_address(f"unix://{path}", interceptors=interceptors):
-                yield path
+            private_dir.chmod(0o700)
+            bound = private_dir / "socket"
+            with self.serve_address(f"unix://{bound}", interceptors=interceptors):
+                bound.chmod(0o600)
+                if target is None:
+                    yield bound
+                    return
+                os.replace(bound, target)
+                inode = target.stat().st_ino
+                try:
+                    yield target
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        if target.stat().st_ino == inode:  # not a socket a later exporter put there
+                            target.unlink()
         finally:
-            if private_dir is not None:
-                shutil.rmtree(private_dir, ignore_errors=True)
+            shutil.rmtree(private_dir, ignore_errors=True)
 
     @contextlib.contextmanager
     def serve_tcp(
@@ -215,7 +226,10 @@ class Session:
         passphrase: str | None = None,
     ) -> Iterator[int]:
         """Serve on TCP and yield the bound port: TLS with ``tls_cert``/``tls_key``, or plaintext
-        only when ``insecure`` says so. With ``passphrase``, calls without it are refused."""
+        only when ``insecure`` says so. With ``passphrase``, calls without it are refused.
+
+        A setup that lets whoever reaches the port call every driver is logged as a warning.
+        """
         credentials = None
         if not insecure:
             if not (tls_cert and tls_key):
@@ -224,8 +238,9 @@ class Session:
                     "to serve plaintext on a trusted network"
                 )
             credentials = server_credentials(tls_cert, tls_key)
-        interceptors = (PassphraseInterceptor(passphrase),) if passphrase else ()
+        interceptors = _passphrase_interceptors(passphrase)
         with self.serve_address(f"{host}:{port}", credentials, interceptors) as bound:
+            _warn_if_weak(f"{host}:{bound}", tls=not insecure, passphrase=bool(passphrase))
             yield bound
 
     @contextlib.contextmanager
@@ -411,13 +426,47 @@ def server_credentials(cert: str | os.PathLike, key: str | os.PathLike) -> grpc.
     return grpc.ssl_server_credentials([(pems[1], pems[0])])
 
 
+def check_passphrase(passphrase: str, source: str = "passphrase") -> str:
+    """``passphrase`` unchanged, or a ConfigurationError when gRPC metadata cannot carry it.
+
+    >>> check_passphrase("correct horse")
+    'correct horse'
+    """
+    if not passphrase or not all(" " <= c <= "~" for c in passphrase):
+        raise ConfigurationError(
+            f"the {source} must be printable ASCII (letters, digits, punctuation, spaces) and not empty: "
+            "gRPC metadata carries nothing else; choose another passphrase"
+        )
+    return passphrase
+
+
+def _passphrase_interceptors(passphrase: str | None) -> tuple[grpc.aio.ServerInterceptor, ...]:
+    return (PassphraseInterceptor(passphrase),) if passphrase is not None else ()
+
+
+def _warn_if_weak(address: str, *, tls: bool, passphrase: bool) -> None:
+    """Say at start when whoever reaches ``address`` may call every driver, or read the passphrase."""
+    if tls and passphrase:
+        return
+    if tls:
+        reason = "TLS without a passphrase: anyone who can reach the port can call every driver"
+    elif passphrase:
+        reason = (
+            "plaintext: the passphrase crosses the network readable by anyone on the path, who can then call every "
+            "driver"
+        )
+    else:
+        reason = "plaintext without a passphrase: anyone who can reach the port can call every driver and read all"
+    logger.warning("serving on %s: %s; give a passphrase and TLS unless the network is yours alone", address, reason)
+
+
 class PassphraseInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls whose ``x-jumpstarter-passphrase`` metadata is missing or wrong (constant time)."""
 
     KEY = "x-jumpstarter-passphrase"
 
     def __init__(self, passphrase: str) -> None:
-        self._expected = passphrase.encode()
+        self._expected = check_passphrase(passphrase).encode()
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         given = dict(details.invocation_metadata or ()).get(self.KEY, "")

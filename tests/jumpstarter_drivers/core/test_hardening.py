@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import socket
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from jumpstarter_drivers import ClientNotAllowed, Session, connect
+from jumpstarter_drivers import ClientNotAllowed, ConfigurationError, Session, connect
 from jumpstarter_drivers.core.session import CLIENT_LABEL, TOOLKIT_CLIENT_LABEL
 from jumpstarter_drivers.power import MockPower
 
@@ -73,3 +76,73 @@ def test_an_allowed_name_that_is_not_a_client_class_is_refused():
     refused = r"jumpstarter_drivers\.cli\.main\.Failure is not a client class"
     with root_of(labels, None) as client, pytest.raises(ClientNotAllowed, match=refused):
         client.on()
+
+
+# a careless configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("passphrase", ["pässword", "tab\there", "line\nbreak"])
+def test_a_passphrase_that_metadata_cannot_carry_is_refused_on_both_sides(passphrase, monkeypatch):
+    with Session(root_device=MockPower()) as session:
+        with pytest.raises(ConfigurationError, match="printable ASCII"), session.serve_unix(passphrase=passphrase):
+            pass
+        with session.serve_unix() as path:
+            with pytest.raises(ConfigurationError, match="passphrase .*printable ASCII"):
+                connect(path, passphrase=passphrase)
+            monkeypatch.setenv("JMP_GRPC_PASSPHRASE", passphrase)
+            with pytest.raises(ConfigurationError, match="JMP_GRPC_PASSPHRASE .*printable ASCII"):
+                connect(path)
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_unix_socket_is_the_users_alone_whatever_the_umask(given, tmp_path):
+    with Session(root_device=MockPower()) as session, umask(0):
+        with session.serve_unix(tmp_path / "lab.sock" if given else None) as path:
+            assert path.stat().st_mode & 0o777 == 0o600
+            if not given:
+                assert path.parent.stat().st_mode & 0o777 == 0o700
+            with connect(path) as client:
+                client.on()
+        assert not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_stale_socket_at_the_given_path_is_replaced(tmp_path):
+    path = tmp_path / "lab.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))
+    with Session(root_device=MockPower()) as session, session.serve_unix(path), connect(path) as client:
+        client.on()
+
+
+def test_weak_tcp_setups_are_said_at_start(tmp_path, caplog):
+    from jumpstarter_drivers.cli.certs import write_self_signed
+
+    cert, key = write_self_signed(tmp_path, ["127.0.0.1"])
+    caplog.set_level(logging.WARNING)
+    with Session(root_device=MockPower()) as session:
+        with session.serve_tcp(tls_cert=cert, tls_key=key) as port:
+            pass
+        assert f"127.0.0.1:{port}: TLS without a passphrase" in caplog.text
+        caplog.clear()
+        with session.serve_tcp(tls_cert=cert, tls_key=key, passphrase="s3cret"):
+            pass
+        assert not caplog.records
+        with session.serve_tcp(insecure=True) as port:
+            pass
+        assert f"127.0.0.1:{port}: plaintext without a passphrase" in caplog.text
+        caplog.clear()
+        with session.serve_tcp(insecure=True, passphrase="s3cret") as port:
+            connect(f"127.0.0.1:{port}", insecure=True, passphrase="s3cret").close()
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(f"127.0.0.1:{port}: plaintext: the passphrase crosses the network" in m for m in messages)
+        assert any("sending the passphrase in plaintext" in m for m in messages), messages
