@@ -27,7 +27,7 @@ from uuid import UUID, uuid4
 import anyio
 import grpc
 from google.protobuf import empty_pb2
-from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
+from jumpstarter_protocol.jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
 
 from . import loop
 from .codec import decode, encode_into, restore
@@ -49,6 +49,10 @@ ERROR_TYPE_KEY = "x-jmp-error-type"
 BATCH_KEY = "x-jmp-batch"
 MAX_BATCH = 4096
 MAX_MESSAGE = 64 << 20
+#: Log records a LogStream subscriber may have waiting; beyond, records are dropped and counted.
+MAX_LOG_BACKLOG = 1000
+#: Characters of a log message sent to subscribers; the rest is cut (with a note).
+MAX_LOG_MESSAGE = 16 << 10
 
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -92,6 +96,44 @@ class _Resource:
     claimed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _Subscriber:
+    """One LogStream subscriber's backlog: at most :data:`MAX_LOG_BACKLOG` records.
+
+    Records that find the backlog full are dropped and counted; a marker record saying how many
+    takes their place once there is room, so the subscriber sees where the gap is. Offering never
+    blocks (it runs on the event loop, called by whoever logs).
+    """
+
+    def __init__(self, uuid: UUID) -> None:
+        self.uuid = str(uuid)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.dropped = 0
+
+    def offer(self, response: jumpstarter_pb2.LogStreamResponse) -> None:
+        room = MAX_LOG_BACKLOG - self.queue.qsize()
+        if self.dropped and room >= 2:
+            self.queue.put_nowait(self._marker())
+            room -= 1
+        if self.dropped or room < 1:
+            self.dropped += 1
+        else:
+            self.queue.put_nowait(response)
+
+    async def get(self) -> jumpstarter_pb2.LogStreamResponse:
+        if self.dropped and self.queue.empty():
+            return self._marker()
+        return await self.queue.get()
+
+    def _marker(self) -> jumpstarter_pb2.LogStreamResponse:
+        count, self.dropped = self.dropped, 0
+        return jumpstarter_pb2.LogStreamResponse(
+            uuid=self.uuid,
+            severity="WARNING",
+            message=f"{count} log records dropped: this log stream was read more slowly than drivers logged",
+            source=common_pb2.LOG_SOURCE_SYSTEM,
+        )
+
+
 class _LogHandler(logging.Handler):
     """Forwards records of this session's drivers to every LogStream subscriber."""
 
@@ -108,6 +150,8 @@ class _LogHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging's own contract: a bad record must not kill the caller
             self.handleError(record)
             return
+        if len(message) > MAX_LOG_MESSAGE:
+            message = f"{message[:MAX_LOG_MESSAGE]}... [{len(message) - MAX_LOG_MESSAGE} characters cut]"
         response = jumpstarter_pb2.LogStreamResponse(
             uuid=str(uuid), severity=record.levelname, message=message, source=1
         )
@@ -148,7 +192,7 @@ class Session:
         self.previous_status = ExporterStatus.UNSPECIFIED
         self.status_message = ""
         self.status_version = 1
-        self._subscribers: set[asyncio.Queue] = set()
+        self._subscribers: set[_Subscriber] = set()
         self._resources: dict[UUID, _Resource] = {}
         self._handler = _LogHandler(self)
         self._servers: list[grpc.aio.Server] = []
@@ -304,11 +348,11 @@ class Session:
 
     def _publish(self, response: jumpstarter_pb2.LogStreamResponse) -> None:
         event_loop = loop.get_loop()
-        for queue in tuple(self._subscribers):
+        for subscriber in tuple(self._subscribers):
             if loop.in_loop_thread():
-                queue.put_nowait(response)
+                subscriber.offer(response)
             else:
-                event_loop.call_soon_threadsafe(queue.put_nowait, response)
+                event_loop.call_soon_threadsafe(subscriber.offer, response)
 
     def new_resource(self) -> UUID:
         """Create a resource pipe for a client stream; the driver end is claimed by :meth:`open_resource`."""
@@ -559,14 +603,14 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             await _abort(context, exc)
 
     async def LogStream(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext) -> Any:
-        queue: asyncio.Queue = asyncio.Queue()
-        self.session._subscribers.add(queue)
+        subscriber = _Subscriber(self.session.root_device.uuid)
+        self.session._subscribers.add(subscriber)
         try:
             await context.send_initial_metadata(())
             while True:
-                yield await queue.get()
+                yield await subscriber.get()
         finally:
-            self.session._subscribers.discard(queue)
+            self.session._subscribers.discard(subscriber)
 
     async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         s = self.session

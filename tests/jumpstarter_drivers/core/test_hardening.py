@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import sys
 import uuid
@@ -15,6 +16,8 @@ import pytest
 from jumpstarter_drivers import ClientNotAllowed, ConfigurationError, Session, connect
 from jumpstarter_drivers.core.session import CLIENT_LABEL, TOOLKIT_CLIENT_LABEL
 from jumpstarter_drivers.power import MockPower
+
+from .sample_drivers import Sample
 
 
 class HostileSession(Session):
@@ -146,3 +149,45 @@ def test_weak_tcp_setups_are_said_at_start(tmp_path, caplog):
         messages = [r.getMessage() for r in caplog.records]
         assert any(f"127.0.0.1:{port}: plaintext: the passphrase crosses the network" in m for m in messages)
         assert any("sending the passphrase in plaintext" in m for m in messages), messages
+
+
+# what a slow client can do to the exporter -----------------------------------------------------------
+
+
+def test_a_subscriber_that_does_not_read_loses_records_counted_and_never_blocks_the_exporter():
+    from jumpstarter_drivers.core.session import MAX_LOG_BACKLOG
+
+    flood = 20 * MAX_LOG_BACKLOG
+    with Session(root_device=Sample()) as session, session.serve_unix() as path, connect(path) as client:
+        connection = client.connection
+        stalled = connection.exporter.LogStream(connection.empty(), metadata=connection.metadata, timeout=60)
+        stalled.initial_metadata()  # subscribed; from here on nothing is read until the flood is over
+        client.call("log", "flood", flood)
+        client.call("log", "after", 1)  # the exporter still answers
+        delivered: list[int] = []
+        dropped = 0
+        for record in stalled:
+            marker = re.fullmatch(r"(\d+) log records dropped: .*", record.message)
+            if marker:
+                dropped += int(marker[1])
+            elif record.message.startswith("flood "):
+                delivered.append(int(record.message.split()[1]))
+            if len(delivered) + dropped >= flood:
+                break
+        stalled.cancel()
+    assert dropped > 0, "nothing was dropped: the backlog is not bounded"
+    assert len(delivered) + dropped == flood
+    assert delivered == sorted(delivered)
+
+
+def test_a_huge_log_message_is_cut_for_subscribers():
+    from jumpstarter_drivers.core.session import MAX_LOG_MESSAGE
+
+    with Session(root_device=Sample()) as session, session.serve_unix() as path, connect(path) as client:
+        connection = client.connection
+        stream = connection.exporter.LogStream(connection.empty(), metadata=connection.metadata, timeout=30)
+        stream.initial_metadata()
+        client.call("log", "x" * (4 * MAX_LOG_MESSAGE), 1)
+        record = next(stream)
+        stream.cancel()
+    assert record.message == "x" * MAX_LOG_MESSAGE + f"... [{3 * MAX_LOG_MESSAGE + 2} characters cut]"
