@@ -51,6 +51,9 @@ TOOLKIT_CLIENT_LABEL = "jumpstarter-toolkit/client"
 ERROR_TYPE_KEY = "x-jmp-error-type"
 BATCH_KEY = "x-jmp-batch"
 
+#: Levels of driver tree a client rebuilds from a report; a deeper tree (or a cycle) is refused.
+MAX_TREE_DEPTH = 64
+
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 
@@ -532,9 +535,14 @@ def build_tree(connection: Connection, report: Any, allow: AllowList) -> DriverC
     if not roots:
         raise DriverError(f"the exporter at {connection.address} reported no drivers")
 
-    def build(r: Any) -> DriverClient:
+    def build(r: Any, depth: int = 1) -> DriverClient:
+        if depth > MAX_TREE_DEPTH:
+            raise DriverError(
+                f"the exporter at {connection.address} reported a driver tree deeper than {MAX_TREE_DEPTH} levels "
+                "(or a driver that is its own ancestor); refused: such a tree is a broken or hostile report"
+            )
         labels = dict(r.labels)
-        children = {c.labels.get(NAME_LABEL, c.uuid): build(c) for c in children_of[r.uuid]}
+        children = {c.labels.get(NAME_LABEL, c.uuid): build(c, depth + 1) for c in children_of[r.uuid]}
         common = dict(
             uuid=UUID(r.uuid),
             labels=labels,

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -191,3 +192,57 @@ def test_a_huge_log_message_is_cut_for_subscribers():
         record = next(stream)
         stream.cancel()
     assert record.message == "x" * MAX_LOG_MESSAGE + f"... [{3 * MAX_LOG_MESSAGE + 2} characters cut]"
+
+
+# what a hostile exporter's report can do to a client ------------------------------------------------
+
+
+class DeepSession(Session):
+    """A real session whose report claims a chain of ``depth`` drivers, each the child of the one before."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(root_device=MockPower())
+        self.depth = depth
+
+    def report(self):
+        response = super().report()
+        template = response.reports[0]
+        parent = template.uuid
+        for level in range(self.depth):
+            child = response.reports.add(uuid=str(uuid.uuid4()), parent_uuid=parent, labels=template.labels)
+            child.labels["jumpstarter.dev/name"] = f"level{level}"
+            parent = child.uuid
+        return response
+
+
+def test_a_driver_tree_deeper_than_the_bound_is_a_clear_error():
+    from jumpstarter_drivers import DriverError
+    from jumpstarter_drivers.core.client import MAX_TREE_DEPTH
+
+    refused = pytest.raises(DriverError, match=rf"deeper than {MAX_TREE_DEPTH} levels")
+    with DeepSession(5000) as session, session.serve_unix() as path, refused:
+        connect(path)
+    with DeepSession(MAX_TREE_DEPTH - 1) as session, session.serve_unix() as path, connect(path) as client:
+        assert len(list(client.walk())) == MAX_TREE_DEPTH
+
+
+def test_report_escapes_terminal_control_sequences_from_the_exporter():
+    evil = "\x1b[2J\x1b]0;owned\x07bench\rsupply\nnext"
+    labels = {"jumpstarter.dev/name": "x\x1b[31m"}
+    with HostileSession(labels) as session, session.serve_unix() as path:
+        report = session.report
+        session.report = lambda: _with_descriptions(report(), evil)  # type: ignore[method-assign]
+        result = subprocess.run(
+            [sys.executable, "-m", "jumpstarter_drivers.cli", "--host", str(path), "report"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.stdout), repr(result.stdout)
+    assert r"\x1b[2J\x1b]0;owned\x07bench\rsupply\nnext" in result.stdout
+    assert result.stdout.count(r": \x1b[2J\x1b]0;owned") == 2  # the description and the method's
+
+
+def _with_descriptions(response, text: str):
+    response.reports[0].description = text
+    response.reports[0].methods_description["on"] = text
+    return response
