@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
+import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .client import AllowList, Connection, DriverClient, build_tree, translate
 from .driver import Driver
-from .errors import ConfigurationError, ExporterUnreachable
+from .errors import ConfigurationError, ExporterUnreachable, TlsMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +140,6 @@ def connect(
     ``allow`` is an :class:`AllowList` or its comma-separated form; ``None`` allows the bundled
     drivers. Fails with :class:`ExporterUnreachable` within ``timeout`` seconds when nobody answers.
     """
-    import grpc
-
     from .session import check_passphrase
 
     parsed = Address.parse(address)
@@ -166,21 +167,88 @@ def connect(
     metadata = (("x-jumpstarter-passphrase", passphrase),) if passphrase else ()
     connection = Connection(channel, parsed.text, metadata)
     try:
-        try:
-            report = connection.exporter.GetReport(
-                connection.empty(), metadata=metadata, timeout=timeout, wait_for_ready=True
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ExporterUnreachable(
-                    f"the exporter at {parsed.text} did not answer within {timeout:g} s; is it running (and not "
-                    f"frozen), and is the address right ({JUMPSTARTER_HOST} or --jumpstarter-host)?"
-                ) from None
-            raise translate(exc, f"GetReport on {parsed.text}") from None
+        report = _first_report(connection, parsed, timeout, insecure)
         return build_tree(connection, report, allow)
     except BaseException:
         connection.close()
         raise
+
+
+def _first_report(connection: Connection, address: Address, timeout: float, insecure: bool) -> object:
+    """The session's report; a TLS mismatch is named at once, anything else waited out up to ``timeout``."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    request = connection.empty()
+    try:
+        return connection.exporter.GetReport(request, metadata=connection.metadata, timeout=timeout)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise translate(exc, f"GetReport on {address.text}") from None
+        mismatch = tls_mismatch(address, exc.details() or "", insecure, min(timeout, 5.0))
+        if mismatch is not None:
+            raise mismatch from None
+    # Not a TLS mismatch (a busy exporter closed the connection, say): let gRPC retry until the deadline.
+    try:
+        return connection.exporter.GetReport(
+            request, metadata=connection.metadata, timeout=max(deadline - time.monotonic(), 0.1), wait_for_ready=True
+        )
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise ExporterUnreachable(
+                f"the exporter at {address.text} did not answer within {timeout:g} s; is it running (and not "
+                f"frozen), and is the address right ({JUMPSTARTER_HOST} or --jumpstarter-host)?"
+            ) from None
+        raise translate(exc, f"GetReport on {address.text}") from None
+
+
+def tls_mismatch(address: Address, details: str, insecure: bool, timeout: float) -> TlsMismatch | None:
+    """The TLS disagreement behind a failed first call (gRPC's ``details``), or ``None`` when it is not one."""
+    if not address.tcp:
+        return None
+    host = address.target.rpartition(":")[0].strip("[]")
+    trust = "give its certificate (cert.pem of `jumpstarter tls-cert`) or its CA with --ca or JMP_GRPC_CA"
+    if insecure:
+        if _speaks_tls(address, timeout):
+            return TlsMismatch(
+                f"the exporter at {address.text} serves TLS and this connection is plaintext (--insecure or "
+                f"JMP_GRPC_INSECURE=1); connect without it, and {trust}"
+            )
+        return None
+    verify = re.search(r"CERTIFICATE_VERIFY_FAILED(?::\s*([^:]+))?", details)
+    if verify:
+        reason = (verify[1] or "verification failed").strip()
+        return TlsMismatch(
+            f"the exporter at {address.text} presented a TLS certificate this client does not trust ({reason}); {trust}"
+        )
+    if "Hostname Verification" in details or "No match found for server name" in details:
+        return TlsMismatch(
+            f"the exporter's TLS certificate does not name {host}; connect to a name or address it was made for, "
+            f"or make one that holds {host} (jumpstarter tls-cert --host {host})"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return TlsMismatch(
+            f"the exporter at {address.text} answers in plaintext, not TLS; if it was served with --insecure on a "
+            "network you trust, connect with --insecure (JMP_GRPC_INSECURE=1)"
+        )
+    return None
+
+
+def _speaks_tls(address: Address, timeout: float) -> bool:
+    """Whether the peer at ``address`` completes a TLS handshake (its certificate is not checked)."""
+    host, _, port = address.target.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host.strip("[]")),
+        ):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 def env(**kwargs: object) -> contextlib.AbstractContextManager[DriverClient]:

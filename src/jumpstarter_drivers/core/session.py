@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ MAX_MESSAGE = 64 << 20
 MAX_LOG_BACKLOG = 1000
 #: Characters of a log message sent to subscribers; the rest is cut (with a note).
 MAX_LOG_MESSAGE = 16 << 10
+#: Seconds between two log lines about refused passphrases (the count of the others is kept).
+REFUSAL_LOG_INTERVAL = 10.0
 
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -504,28 +507,50 @@ def _warn_if_weak(address: str, *, tls: bool, passphrase: bool) -> None:
     logger.warning("serving on %s: %s; give a passphrase and TLS unless the network is yours alone", address, reason)
 
 
+class RefusalLog:
+    """Logs refused calls as warnings, at most one line per :data:`REFUSAL_LOG_INTERVAL` seconds;
+    the next line says how many refusals went unlogged meanwhile."""
+
+    def __init__(self) -> None:
+        self._quiet_until = 0.0
+        self._unlogged = 0
+
+    def __call__(self, peer: str, reason: str) -> None:
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more refused since the last such line)" if self._unlogged else ""
+        self._unlogged = 0
+        self._quiet_until = now + REFUSAL_LOG_INTERVAL
+        logger.warning("refused a call from %s: %s%s", peer, reason, more)
+
+
 class PassphraseInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls whose ``x-jumpstarter-passphrase`` metadata is missing or wrong (constant time)."""
+    """Refuses calls whose ``x-jumpstarter-passphrase`` metadata is missing or wrong (constant time),
+    and logs the refusals (rate-limited)."""
 
     KEY = "x-jumpstarter-passphrase"
 
     def __init__(self, passphrase: str) -> None:
         self._expected = check_passphrase(passphrase).encode()
+        self._log = RefusalLog()
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         given = dict(details.invocation_metadata or ()).get(self.KEY, "")
         if hmac.compare_digest(str(given).encode(), self._expected):
             return await continuation(details)
         message = "missing passphrase" if not given else "wrong passphrase"
-        return _refusal(details.method, message)
+        return _refusal(details.method, message, self._log)
 
 
-def _refusal(method: str, message: str) -> grpc.RpcMethodHandler:
+def _refusal(method: str, message: str, log: RefusalLog) -> grpc.RpcMethodHandler:
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        log(context.peer(), f"{message} for {method}")
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{message} (metadata x-jumpstarter-passphrase)")
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{message} (metadata x-jumpstarter-passphrase)")
+        await refuse(request, context)
         yield
 
     if method.endswith(("/StreamingDriverCall", "/LogStream")):
