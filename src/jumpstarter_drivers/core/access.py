@@ -162,36 +162,40 @@ def connect(
             "serve with TLS and connect without --insecure unless the network is yours alone",
             parsed.text,
         )
+    started = time.monotonic()
     probe(parsed, timeout)
     channel = _channel(parsed, keepalive, insecure, ca)
     metadata = (("x-jumpstarter-passphrase", passphrase),) if passphrase else ()
     connection = Connection(channel, parsed.text, metadata)
     try:
-        report = _first_report(connection, parsed, timeout, insecure)
+        report = _first_report(connection, parsed, timeout, insecure, started)
         return build_tree(connection, report, allow)
     except BaseException:
         connection.close()
         raise
 
 
-def _first_report(connection: Connection, address: Address, timeout: float, insecure: bool) -> object:
-    """The session's report; a TLS mismatch is named at once, anything else waited out up to ``timeout``."""
+def _first_report(connection: Connection, address: Address, timeout: float, insecure: bool, started: float) -> object:
+    """The session's report within ``timeout`` s of ``started``; a TLS mismatch is named at once, anything
+    else is waited out."""
     import grpc
 
-    deadline = time.monotonic() + timeout
+    def remaining() -> float:
+        return max(started + timeout - time.monotonic(), 0.1)
+
     request = connection.empty()
     try:
-        return connection.exporter.GetReport(request, metadata=connection.metadata, timeout=timeout)
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.UNAVAILABLE:
-            raise translate(exc, f"GetReport on {address.text}") from None
-        mismatch = tls_mismatch(address, exc.details() or "", insecure, min(timeout, 5.0))
-        if mismatch is not None:
-            raise mismatch from None
-    # Not a TLS mismatch (a busy exporter closed the connection, say): let gRPC retry until the deadline.
-    try:
+        try:
+            return connection.exporter.GetReport(request, metadata=connection.metadata, timeout=remaining())
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            mismatch = tls_mismatch(address, exc.details() or "", insecure, min(remaining(), 5.0))
+            if mismatch is not None:
+                raise mismatch from None
+        # Not a TLS mismatch (a busy exporter closed the connection, say): let gRPC retry until the deadline.
         return connection.exporter.GetReport(
-            request, metadata=connection.metadata, timeout=max(deadline - time.monotonic(), 0.1), wait_for_ready=True
+            request, metadata=connection.metadata, timeout=remaining(), wait_for_ready=True
         )
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -54,6 +55,14 @@ MAX_MESSAGE = 64 << 20
 MAX_LOG_BACKLOG = 1000
 #: Characters of a log message sent to subscribers; the rest is cut (with a note).
 MAX_LOG_MESSAGE = 16 << 10
+#: Seconds a peer has from connecting to finishing TLS and HTTP/2 set-up (its first SETTINGS)
+#: before it is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a connection may carry no call before it is closed (a client reconnects by itself).
+IDLE_TIMEOUT = 60.0
+#: Connections one server holds at most (less when the fd limit is low: half the soft limit);
+#: beyond, new ones are closed at once.
+MAX_CONNECTIONS = 512
 #: Seconds between two log lines about refused passphrases (the count of the others is kept).
 REFUSAL_LOG_INTERVAL = 10.0
 
@@ -175,12 +184,18 @@ class Session:
     uuid: UUID = field(default_factory=uuid4)
     #: Seconds a client's resource stream may wait for a driver call to use it.
     resource_timeout: float = 30.0
+    #: Bounds on connections that have not (yet) sent a call; see :data:`HANDSHAKE_TIMEOUT` and the others.
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_device, Driver):
             raise ConfigurationError(
                 f"Session: root_device must be a Driver, got {type(self.root_device).__name__}"
             )
+        if self.max_connections is None:
+            self.max_connections = connection_bound()
         self.drivers: dict[UUID, Driver] = {}
         self._tree: list[tuple[Driver, Driver | None, str | None]] = []
         for driver, parent, name in self.root_device.walk():
@@ -305,7 +320,12 @@ class Session:
         self, address: str, credentials: grpc.ServerCredentials | None, interceptors: tuple
     ) -> tuple[grpc.aio.Server, int]:
         _hold_grpc_aio()
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
+        bounds = (
+            ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout * 1000)),
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout * 1000)),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+        )
+        server = grpc.aio.server(options=SERVER_OPTIONS + bounds, interceptors=interceptors or None)
         jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(_ExporterService(self), server)
         server.add_generic_rpc_handlers((_router_handler(_RouterService(self)),))
         try:
@@ -441,6 +461,12 @@ class Session:
             except (ValueError, TypeError) as exc:
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: argument '{name}': {exc}") from None
         return args
+
+
+def connection_bound() -> int:
+    """:data:`MAX_CONNECTIONS`, or half the soft fd limit when that is less (drivers need fds too)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft // 2))
 
 
 _aio_anchor: list[grpc.aio.Server] = []
