@@ -29,7 +29,20 @@ JMP_DRIVERS_ALLOW = "JMP_DRIVERS_ALLOW"
 JMP_GRPC_INSECURE = "JMP_GRPC_INSECURE"
 JMP_GRPC_PASSPHRASE = "JMP_GRPC_PASSPHRASE"
 JMP_GRPC_CA = "JMP_GRPC_CA"
+JMP_GRPC_PASSPHRASE_FILE = "JMP_GRPC_PASSPHRASE_FILE"
 JMP_GRPC_KEEPALIVE = "JMP_GRPC_KEEPALIVE"
+
+#: Every setting of a connection and its environment variable. The ``jumpstarter`` command's
+#: option is ``--NAME``; the pytest plugin's is ``--jumpstarter-NAME`` with the ini key
+#: ``jumpstarter_NAME`` (dashes as underscores). The passphrase itself has only its variable
+#: (a command line is visible to every user of the machine): give a file on the command line.
+CONNECTION_SETTINGS = {
+    "host": JUMPSTARTER_HOST,
+    "ca": JMP_GRPC_CA,
+    "insecure": JMP_GRPC_INSECURE,
+    "passphrase-file": JMP_GRPC_PASSPHRASE_FILE,
+    "keepalive": JMP_GRPC_KEEPALIVE,
+}
 
 #: Seconds between keepalive pings, and how long a ping may go unanswered, before a call fails.
 DEFAULT_KEEPALIVE = 10.0
@@ -134,11 +147,15 @@ def connect(
     insecure: bool | None = None,
     passphrase: str | None = None,
     ca: str | None = None,
+    passphrase_file: str | os.PathLike | None = None,
 ) -> DriverClient:
     """Connect to the session at ``address`` and return its root client (close it when done).
 
     ``allow`` is an :class:`AllowList` or its comma-separated form; ``None`` allows the bundled
-    drivers. Fails with :class:`ExporterUnreachable` within ``timeout`` seconds when nobody answers.
+    drivers. Settings not given come from the environment (:data:`CONNECTION_SETTINGS`); the
+    passphrase from ``passphrase``, ``passphrase_file``, ``$JMP_GRPC_PASSPHRASE`` or
+    ``$JMP_GRPC_PASSPHRASE_FILE``, first found. Fails with :class:`ExporterUnreachable` within
+    ``timeout`` seconds when nobody answers, at once with :class:`TlsMismatch` when TLS disagrees.
     """
     from .session import check_passphrase
 
@@ -147,11 +164,14 @@ def connect(
         allow = AllowList.parse(allow)
     if keepalive is None:
         keepalive = float(os.environ.get(JMP_GRPC_KEEPALIVE) or DEFAULT_KEEPALIVE)
-    if passphrase is None:
-        passphrase = os.environ.get(JMP_GRPC_PASSPHRASE) or None
-        source = JMP_GRPC_PASSPHRASE
-    else:
-        source = "passphrase"
+    source = "passphrase"
+    if passphrase is None and passphrase_file is not None:
+        passphrase, source = read_passphrase_file(passphrase_file), f"passphrase in {passphrase_file}"
+    elif passphrase is None and os.environ.get(JMP_GRPC_PASSPHRASE):
+        passphrase, source = os.environ[JMP_GRPC_PASSPHRASE], JMP_GRPC_PASSPHRASE
+    elif passphrase is None and os.environ.get(JMP_GRPC_PASSPHRASE_FILE):
+        path = os.environ[JMP_GRPC_PASSPHRASE_FILE]
+        passphrase, source = read_passphrase_file(path), f"passphrase in {path} ({JMP_GRPC_PASSPHRASE_FILE})"
     if passphrase:
         check_passphrase(passphrase, source)
     if insecure is None:
@@ -173,6 +193,22 @@ def connect(
     except BaseException:
         connection.close()
         raise
+
+
+def read_passphrase_file(path: str | os.PathLike) -> str:
+    """The passphrase on the first line of ``path`` (surrounding blanks removed)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"cannot read the passphrase file {os.fspath(path)}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    passphrase = lines[0].strip() if lines else ""
+    if not passphrase:
+        raise ConfigurationError(
+            f"the passphrase file {os.fspath(path)} is empty; put the shared passphrase on its first line"
+        )
+    return passphrase
 
 
 def _first_report(connection: Connection, address: Address, timeout: float, insecure: bool, started: float) -> object:

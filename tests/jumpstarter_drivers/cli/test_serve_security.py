@@ -49,3 +49,22 @@ def test_weak_setups_are_warned_about_at_start(
     else:
         assert len(weak) == 1 and warning in weak[0], log
     assert PASSPHRASE not in log
+
+
+def test_every_connection_option_has_its_variable(
+    jumpstarter, lab_file: Path, tls_files: tuple[Path, Path], passphrase_file: Path
+) -> None:
+    from jumpstarter_drivers.core.access import CONNECTION_SETTINGS
+
+    cert, key = tls_files
+    options = ["--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with ServeProcess(lab_file, *options, "--passphrase-file", str(passphrase_file)) as lab:
+        env = {"JUMPSTARTER_HOST": lab.address, "JMP_GRPC_CA": str(cert), "JMP_GRPC_KEEPALIVE": "5",
+               "JMP_GRPC_PASSPHRASE_FILE": str(passphrase_file), "JMP_GRPC_PASSPHRASE": None}
+        result = jumpstarter("report", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "power" in result.stdout
+    text = " ".join(jumpstarter("--help").stdout.split())
+    for name, variable in CONNECTION_SETTINGS.items():
+        assert f"--{name}" in text and variable in text
+    assert "(default: $JMP_GRPC_PASSPHRASE)" not in text
