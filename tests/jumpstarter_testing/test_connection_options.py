@@ -93,3 +93,13 @@ def test_help_names_every_option_ini_key_and_variable(pytester: pytest.Pytester)
         assert f"env {variable}" in text
         assert f"ini jumpstarter_{name.replace('-', '_')}" in text
     assert "JMP_GRPC_PASSPHRASE instead" in text
+
+
+def test_readme_table_names_every_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "`" in line]
+    for name, variable in CONNECTION_SETTINGS.items():
+        row = next((r for r in rows if f"`{variable}" in r), None)
+        assert row is not None, f"README: no row for {variable}"
+        assert f"`--jumpstarter-{name}` / `jumpstarter_{name.replace('-', '_')}`" in row, row
+        assert f"`--{name}`" in row, row

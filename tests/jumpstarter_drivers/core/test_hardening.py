@@ -246,3 +246,21 @@ def _with_descriptions(response, text: str):
     response.reports[0].description = text
     response.reports[0].methods_description["on"] = text
     return response
+
+
+# the bounds SECURITY.md states ------------------------------------------------------------------------
+
+
+def test_security_md_states_the_bounds_the_code_keeps():
+    from jumpstarter_drivers.core import client, session
+
+    text = (Path(__file__).parents[3] / "SECURITY.md").read_text()
+    stated = dict(re.findall(r"`([A-Z_]+)`[^|\n]*\|\s*(\d+)", text))  # table rows: "... (`NAME` ...) | 10 s |"
+    stated |= {name: value for value, name in re.findall(r"(\d+) (?:s|levels) \(`([A-Z_]+)`\)", text)}
+    assert set(stated) == {
+        "HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "MAX_LOG_BACKLOG", "MAX_LOG_MESSAGE",
+        "REFUSAL_LOG_INTERVAL", "MAX_TREE_DEPTH",
+    }, stated
+    for name, value in stated.items():
+        module = session if hasattr(session, name) else client
+        assert float(getattr(module, name)) == float(value), name
