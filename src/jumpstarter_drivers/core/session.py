@@ -258,7 +258,7 @@ class Session:
         target = None if path is None else Path(path)
         private_dir = Path(tempfile.mkdtemp(prefix="jmp-", dir=None if target is None else target.parent))
         try:
-            private_dir.chmod(0o700)
+            private_dir.chmod(0o700)  # exactly: a umask like 0o277 would leave even its owner out
             bound = private_dir / "socket"
             with self.serve_address(f"unix://{bound}", interceptors=interceptors):
                 bound.chmod(0o600)
