@@ -112,16 +112,18 @@ def tls_peer(port: int) -> socket.socket:
 
 class ChannelPeer:
     """A gRPC channel that connects (TLS and HTTP/2) on a connection of its own and sends no call;
-    :attr:`dropped` is set when the exporter drops the connection."""
+    with ``watch``, :attr:`dropped` is set when the exporter drops the connection."""
 
-    def __init__(self, port: int, ca: str) -> None:
+    def __init__(self, port: int, ca: str, watch: bool = False) -> None:
         credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes())
         options = [("grpc.use_local_subchannel_pool", 1)]
         self.channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options)
         self.ready = grpc.channel_ready_future(self.channel)
         self.dropped = threading.Event()
         self._seen: list[grpc.ChannelConnectivity] = []
-        self.channel.subscribe(self._watch)
+        self._watching = watch  # a watch costs a thread per channel: only where the drop is awaited
+        if watch:
+            self.channel.subscribe(self._watch)
 
     def _watch(self, state: grpc.ChannelConnectivity) -> None:
         self._seen.append(state)
@@ -130,7 +132,8 @@ class ChannelPeer:
 
     def close(self) -> None:
         self.ready.cancel()
-        self.channel.unsubscribe(self._watch)
+        if self._watching:
+            self.channel.unsubscribe(self._watch)
         self.channel.close()
 
 
@@ -185,7 +188,7 @@ def test_a_peer_silent_after_tls_is_dropped(exporter):
 
 
 def test_a_channel_that_sends_no_call_is_dropped(exporter, tls_files):
-    peer = ChannelPeer(exporter[0], str(tls_files[0]))
+    peer = ChannelPeer(exporter[0], str(tls_files[0]), watch=True)
     try:
         peer.ready.result(timeout=30)
         assert peer.dropped.wait(10 * IDLE)
