@@ -39,9 +39,18 @@ class Lab:
     Build one with :meth:`connect_remote` or :meth:`start_local`; close it when done (or use ``with``).
     """
 
-    def __init__(self, address: str, allow: AllowList, local: Session | None = None, source: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        allow: AllowList,
+        local: Session | None = None,
+        source: str | None = None,
+        connection: dict[str, Any] | None = None,
+    ) -> None:
         self.address = address
         self.allow = allow
+        #: Connection options given to :func:`~jumpstarter_drivers.core.access.connect` (ca, passphrase_file, ...).
+        self.connection = connection or {}
         self.local = local
         self.source = source
         self._stack = contextlib.ExitStack()
@@ -50,11 +59,12 @@ class Lab:
     # construction ------------------------------------------------------------------------------
 
     @classmethod
-    def connect_remote(cls, address: str, allow: str | None = None, timeout: float = 5.0) -> Lab:
-        """Connect to the exporter at ``address`` (unix socket path or ``host:port``)."""
+    def connect_remote(cls, address: str, allow: str | None = None, timeout: float = 5.0, **connection: Any) -> Lab:
+        """Connect to the exporter at ``address`` (unix socket path or ``host:port``); ``connection``
+        holds :func:`~jumpstarter_drivers.core.access.connect`'s options (``ca``, ``passphrase_file``, ...)."""
         from jumpstarter_drivers.core.client import AllowList
 
-        lab = cls(address, AllowList.parse(allow))
+        lab = cls(address, AllowList.parse(allow), connection=connection)
         with contextlib.ExitStack() as failing:
             failing.callback(lab.close)
             lab.client = lab._stack.enter_context(lab._connect(timeout))
@@ -87,7 +97,7 @@ class Lab:
     def _connect(self, timeout: float) -> DriverClient:
         from jumpstarter_drivers.core import connect
 
-        return connect(self.address, allow=self.allow, timeout=timeout)
+        return connect(self.address, allow=self.allow, timeout=timeout, **self.connection)
 
     def connect(self, timeout: float = 5.0) -> DriverClient:
         """A new root client on its own connection (close it when done)."""

@@ -87,7 +87,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"dotted path of the node the flasher fixture uses, when the lab has several "
         f"(env {JUMPSTARTER_FLASHER}, ini jumpstarter_flasher)",
     )
+    group.addoption(
+        "--jumpstarter-ca", dest="jumpstarter_ca", metavar="FILE",
+        help="PEM certificate(s) to trust for a TCP exporter's TLS, e.g. the cert.pem of `jumpstarter tls-cert` "
+        "(env JMP_GRPC_CA, ini jumpstarter_ca). Default: the system's CAs.",
+    )
+    group.addoption(
+        "--jumpstarter-insecure", dest="jumpstarter_insecure", action="store_true", default=None,
+        help="plaintext TCP, for an exporter served with --insecure (env JMP_GRPC_INSECURE=1, ini jumpstarter_insecure)",
+    )
+    group.addoption(
+        "--jumpstarter-passphrase-file", dest="jumpstarter_passphrase_file", metavar="FILE",
+        help="file whose first line is the exporter's passphrase (env JMP_GRPC_PASSPHRASE_FILE, ini "
+        "jumpstarter_passphrase_file); the passphrase itself may be given in JMP_GRPC_PASSPHRASE instead",
+    )
+    group.addoption(
+        "--jumpstarter-keepalive", dest="jumpstarter_keepalive", metavar="SECONDS", type=float,
+        help="seconds between keepalive pings; an exporter silent that long fails the call (env "
+        "JMP_GRPC_KEEPALIVE, ini jumpstarter_keepalive). Default: 10.",
+    )
     parser.addini("jumpstarter_host", "exporter addresses, one per line (see --jumpstarter-host)", type="linelist")
+    parser.addini("jumpstarter_ca", "CA certificate file, relative to the rootdir (see --jumpstarter-ca)")
+    parser.addini("jumpstarter_insecure", "plaintext TCP (see --jumpstarter-insecure)", type="bool", default=None)
+    parser.addini(
+        "jumpstarter_passphrase_file", "passphrase file, relative to the rootdir (see --jumpstarter-passphrase-file)"
+    )
+    parser.addini("jumpstarter_keepalive", "keepalive period in seconds (see --jumpstarter-keepalive)")
     parser.addini("jumpstarter_drivers_allow", "client classes the lab may load (see --jumpstarter-drivers-allow)")
     parser.addini("jumpstarter_exporter", "exporter configuration, relative to the rootdir (see --jumpstarter-exporter)")
     parser.addini("jumpstarter_log_dir", "per-test log directory, relative to the rootdir (see --jumpstarter-log-dir)")
@@ -109,6 +134,32 @@ def _path_setting(config: pytest.Config, name: str, env: str) -> Path | None:
         return Path(value)
     value = config.getini(name)
     return config.rootpath / value if value else None
+
+
+def connection_options(config: pytest.Config) -> dict[str, Any]:
+    """Keyword arguments of :func:`~jumpstarter_drivers.core.access.connect` from the connection
+    options: command line, then environment, then ini file (unset ones are left out)."""
+    from jumpstarter_drivers.core.access import JMP_GRPC_CA, JMP_GRPC_INSECURE, JMP_GRPC_KEEPALIVE
+
+    options: dict[str, Any] = {}
+    ca = _path_setting(config, "jumpstarter_ca", JMP_GRPC_CA)
+    if ca is not None:
+        options["ca"] = str(ca)
+    passphrase_file = _path_setting(config, "jumpstarter_passphrase_file", "JMP_GRPC_PASSPHRASE_FILE")
+    if passphrase_file is not None:
+        options["passphrase_file"] = str(passphrase_file)
+    insecure = config.getoption("jumpstarter_insecure")
+    if insecure is None and os.environ.get(JMP_GRPC_INSECURE) is None:
+        insecure = config.getini("jumpstarter_insecure")
+    if insecure is not None:
+        options["insecure"] = bool(insecure)
+    keepalive = _setting(config, "jumpstarter_keepalive", JMP_GRPC_KEEPALIVE)
+    if keepalive is not None:
+        try:
+            options["keepalive"] = float(keepalive)
+        except ValueError:
+            raise pytest.UsageError(f"jumpstarter: keepalive {keepalive!r} is not a number of seconds") from None
+    return options
 
 
 def _exporter(config: pytest.Config) -> Path:
@@ -180,7 +231,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     hosts = _hosts(config)
     try:
         for host in hosts:
-            Lab.connect_remote(host, _setting(config, "jumpstarter_drivers_allow", JMP_DRIVERS_ALLOW)).close()
+            allow = _setting(config, "jumpstarter_drivers_allow", JMP_DRIVERS_ALLOW)
+            Lab.connect_remote(host, allow, **connection_options(config)).close()
         if not hosts:
             from jumpstarter_drivers.core import config as exporter_config
 
@@ -208,6 +260,8 @@ class LabSettings:
     host: str | None
     exporter: Path
     allow: str | None
+    #: Connection options for a host, as ``(name, value)`` pairs (see :func:`connection_options`).
+    connection: tuple[tuple[str, Any], ...] = ()
 
 
 class LabManager:
@@ -251,7 +305,7 @@ class LabManager:
         where = settings.host or str(settings.exporter)
         try:
             if settings.host:
-                return Lab.connect_remote(settings.host, settings.allow)
+                return Lab.connect_remote(settings.host, settings.allow, **dict(settings.connection))
             return Lab.start_local(settings.exporter, settings.allow, registry=_registry(self.config))
         except (JumpstarterError, OSError) as exc:
             hint = "" if settings.host else " [fix the file, or choose another with --jumpstarter-exporter]"
@@ -260,7 +314,11 @@ class LabManager:
 
     def _export_environment(self, lab: Lab) -> None:
         """Subprocesses of the tests (a ``jmp`` shell, scripts) find the lab through the environment."""
+        from jumpstarter_drivers.core.access import CONNECTION_SETTINGS
+
         values = {JUMPSTARTER_HOST: lab.address, JMP_DRIVERS_ALLOW: str(lab.allow)}
+        for name, value in lab.connection.items():
+            values[CONNECTION_SETTINGS[name.replace("_", "-")]] = "1" if value is True else "" if value is False else str(value)
         for name, value in values.items():
             self._environ.setdefault(name, os.environ.get(name))
             os.environ[name] = value
@@ -435,8 +493,13 @@ def session(
     lab records the address of its board as a testcase property.
     """
     run_lease = pytestconfig.stash[leasing.LEASE]
-    host = run_lease.address() or pick_host(pytestconfig, jumpstarter_hosts)
-    settings = LabSettings(host, jumpstarter_exporter, jumpstarter_drivers_allow)
+    leased = run_lease.address()
+    settings = LabSettings(
+        leased or pick_host(pytestconfig, jumpstarter_hosts),
+        jumpstarter_exporter,
+        jumpstarter_drivers_allow,
+        () if leased else tuple(sorted(connection_options(pytestconfig).items())),
+    )
     manager = pytestconfig.stash[MANAGER]
     lab = manager.get(settings)
     properties = manager.board(lab).suite_properties()

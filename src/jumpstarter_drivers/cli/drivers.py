@@ -149,11 +149,11 @@ def report_lines(client: DriverClient, name: str = "root", depth: int = 0) -> It
     """The tree under ``client`` as indented lines: each node's name, client class, description
     and methods with their signatures and descriptions."""
     indent = "  " * depth
-    head = f"{indent}{name} ({client_path(client)})"
-    yield f"{head}: {client.description}" if client.description else head
+    head = f"{indent}{printable(name)} ({printable(client_path(client))})"
+    yield f"{head}: {printable(client.description)}" if client.description else head
     for method, description in sorted(client.methods_description.items()):
-        signature = method_signature(client, method)
-        yield f"{indent}    {signature}: {description}" if description else f"{indent}    {signature}"
+        line = f"{indent}    {printable(method_signature(client, method))}"
+        yield f"{line}: {printable(description)}" if description else line
     for child_name, child in client.children.items():
         yield from report_lines(child, child_name, depth + 1)
 
@@ -171,3 +171,15 @@ def report_tree(client: DriverClient, name: str = "root") -> dict[str, Any]:
         ],
         "children": [report_tree(child, child_name) for child_name, child in client.children.items()],
     }
+
+
+def printable(text: str) -> str:
+    r"""``text`` with control characters escaped, so an exporter's report cannot drive the terminal.
+
+    >>> printable("bench\x1b]0;title\x07 supply\n")
+    'bench\\x1b]0;title\\x07 supply\\n'
+    """
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")

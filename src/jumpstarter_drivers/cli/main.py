@@ -33,10 +33,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 BUILTIN_ALLOW = "jumpstarter_drivers.*"
 CONNECTION_HELP = (
     "Driver commands reach the lab at --host (default: $JUMPSTARTER_HOST, which `jumpstarter shell` sets): "
-    "a unix socket path or HOST:PORT. Over TCP the connection uses TLS (trusting --ca or $JMP_GRPC_CA, else "
-    "the system's CAs) unless --insecure or JMP_GRPC_INSECURE=1; the passphrase comes from --passphrase-file "
-    "or $JMP_GRPC_PASSPHRASE. Client classes are imported only when $JMP_DRIVERS_ALLOW allows them "
-    f"(default: {BUILTIN_ALLOW})."
+    "a unix socket path or HOST:PORT. Over TCP the connection uses TLS (trusting --ca, else the system's CAs) "
+    "unless --insecure. The passphrase is read from --passphrase-file, or given itself in $JMP_GRPC_PASSPHRASE. "
+    "Every connection option has its variable (--ca $JMP_GRPC_CA, --insecure $JMP_GRPC_INSECURE=1, "
+    "--passphrase-file $JMP_GRPC_PASSPHRASE_FILE, --keepalive $JMP_GRPC_KEEPALIVE). Client classes are imported "
+    f"only when $JMP_DRIVERS_ALLOW allows them (default: {BUILTIN_ALLOW})."
 )
 
 
@@ -68,15 +69,13 @@ def read_passphrase(path: str | None) -> str | None:
     """The passphrase in ``path`` (its first line), or ``None`` without a path."""
     if path is None:
         return None
+    from ..core.access import read_passphrase_file
+    from ..core.session import check_passphrase
+
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Failure(f"cannot read the passphrase file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    lines = text.splitlines()
-    passphrase = lines[0].strip() if lines else ""
-    if not passphrase:
-        raise Failure(f"the passphrase file {path} is empty; put the shared passphrase on its first line")
-    return passphrase
+        return check_passphrase(read_passphrase_file(path), f"passphrase in {path}")
+    except JumpstarterError as exc:
+        raise Failure(exc) from None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -157,7 +156,8 @@ def signals_caught(*signums: int, on_signal: Callable[[int], None] | None = None
 
 
 def connection_options(host_envvar: str | None) -> Callable[[Callable], Callable]:
-    """``--host``, ``--ca``, ``--insecure`` and ``--passphrase-file``: how a client reaches a lab."""
+    """``--host``, ``--ca``, ``--insecure``, ``--passphrase-file`` and ``--keepalive``: how a client reaches a lab
+    (each with its variable, see :data:`~jumpstarter_drivers.core.access.CONNECTION_SETTINGS`)."""
 
     def decorate(func: Callable) -> Callable:
         for option in reversed(
@@ -171,16 +171,31 @@ def connection_options(host_envvar: str | None) -> Callable[[Callable], Callable
                 ),
                 click.option(
                     "--ca",
+                    envvar="JMP_GRPC_CA",
                     type=click.Path(dir_okay=False),
-                    help="PEM certificate(s) to trust for the lab's TLS (default: $JMP_GRPC_CA, else the system's).",
+                    help="PEM certificate(s) to trust for the lab's TLS, e.g. the cert.pem of `jumpstarter tls-cert` "
+                    "(env JMP_GRPC_CA; default: the system's CAs).",
                 ),
                 click.option(
-                    "--insecure", is_flag=True, help="Plaintext TCP, for a lab served with --insecure (JMP_GRPC_INSECURE=1)."
+                    "--insecure",
+                    envvar="JMP_GRPC_INSECURE",
+                    is_flag=True,
+                    help="Plaintext TCP, for a lab served with --insecure (env JMP_GRPC_INSECURE=1).",
                 ),
                 click.option(
                     "--passphrase-file",
+                    envvar="JMP_GRPC_PASSPHRASE_FILE",
                     type=click.Path(dir_okay=False),
-                    help="File whose first line is the lab's passphrase (default: $JMP_GRPC_PASSPHRASE).",
+                    help="File whose first line is the lab's passphrase (env JMP_GRPC_PASSPHRASE_FILE; the "
+                    "passphrase itself may be given in JMP_GRPC_PASSPHRASE instead).",
+                ),
+                click.option(
+                    "--keepalive",
+                    envvar="JMP_GRPC_KEEPALIVE",
+                    type=click.FloatRange(min=0.1),
+                    metavar="SECONDS",
+                    help="Seconds between keepalive pings; a lab silent that long fails the call (env "
+                    "JMP_GRPC_KEEPALIVE; default: 10).",
                 ),
             )
         ):
@@ -190,7 +205,14 @@ def connection_options(host_envvar: str | None) -> Callable[[Callable], Callable
     return decorate
 
 
-def connect_lab(host: str, ca: str | None, insecure: bool, passphrase: str | None, timeout: float = 5.0) -> Any:
+def connect_lab(
+    host: str,
+    ca: str | None,
+    insecure: bool,
+    passphrase: str | None,
+    timeout: float = 5.0,
+    keepalive: float | None = None,
+) -> Any:
     """The root client of the lab at ``host`` (connection failures as one line)."""
     from ..core.access import JMP_DRIVERS_ALLOW, connect
 
@@ -202,6 +224,7 @@ def connect_lab(host: str, ca: str | None, insecure: bool, passphrase: str | Non
             insecure=True if insecure else None,
             passphrase=passphrase,
             timeout=timeout,
+            keepalive=keepalive,
         )
     except JumpstarterError as exc:
         raise Failure(exc) from None
@@ -222,7 +245,12 @@ def lab_client(ctx: click.Context, timeout: float = 5.0) -> Any:
                 "no lab to talk to: run inside `jumpstarter shell`, set JUMPSTARTER_HOST, or give --host", ctx
             )
         client = connect_lab(
-            host, params.get("ca"), bool(params.get("insecure")), read_passphrase(params.get("passphrase_file")), timeout
+            host,
+            params.get("ca"),
+            bool(params.get("insecure")),
+            read_passphrase(params.get("passphrase_file")),
+            timeout,
+            params.get("keepalive"),
         )
         root.call_on_close(client.close)
         root.meta[LAB] = client
@@ -295,7 +323,14 @@ def stdout_closed() -> None:
 @connection_options("JUMPSTARTER_HOST")
 @click.version_option(package_name="jumpstarter-toolkit", prog_name="jumpstarter")
 @click.pass_context
-def main(ctx: click.Context, host: str | None, ca: str | None, insecure: bool, passphrase_file: str | None) -> None:
+def main(
+    ctx: click.Context,
+    host: str | None,
+    ca: str | None,
+    insecure: bool,
+    passphrase_file: str | None,
+    keepalive: float | None,
+) -> None:
     """Serve labs of drivers, run commands inside them, and drive their hardware by hand.
 
     Besides the commands below, each driver of the lab at --host is a command named after it:
@@ -523,6 +558,7 @@ def shell(
     ca: str | None,
     insecure: bool,
     passphrase_file: str | None,
+    keepalive: float | None,
     exporter_file: str | None,
     allow: str | None,
     log_level: str,
@@ -549,6 +585,7 @@ def shell(
     if args and args[0].startswith("-") and args[0] != "-" and args[0] != "--":
         raise click.NoSuchOption(args[0])
     root = ctx.find_root().params
+    root_sources = {name: ctx.find_root().get_parameter_source(name) for name in root}
     exporter, command = exporter_argument(exporter_file, args)
     host = host or command_line_host(ctx)
     if selector:
@@ -572,11 +609,17 @@ def shell(
     ca = ca or root.get("ca")
     insecure = insecure or bool(root.get("insecure"))
     passphrase_file = passphrase_file or root.get("passphrase_file")
+    keepalive = keepalive or root.get("keepalive")
     if host:
-        env = remote_env(host, ca, insecure, read_passphrase(passphrase_file), allow)
+        env = remote_env(host, ca, insecure, read_passphrase(passphrase_file), allow, keepalive)
         raise SystemExit(run_inside(command, env))
-    if ca or insecure or passphrase_file:
-        raise Failure("--ca, --insecure and --passphrase-file are for --host; a local lab is served on a unix socket")
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("ca", "insecure", "passphrase_file", "keepalive")
+        if click.core.ParameterSource.COMMANDLINE in (ctx.get_parameter_source(name), root_sources.get(name))
+    ]
+    if given:
+        raise Failure(f"{', '.join(given)}: connection options are for --host; a local lab is served on a unix socket")
     if exporter is None:
         from jumpstarter_testing.lab import VIRTUAL_LAB
 
@@ -648,7 +691,9 @@ def lab_allow(session: Any) -> str:
     return ",".join(names)
 
 
-def remote_env(host: str, ca: str | None, insecure: bool, passphrase: str | None, allow: str | None) -> dict[str, str]:
+def remote_env(
+    host: str, ca: str | None, insecure: bool, passphrase: str | None, allow: str | None, keepalive: float | None = None
+) -> dict[str, str]:
     """The environment for a command run against the lab at ``host``, once it answered."""
     from ..core.access import JMP_DRIVERS_ALLOW
 
@@ -659,7 +704,9 @@ def remote_env(host: str, ca: str | None, insecure: bool, passphrase: str | None
         env["JMP_GRPC_INSECURE"] = "1"
     if passphrase:
         env["JMP_GRPC_PASSPHRASE"] = passphrase
-    connect_lab(host, ca, insecure, passphrase).close()
+    if keepalive:
+        env["JMP_GRPC_KEEPALIVE"] = f"{keepalive:g}"
+    connect_lab(host, ca, insecure, passphrase, keepalive=keepalive).close()
     return env
 
 

@@ -32,6 +32,7 @@ _EXPORTS = {
     "DriverTimeout": "errors",
     "Unauthenticated": "errors",
     "ClientNotAllowed": "errors",
+    "TlsMismatch": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import re
 import socket
+import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +22,29 @@ from pathlib import Path
 from .allocator import keep_frame_buffers
 from .client import AllowList, Connection, DriverClient, build_tree, translate
 from .driver import Driver
-from .errors import ConfigurationError, ExporterUnreachable
+from .errors import ConfigurationError, ExporterUnreachable, TlsMismatch
+
+logger = logging.getLogger(__name__)
 
 JUMPSTARTER_HOST = "JUMPSTARTER_HOST"
 JMP_DRIVERS_ALLOW = "JMP_DRIVERS_ALLOW"
 JMP_GRPC_INSECURE = "JMP_GRPC_INSECURE"
 JMP_GRPC_PASSPHRASE = "JMP_GRPC_PASSPHRASE"
 JMP_GRPC_CA = "JMP_GRPC_CA"
+JMP_GRPC_PASSPHRASE_FILE = "JMP_GRPC_PASSPHRASE_FILE"
 JMP_GRPC_KEEPALIVE = "JMP_GRPC_KEEPALIVE"
+
+#: Every setting of a connection and its environment variable. The ``jumpstarter`` command's
+#: option is ``--NAME``; the pytest plugin's is ``--jumpstarter-NAME`` with the ini key
+#: ``jumpstarter_NAME`` (dashes as underscores). The passphrase itself has only its variable
+#: (a command line is visible to every user of the machine): give a file on the command line.
+CONNECTION_SETTINGS = {
+    "host": JUMPSTARTER_HOST,
+    "ca": JMP_GRPC_CA,
+    "insecure": JMP_GRPC_INSECURE,
+    "passphrase-file": JMP_GRPC_PASSPHRASE_FILE,
+    "keepalive": JMP_GRPC_KEEPALIVE,
+}
 
 #: Seconds between keepalive pings, and how long a ping may go unanswered: an exporter that stops
 #: answering (frozen, cut off) fails calls, streams and uploads within about twice this.
@@ -92,7 +111,7 @@ def probe(address: Address, timeout: float) -> None:
         ) from None
 
 
-def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str | None) -> object:
+def _channel(address: Address, keepalive: float, insecure: bool, ca: str | None) -> object:
     import grpc
 
     options = [
@@ -115,8 +134,6 @@ def _channel(address: Address, keepalive: float, insecure: bool | None, ca: str 
     if not address.tcp:
         credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
         return grpc.secure_channel(address.target, credentials, options=options)
-    if insecure is None:
-        insecure = os.environ.get(JMP_GRPC_INSECURE, "") in ("1", "true", "yes")
     if insecure:
         return grpc.insecure_channel(address.target, options=options)
     ca = ca or os.environ.get(JMP_GRPC_CA)
@@ -138,25 +155,46 @@ def connect(
     insecure: bool | None = None,
     passphrase: str | None = None,
     ca: str | None = None,
+    passphrase_file: str | os.PathLike | None = None,
 ) -> DriverClient:
     """Connect to the session at ``address`` and return its root client (close it when done).
 
     ``allow`` is an :class:`AllowList` or its comma-separated form; ``None`` allows the bundled
-    drivers. Fails with :class:`ExporterUnreachable` within ``timeout`` seconds when nobody answers.
+    drivers. Settings not given come from the environment (:data:`CONNECTION_SETTINGS`); the
+    passphrase from ``passphrase``, ``passphrase_file``, ``$JMP_GRPC_PASSPHRASE`` or
+    ``$JMP_GRPC_PASSPHRASE_FILE``, first found. Fails with :class:`ExporterUnreachable` within
+    ``timeout`` seconds when nobody answers, at once with :class:`TlsMismatch` when TLS disagrees.
     Once connected, an exporter that stops answering (frozen, cut off) fails calls, streams and
     uploads with :class:`ExporterUnreachable` within about ``2 * keepalive`` seconds
     (``keepalive`` from ``$JMP_GRPC_KEEPALIVE``, default 2); a busy exporter is not taken for a
     frozen one, since gRPC's core answers its pings whatever its drivers are doing.
     """
-    import grpc
+    from .session import check_passphrase
 
     parsed = Address.parse(address)
     if not isinstance(allow, AllowList):
         allow = AllowList.parse(allow)
     if keepalive is None:
         keepalive = float(os.environ.get(JMP_GRPC_KEEPALIVE) or DEFAULT_KEEPALIVE)
-    if passphrase is None:
-        passphrase = os.environ.get(JMP_GRPC_PASSPHRASE) or None
+    source = "passphrase"
+    if passphrase is None and passphrase_file is not None:
+        passphrase, source = read_passphrase_file(passphrase_file), f"passphrase in {passphrase_file}"
+    elif passphrase is None and os.environ.get(JMP_GRPC_PASSPHRASE):
+        passphrase, source = os.environ[JMP_GRPC_PASSPHRASE], JMP_GRPC_PASSPHRASE
+    elif passphrase is None and os.environ.get(JMP_GRPC_PASSPHRASE_FILE):
+        path = os.environ[JMP_GRPC_PASSPHRASE_FILE]
+        passphrase, source = read_passphrase_file(path), f"passphrase in {path} ({JMP_GRPC_PASSPHRASE_FILE})"
+    if passphrase:
+        check_passphrase(passphrase, source)
+    if insecure is None:
+        insecure = os.environ.get(JMP_GRPC_INSECURE, "") in ("1", "true", "yes")
+    if passphrase and insecure and parsed.tcp:
+        logger.warning(
+            "sending the passphrase in plaintext to %s: anyone on the path can read it and call every driver; "
+            "serve with TLS and connect without --insecure unless the network is yours alone",
+            parsed.text,
+        )
+    started = time.monotonic()
     probe(parsed, timeout)
     keep_frame_buffers()  # downloads arrive as frame-sized buffers (see allocator)
     channel = _channel(parsed, keepalive, insecure, ca)
@@ -165,21 +203,107 @@ def connect(
         channel, parsed.text, metadata, keepalive, functools.partial(_channel, parsed, keepalive, insecure, ca)
     )
     try:
-        try:
-            report = connection.exporter.GetReport(
-                connection.empty(), metadata=metadata, timeout=timeout, wait_for_ready=True
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ExporterUnreachable(
-                    f"the exporter at {parsed.text} did not answer within {timeout:g} s; is it running (and not "
-                    f"frozen), and is the address right ({JUMPSTARTER_HOST} or --jumpstarter-host)?"
-                ) from None
-            raise translate(exc, f"GetReport on {parsed.text}") from None
+        report = _first_report(connection, parsed, timeout, insecure, started)
         return build_tree(connection, report, allow)
     except BaseException:
         connection.close()
         raise
+
+
+def read_passphrase_file(path: str | os.PathLike) -> str:
+    """The passphrase on the first line of ``path`` (surrounding blanks removed)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"cannot read the passphrase file {os.fspath(path)}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    passphrase = lines[0].strip() if lines else ""
+    if not passphrase:
+        raise ConfigurationError(
+            f"the passphrase file {os.fspath(path)} is empty; put the shared passphrase on its first line"
+        )
+    return passphrase
+
+
+def _first_report(connection: Connection, address: Address, timeout: float, insecure: bool, started: float) -> object:
+    """The session's report within ``timeout`` s of ``started``; a TLS mismatch is named at once, anything
+    else is waited out."""
+    import grpc
+
+    def remaining() -> float:
+        return max(started + timeout - time.monotonic(), 0.1)
+
+    request = connection.empty()
+    try:
+        try:
+            return connection.exporter.GetReport(request, metadata=connection.metadata, timeout=remaining())
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            mismatch = tls_mismatch(address, exc.details() or "", insecure, min(remaining(), 5.0))
+            if mismatch is not None:
+                raise mismatch from None
+        # Not a TLS mismatch (a busy exporter closed the connection, say): let gRPC retry until the deadline.
+        return connection.exporter.GetReport(
+            request, metadata=connection.metadata, timeout=remaining(), wait_for_ready=True
+        )
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise ExporterUnreachable(
+                f"the exporter at {address.text} did not answer within {timeout:g} s; is it running (and not "
+                f"frozen), and is the address right ({JUMPSTARTER_HOST} or --jumpstarter-host)?"
+            ) from None
+        raise translate(exc, f"GetReport on {address.text}") from None
+
+
+def tls_mismatch(address: Address, details: str, insecure: bool, timeout: float) -> TlsMismatch | None:
+    """The TLS disagreement behind a failed first call (gRPC's ``details``), or ``None`` when it is not one."""
+    if not address.tcp:
+        return None
+    host = address.target.rpartition(":")[0].strip("[]")
+    trust = "give its certificate (cert.pem of `jumpstarter tls-cert`) or its CA with --ca or JMP_GRPC_CA"
+    if insecure:
+        if _speaks_tls(address, timeout):
+            return TlsMismatch(
+                f"the exporter at {address.text} serves TLS and this connection is plaintext (--insecure or "
+                f"JMP_GRPC_INSECURE=1); connect without it, and {trust}"
+            )
+        return None
+    verify = re.search(r"CERTIFICATE_VERIFY_FAILED(?::\s*([^:]+))?", details)
+    if verify:
+        reason = (verify[1] or "verification failed").strip()
+        return TlsMismatch(
+            f"the exporter at {address.text} presented a TLS certificate this client does not trust ({reason}); {trust}"
+        )
+    if "Hostname Verification" in details or "No match found for server name" in details:
+        return TlsMismatch(
+            f"the exporter's TLS certificate does not name {host}; connect to a name or address it was made for, "
+            f"or make one that holds {host} (jumpstarter tls-cert --host {host})"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return TlsMismatch(
+            f"the exporter at {address.text} answers in plaintext, not TLS; if it was served with --insecure on a "
+            "network you trust, connect with --insecure (JMP_GRPC_INSECURE=1)"
+        )
+    return None
+
+
+def _speaks_tls(address: Address, timeout: float) -> bool:
+    """Whether the peer at ``address`` completes a TLS handshake (its certificate is not checked)."""
+    host, _, port = address.target.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host.strip("[]")),
+        ):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 def env(**kwargs: object) -> contextlib.AbstractContextManager[DriverClient]:

@@ -62,6 +62,9 @@ BATCH_KEY = "x-jmp-batch"
 JSON_KEY = "x-jmp-json"
 JSON_BATCH_UUID = "x-jmp-json-batch"
 
+#: Levels of driver tree a client rebuilds from a report; a deeper tree (or a cycle) is refused.
+MAX_TREE_DEPTH = 64
+
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 
@@ -668,23 +671,36 @@ class ByteStream:
 
 
 def client_class(labels: dict[str, str], allow: AllowList) -> type[DriverClient] | Exception:
-    """The client class a report's labels name, or the error that stands in for it."""
+    """The client class a report's labels name, or the error that stands in for it.
+
+    The path checked against ``allow`` is the path imported. A Jumpstarter client name admits
+    ours only through the fixed table of :mod:`.compat`, never through another label. Modules
+    with a dunder part (``pkg.__main__``) are never imported: they act on import.
+    """
     theirs = labels.get(CLIENT_LABEL, GENERIC_CLIENT)
-    ours = labels.get(TOOLKIT_CLIENT_LABEL) or toolkit_name_for(theirs)
+    mapped = toolkit_name_for(theirs)
+    ours = labels.get(TOOLKIT_CLIENT_LABEL) or mapped
     if ours == GENERIC_CLIENT:
         return DriverClient
-    if not allow.allows(ours, theirs):
+    checked = (ours, theirs) if ours == mapped != theirs else (ours,)
+    if not allow.allows(*checked):
         return ClientNotAllowed(
             f"client class {ours} is not allowed by JMP_DRIVERS_ALLOW={str(allow)!r}; set JMP_DRIVERS_ALLOW "
             f"(or --jumpstarter-drivers-allow) to a pattern matching it, e.g. '{ours.split('.')[0]}.*', or UNSAFE"
         )
     module_name, _, class_name = ours.rpartition(".")
+    not_a_client = ClientNotAllowed(
+        f"{ours} is not a client class (a jumpstarter_drivers DriverClient subclass); the exporter's report "
+        "names something else, refused"
+    )
+    if not module_name or any(part.startswith("__") for part in ours.split(".")):
+        return not_a_client
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         return ClientNotAllowed(f"client class {ours} cannot be imported ({exc}); install the package that provides it")
     if not (isinstance(cls, type) and issubclass(cls, DriverClient)):
-        return ClientNotAllowed(f"{ours} is not a jumpstarter_drivers client class (DriverClient subclass)")
+        return not_a_client
     return cls
 
 
@@ -701,9 +717,14 @@ def build_tree(connection: Connection, report: Any, allow: AllowList) -> DriverC
     if not roots:
         raise DriverError(f"the exporter at {connection.address} reported no drivers")
 
-    def build(r: Any) -> DriverClient:
+    def build(r: Any, depth: int = 1) -> DriverClient:
+        if depth > MAX_TREE_DEPTH:
+            raise DriverError(
+                f"the exporter at {connection.address} reported a driver tree deeper than {MAX_TREE_DEPTH} levels "
+                "(or a driver that is its own ancestor); refused: such a tree is a broken or hostile report"
+            )
         labels = dict(r.labels)
-        children = {c.labels.get(NAME_LABEL, c.uuid): build(c) for c in children_of[r.uuid]}
+        children = {c.labels.get(NAME_LABEL, c.uuid): build(c, depth + 1) for c in children_of[r.uuid]}
         common = dict(
             uuid=UUID(r.uuid),
             labels=labels,

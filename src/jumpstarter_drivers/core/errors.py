@@ -51,3 +51,8 @@ class Unauthenticated(ExporterUnreachable):
 
 class ClientNotAllowed(JumpstarterError):
     """The client class a driver names is not allowed by ``JMP_DRIVERS_ALLOW``."""
+
+
+class TlsMismatch(ExporterUnreachable):
+    """The two ends do not agree on TLS: the exporter's certificate is not trusted or names another
+    host, or one end speaks TLS and the other plaintext."""

@@ -16,8 +16,10 @@ import hmac
 import json
 import logging
 import os
+import resource
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from uuid import UUID, uuid4
 import anyio
 import grpc
 from google.protobuf import empty_pb2
-from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
+from jumpstarter_protocol.jumpstarter.v1 import common_pb2, jumpstarter_pb2, jumpstarter_pb2_grpc
 
 from . import loop
 from .allocator import keep_frame_buffers
@@ -57,6 +59,20 @@ JSON_KEY = "x-jmp-json"
 JSON_BATCH_UUID = "x-jmp-json-batch"
 MAX_BATCH = 4096
 MAX_MESSAGE = 64 << 20
+#: Log records a LogStream subscriber may have waiting; beyond, records are dropped and counted.
+MAX_LOG_BACKLOG = 1000
+#: Characters of a log message sent to subscribers; the rest is cut (with a note).
+MAX_LOG_MESSAGE = 16 << 10
+#: Seconds a peer has from connecting to finishing TLS and HTTP/2 set-up (its first SETTINGS)
+#: before it is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a connection may carry no call before it is closed (a client reconnects by itself).
+IDLE_TIMEOUT = 60.0
+#: Connections one server holds at most (less when the fd limit is low: half the soft limit);
+#: beyond, new ones are closed at once.
+MAX_CONNECTIONS = 512
+#: Seconds between two log lines about refused passphrases (the count of the others is kept).
+REFUSAL_LOG_INTERVAL = 10.0
 
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -100,6 +116,44 @@ class _Resource:
     claimed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _Subscriber:
+    """One LogStream subscriber's backlog: at most :data:`MAX_LOG_BACKLOG` records.
+
+    Records that find the backlog full are dropped and counted; a marker record saying how many
+    takes their place once there is room, so the subscriber sees where the gap is. Offering never
+    blocks (it runs on the event loop, called by whoever logs).
+    """
+
+    def __init__(self, uuid: UUID) -> None:
+        self.uuid = str(uuid)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.dropped = 0
+
+    def offer(self, response: jumpstarter_pb2.LogStreamResponse) -> None:
+        room = MAX_LOG_BACKLOG - self.queue.qsize()
+        if self.dropped and room >= 2:
+            self.queue.put_nowait(self._marker())
+            room -= 1
+        if self.dropped or room < 1:
+            self.dropped += 1
+        else:
+            self.queue.put_nowait(response)
+
+    async def get(self) -> jumpstarter_pb2.LogStreamResponse:
+        if self.dropped and self.queue.empty():
+            return self._marker()
+        return await self.queue.get()
+
+    def _marker(self) -> jumpstarter_pb2.LogStreamResponse:
+        count, self.dropped = self.dropped, 0
+        return jumpstarter_pb2.LogStreamResponse(
+            uuid=self.uuid,
+            severity="WARNING",
+            message=f"{count} log records dropped: this log stream was read more slowly than drivers logged",
+            source=common_pb2.LOG_SOURCE_SYSTEM,
+        )
+
+
 class _LogHandler(logging.Handler):
     """Forwards records of this session's drivers to every LogStream subscriber."""
 
@@ -116,6 +170,8 @@ class _LogHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging's own contract: a bad record must not kill the caller
             self.handleError(record)
             return
+        if len(message) > MAX_LOG_MESSAGE:
+            message = f"{message[:MAX_LOG_MESSAGE]}... [{len(message) - MAX_LOG_MESSAGE} characters cut]"
         response = jumpstarter_pb2.LogStreamResponse(
             uuid=str(uuid), severity=record.levelname, message=message, source=1
         )
@@ -138,12 +194,18 @@ class Session:
     resource_timeout: float = 30.0
     #: Awaited after a client's ``EndSession``: an exporter serving a controller's lease becomes AVAILABLE there.
     on_end_session: Callable[[], Awaitable[None]] | None = None
+    #: Bounds on connections that have not (yet) sent a call; see :data:`HANDSHAKE_TIMEOUT` and the others.
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_device, Driver):
             raise ConfigurationError(
                 f"Session: root_device must be a Driver, got {type(self.root_device).__name__}"
             )
+        if self.max_connections is None:
+            self.max_connections = connection_bound()
         self.drivers: dict[UUID, Driver] = {}
         self._tree: list[tuple[Driver, Driver | None, str | None]] = []
         for driver, parent, name in self.root_device.walk():
@@ -158,7 +220,7 @@ class Session:
         self.previous_status = ExporterStatus.UNSPECIFIED
         self.status_message = ""
         self.status_version = 1
-        self._subscribers: set[asyncio.Queue] = set()
+        self._subscribers: set[_Subscriber] = set()
         self._resources: dict[UUID, _Resource] = {}
         self._handler = _LogHandler(self)
         self._servers: list[grpc.aio.Server] = []
@@ -197,21 +259,32 @@ class Session:
     def serve_unix(self, path: str | os.PathLike | None = None, *, passphrase: str | None = None) -> Iterator[Path]:
         """Serve on a unix socket and yield its path.
 
-        Without ``path`` the socket lives in a fresh directory only this user can enter. With
+        Without ``path`` the socket lives in a fresh directory only this user can enter. The
+        socket is mode 0600 whatever the umask: it is bound in a private directory, made the
+        user's alone, and only then moved to ``path`` (replacing a stale socket there). With
         ``passphrase``, calls without it are refused (as over TCP).
         """
-        private_dir = None
-        if path is None:
-            private_dir = Path(tempfile.mkdtemp(prefix="jmp-"))
-            path = private_dir / "socket"
-        path = Path(path)
-        interceptors = (PassphraseInterceptor(passphrase),) if passphrase else ()
+        interceptors = _passphrase_interceptors(passphrase)
+        target = None if path is None else Path(path)
+        private_dir = Path(tempfile.mkdtemp(prefix="jmp-", dir=None if target is None else target.parent))
         try:
-            with self.serve_address(f"unix://{path}", interceptors=interceptors):
-                yield path
+            private_dir.chmod(0o700)  # exactly: a umask like 0o277 would leave even its owner out
+            bound = private_dir / "socket"
+            with self.serve_address(f"unix://{bound}", interceptors=interceptors):
+                bound.chmod(0o600)
+                if target is None:
+                    yield bound
+                    return
+                os.replace(bound, target)
+                inode = target.stat().st_ino
+                try:
+                    yield target
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        if target.stat().st_ino == inode:  # not a socket a later exporter put there
+                            target.unlink()
         finally:
-            if private_dir is not None:
-                shutil.rmtree(private_dir, ignore_errors=True)
+            shutil.rmtree(private_dir, ignore_errors=True)
 
     @contextlib.contextmanager
     def serve_tcp(
@@ -225,7 +298,10 @@ class Session:
         passphrase: str | None = None,
     ) -> Iterator[int]:
         """Serve on TCP and yield the bound port: TLS with ``tls_cert``/``tls_key``, or plaintext
-        only when ``insecure`` says so. With ``passphrase``, calls without it are refused."""
+        only when ``insecure`` says so. With ``passphrase``, calls without it are refused.
+
+        A setup that lets whoever reaches the port call every driver is logged as a warning.
+        """
         credentials = None
         if not insecure:
             if not (tls_cert and tls_key):
@@ -234,8 +310,9 @@ class Session:
                     "to serve plaintext on a trusted network"
                 )
             credentials = server_credentials(tls_cert, tls_key)
-        interceptors = (PassphraseInterceptor(passphrase),) if passphrase else ()
+        interceptors = _passphrase_interceptors(passphrase)
         with self.serve_address(f"{host}:{port}", credentials, interceptors) as bound:
+            _warn_if_weak(f"{host}:{bound}", tls=not insecure, passphrase=bool(passphrase))
             yield bound
 
     @contextlib.contextmanager
@@ -254,7 +331,12 @@ class Session:
     ) -> tuple[grpc.aio.Server, int]:
         _hold_grpc_aio()
         keep_frame_buffers()  # uploads arrive as frame-sized buffers on this loop (see allocator)
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
+        bounds = (
+            ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout * 1000)),
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout * 1000)),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+        )
+        server = grpc.aio.server(options=SERVER_OPTIONS + bounds, interceptors=interceptors or None)
         jumpstarter_pb2_grpc.add_ExporterServiceServicer_to_server(_ExporterService(self), server)
         server.add_generic_rpc_handlers((_router_handler(_RouterService(self)),))
         try:
@@ -300,11 +382,11 @@ class Session:
 
     def _publish(self, response: jumpstarter_pb2.LogStreamResponse) -> None:
         event_loop = loop.get_loop()
-        for queue in tuple(self._subscribers):
+        for subscriber in tuple(self._subscribers):
             if loop.in_loop_thread():
-                queue.put_nowait(response)
+                subscriber.offer(response)
             else:
-                event_loop.call_soon_threadsafe(queue.put_nowait, response)
+                event_loop.call_soon_threadsafe(subscriber.offer, response)
 
     def new_resource(self) -> UUID:
         """Create a resource pipe for a client stream; the driver end is claimed by :meth:`open_resource`."""
@@ -392,6 +474,12 @@ class Session:
         return args
 
 
+def connection_bound() -> int:
+    """:data:`MAX_CONNECTIONS`, or half the soft fd limit when that is less (drivers need fds too)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft // 2))
+
+
 _aio_anchor: list[grpc.aio.Server] = []
 
 
@@ -422,28 +510,84 @@ def server_credentials(cert: str | os.PathLike, key: str | os.PathLike) -> grpc.
     return grpc.ssl_server_credentials([(pems[1], pems[0])])
 
 
+def check_passphrase(passphrase: str, source: str = "passphrase") -> str:
+    """``passphrase`` unchanged, or a ConfigurationError when gRPC metadata cannot carry it.
+
+    >>> check_passphrase("correct horse")
+    'correct horse'
+    """
+    if not passphrase or not all(" " <= c <= "~" for c in passphrase):
+        raise ConfigurationError(
+            f"the {source} must be printable ASCII (letters, digits, punctuation, spaces) and not empty: "
+            "gRPC metadata carries nothing else; choose another passphrase"
+        )
+    return passphrase
+
+
+def _passphrase_interceptors(passphrase: str | None) -> tuple[grpc.aio.ServerInterceptor, ...]:
+    return (PassphraseInterceptor(passphrase),) if passphrase is not None else ()
+
+
+def _warn_if_weak(address: str, *, tls: bool, passphrase: bool) -> None:
+    """Say at start when whoever reaches ``address`` may call every driver, or read the passphrase."""
+    if tls and passphrase:
+        return
+    if tls:
+        reason = "TLS without a passphrase: anyone who can reach the port can call every driver"
+    elif passphrase:
+        reason = (
+            "plaintext: the passphrase crosses the network readable by anyone on the path, who can then call every "
+            "driver"
+        )
+    else:
+        reason = "plaintext without a passphrase: anyone who can reach the port can call every driver and read all"
+    logger.warning("serving on %s: %s; give a passphrase and TLS unless the network is yours alone", address, reason)
+
+
+class RefusalLog:
+    """Logs refused calls as warnings, at most one line per :data:`REFUSAL_LOG_INTERVAL` seconds;
+    the next line says how many refusals went unlogged meanwhile."""
+
+    def __init__(self) -> None:
+        self._quiet_until = 0.0
+        self._unlogged = 0
+
+    def __call__(self, peer: str, reason: str) -> None:
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more refused since the last such line)" if self._unlogged else ""
+        self._unlogged = 0
+        self._quiet_until = now + REFUSAL_LOG_INTERVAL
+        logger.warning("refused a call from %s: %s%s", peer, reason, more)
+
+
 class PassphraseInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls whose ``x-jumpstarter-passphrase`` metadata is missing or wrong (constant time)."""
+    """Refuses calls whose ``x-jumpstarter-passphrase`` metadata is missing or wrong (constant time),
+    and logs the refusals (rate-limited)."""
 
     KEY = "x-jumpstarter-passphrase"
 
     def __init__(self, passphrase: str) -> None:
-        self._expected = passphrase.encode()
+        self._expected = check_passphrase(passphrase).encode()
+        self._log = RefusalLog()
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         given = dict(details.invocation_metadata or ()).get(self.KEY, "")
         if hmac.compare_digest(str(given).encode(), self._expected):
             return await continuation(details)
         message = "missing passphrase" if not given else "wrong passphrase"
-        return _refusal(details.method, message)
+        return _refusal(details.method, message, self._log)
 
 
-def _refusal(method: str, message: str) -> grpc.RpcMethodHandler:
+def _refusal(method: str, message: str, log: RefusalLog) -> grpc.RpcMethodHandler:
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        log(context.peer(), f"{message} for {method}")
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{message} (metadata x-jumpstarter-passphrase)")
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{message} (metadata x-jumpstarter-passphrase)")
+        await refuse(request, context)
         yield
 
     if method.endswith(("/StreamingDriverCall", "/LogStream")):
@@ -530,14 +674,14 @@ class _ExporterService(jumpstarter_pb2_grpc.ExporterServiceServicer):
             await _abort(context, exc)
 
     async def LogStream(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext) -> Any:
-        queue: asyncio.Queue = asyncio.Queue()
-        self.session._subscribers.add(queue)
+        subscriber = _Subscriber(self.session.root_device.uuid)
+        self.session._subscribers.add(subscriber)
         try:
             await context.send_initial_metadata(())
             while True:
-                yield await queue.get()
+                yield await subscriber.get()
         finally:
-            self.session._subscribers.discard(queue)
+            self.session._subscribers.discard(subscriber)
 
     async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         s = self.session
