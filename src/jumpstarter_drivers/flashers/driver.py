@@ -16,6 +16,7 @@ import functools
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import anyio
 
@@ -609,20 +610,22 @@ class BaseFlasher(Driver):
         for command in spec.preflash_commands:
             shell.step(f"preflash command {command!r}")
             await shell.run(command, 300)
-        url = f"http://{self._board_host(http[0])}:{http[1]}/{image}"
+        # client-given names reach the board's shell quoted, never as shell syntax
+        url = shlex.quote(f"http://{self._board_host(http[0])}:{http[1]}/{quote(image)}")
+        quoted_device = shlex.quote(device)
         async with self._timed(steps, "write"):
             shell.step(f"write {image} to {device}")
             await shell.run("set -o pipefail", 10)
             progress = _Progress(self.logger, size)
             console.expecter.log = progress
             try:
-                await shell.run(f"wget -O - {url} | dd of={device} bs=4M", self.write_timeout)
+                await shell.run(f"wget -O - {url} | dd of={quoted_device} bs=4M", self.write_timeout)
             finally:
                 console.expecter.log = None
             await shell.run("sync", 300)
         async with self._timed(steps, "verify"):
             shell.step(f"verify {device}")
-            _, output = await shell.run(f"head -c {size} {device} | sha256sum", self.write_timeout)
+            _, output = await shell.run(f"head -c {size} {quoted_device} | sha256sum", self.write_timeout)
             if sha256 not in output:
                 raise StepFailed(shell.expecter.step, f"{device} does not hold the image (sha256 differs)",
                                  shell.expecter.console_tail())
@@ -634,7 +637,7 @@ class BaseFlasher(Driver):
             return value
         path, address = value.split("#", 1)
         shell.step(f"find the block device of target {target!r}")
-        _, listing = await shell.run(f"ls -l {path}/", 30)
+        _, listing = await shell.run(f"ls -l {shlex.quote(path + '/')}", 30)
         for line in listing.splitlines():
             match = re.search(r"(\S+) -> (\S+)$", line.strip())
             if match and address in match.group(2) and not _is_partition(match.group(1)):

@@ -196,6 +196,23 @@ def test_flash_with_busybox_boots_linux_and_writes_over_http(lab, tmp_path: Path
     assert Path(root.children["board"].disk).read_bytes()[: image.stat().st_size] == image.read_bytes()
 
 
+@pytest.mark.parametrize("name", ["a;reboot", "$(reboot)", "a b'c"])
+def test_busybox_image_name_is_not_run_by_the_board_shell(lab, tmp_path: Path, name: str) -> None:
+    root, client = lab
+    root.children["flasher"].write_timeout = 20  # a board the name reboots answers no more: bound the wait
+    image = tmp_path / name
+    image.write_bytes(os.urandom(4096))
+    client.flasher.flash(image, method="busybox")
+    assert Path(root.children["board"].disk).read_bytes()[:4096] == image.read_bytes()
+
+
+def test_busybox_target_is_not_run_by_the_board_shell(lab, tmp_path: Path) -> None:
+    root, client = lab
+    root.children["flasher"].write_timeout = 20
+    with pytest.raises(DriverError, match=r"dd: can't open '/dev/mmcblk0;reboot'"):
+        client.flasher.flash(image_file(tmp_path, 4096), target="/dev/mmcblk0;reboot", method="busybox")
+
+
 def test_failed_tftpboot_is_detected_and_not_retried(tmp_path: Path, reference_bundle: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     manifest = reference_bundle / "manifest.yaml"
