@@ -25,6 +25,8 @@ from jumpstarter_drivers.pyserial.driver import PySerial
 from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
 
+from .conftest import Hostile
+
 
 def make_lab(tmp_path: Path, bundle: Path, **flasher: object) -> Composite:
     board = VirtualBoard(autoboot_delay=1, disk=str(tmp_path / "disk.img"), disk_size=8 << 20)
@@ -311,6 +313,31 @@ def test_urls_outside_the_allowed_prefixes_are_refused(web: tuple[str, Path], tm
         assert not (Path(root.children["flasher"].children["http"].children["storage"].root) / "secret").exists()
     finally:
         root.close()
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/endless.img", r"larger than 1048576 bytes \(config field 'max_download_size'\); refused"),
+    ("/drip.img", r"not done within 1 s \(config field 'download_timeout'\); refused"),
+])
+def test_an_image_download_is_bounded_in_size_and_time(hostile_http: Hostile, tmp_path: Path,
+                                                       reference_bundle: Path, path: str, expected: str) -> None:
+    hostile_http.routes["/endless.img"] = hostile_http.endless()
+    hostile_http.routes["/drip.img"] = hostile_http.drip(bytes(1000))
+    root = make_lab(tmp_path, reference_bundle, allowed_urls=[hostile_http.url + "/"], max_download_size=1 << 20,
+                    download_timeout=1)
+    try:
+        with serve(root) as client:
+            with pytest.raises(DriverInvalidArgument, match=expected):
+                client.flasher.flash(hostile_http.url + path)
+            assert not client.flasher.http.storage.exists(path.lstrip("/")), "a partial download was kept"
+    finally:
+        root.close()
+
+
+@pytest.mark.parametrize("field", ["max_download_size", "download_timeout"])
+def test_download_bounds_must_be_positive(tmp_path: Path, reference_bundle: Path, field: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"config field '{field}' must be positive, got 0"):
+        make_lab(tmp_path, reference_bundle, **{field: 0})
 
 
 @pytest.mark.parametrize("prefix", ["ftp://x/", "https://x:port/", "/images/"])
