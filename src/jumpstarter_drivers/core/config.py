@@ -300,14 +300,15 @@ class BoundedSafeLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
-            seen: set[tuple[str, str]] = set()
+            seen: dict[Any, str] = {}
             for key_node, _ in node.value:
                 if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                    key = (key_node.tag, key_node.value)
+                    key = self.construct_object(key_node)  # resolved: '1' and '0x1', '~' and 'null' are one key
                     if key in seen:
-                        raise YamlRefused(f"duplicate key {key_node.value!r}; each key may appear once in a mapping",
-                                          key_node.start_mark)
-                    seen.add(key)
+                        same = f" (the same key as {seen[key]!r})" if seen[key] != key_node.value else ""
+                        raise YamlRefused(f"duplicate key {key_node.value!r}{same}; each key may appear once in a "
+                                          "mapping", key_node.start_mark)
+                    seen[key] = key_node.value
         return super().construct_mapping(node, deep)
 
 

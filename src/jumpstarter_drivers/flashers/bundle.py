@@ -6,7 +6,9 @@ directory, as a ``.tar``/``.tar.gz`` of it, or as an OCI artifact from a registr
 Bundles are untrusted input: the files a manifest names must be inside the bundle, archives
 and OCI layers are unpacked member by member (a link must point down into the bundle, no
 ``..``, no absolute name, no device), and a bundle holds at most ``max_size`` bytes
-(:data:`MAX_BUNDLE_SIZE` by default) in at most :data:`MAX_MEMBERS` archive members.
+(:data:`MAX_BUNDLE_SIZE` by default) in at most :data:`MAX_MEMBERS` archive members. An OCI
+artifact has at most :data:`MAX_LAYERS` layers and is pulled within ``timeout`` seconds
+(:data:`DOWNLOAD_TIMEOUT` by default), however slowly the registry sends.
 
 >>> m = parse_manifest('''
 ... apiVersion: jumpstarter.dev/v1alpha1
@@ -26,6 +28,7 @@ jumpstarter_drivers.core.errors.ConfigurationError: bad.yaml: field 'spec.kernel
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -36,10 +39,12 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -61,6 +66,12 @@ MAX_BUNDLE_SIZE = 1 << 30
 MAX_MEMBERS = 10_000
 #: Largest manifest (``manifest.yaml`` or an OCI image manifest) read.
 MAX_MANIFEST = 1 << 20
+#: Most layers an OCI bundle may have.
+MAX_LAYERS = 256
+#: Default bound, in seconds, of a whole download: an OCI pull, an image fetched for ``flash(url)``.
+DOWNLOAD_TIMEOUT = 3600.0
+#: Seconds one read from a server may take (less when the download's deadline is nearer).
+READ_TIMEOUT = 30.0
 #: OCI media type of a layer that is a gzipped tar of a directory (what ``oras push`` makes of one).
 OCI_DIR_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_TITLE = "org.opencontainers.image.title"
@@ -457,12 +468,46 @@ def _oras_client(host: str, cacert: str | None) -> Any:
     return oras.client.OrasClient(hostname=host, insecure=insecure, tls_verify=tls_verify)
 
 
-def _registry_get(client: Any, url: str, reference: str, what: str, cacert: str | None, **kwargs: Any) -> Any:
-    """GET from the registry (30 s per read), the response streamed; an error names ``reference`` and ``what``."""
+def read_timeout(deadline: float) -> float:
+    """The timeout of one read: :data:`READ_TIMEOUT`, or what is left before ``deadline`` (``time.monotonic``)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return min(READ_TIMEOUT, left)
+
+
+def iter_body(response: Any, limit: int, deadline: float) -> Iterator[bytes]:
+    """The body of a streamed ``requests`` response, chunk by chunk as it arrives (content encoding
+    undone); ``OverflowError`` past ``limit`` bytes, ``TimeoutError`` past ``deadline`` (``time.monotonic``).
+
+    Each read returns what has arrived, so a server that drips a byte at a time meets the deadline
+    (``iter_content`` waits for whole chunks, a read timeout only for silence).
+    """
+    import urllib3
+
+    size = 0
+    while True:
+        read_timeout(deadline)
+        try:
+            chunk = response.raw.read1(1 << 20, decode_content=True)
+        except urllib3.exceptions.HTTPError as exc:  # a read timeout, a reply cut short or badly encoded
+            raise ConnectionError(f"the reply broke off: {exc}") from None
+        if not chunk:
+            return
+        size += len(chunk)
+        if size > limit:
+            raise OverflowError(size)
+        yield chunk
+
+
+def _registry_get(client: Any, url: str, reference: str, what: str, cacert: str | None, deadline: float,
+                  **kwargs: Any) -> Any:
+    """GET from the registry, the response streamed; an error names ``reference`` and ``what``."""
     import requests
 
     try:
-        response = client.session.get(url, timeout=30, verify=cacert or True, stream=True, **kwargs)
+        response = client.session.get(url, timeout=read_timeout(deadline), verify=cacert or True, stream=True,
+                                      **kwargs)
     except requests.RequestException as exc:
         raise DriverError(f"flasher bundle {reference}: cannot reach the registry: {exc}") from None
     if response.status_code != 200:
@@ -474,14 +519,12 @@ def _registry_get(client: Any, url: str, reference: str, what: str, cacert: str 
     return response
 
 
-def _read_bounded(response: Any, limit: int, out: Any = None) -> tuple[bytes, int, str]:
-    """Read a streamed response: ``(content if no out, bytes read, sha256 digest)``; ``OverflowError`` past ``limit``."""
+def _read_bounded(response: Any, limit: int, deadline: float, out: Any = None) -> tuple[bytes, int, str]:
+    """Read a streamed response: ``(content if no out, bytes read, sha256 digest)``; see :func:`iter_body`."""
     digest, size, kept = hashlib.sha256(), 0, []
     with response:
-        for chunk in response.iter_content(1 << 20):
+        for chunk in iter_body(response, limit, deadline):
             size += len(chunk)
-            if size > limit:
-                raise OverflowError(size)
             digest.update(chunk)
             if out is not None:
                 out.write(chunk)
@@ -490,40 +533,54 @@ def _read_bounded(response: Any, limit: int, out: Any = None) -> tuple[bytes, in
     return b"".join(kept), size, "sha256:" + digest.hexdigest()
 
 
-def _manifest(client: Any, container: Any, reference: str, cacert: str | None) -> tuple[bytes, str]:
+def _manifest(client: Any, container: Any, reference: str, cacert: str | None, deadline: float) -> tuple[bytes, str]:
     """The raw image manifest a reference names and its digest."""
     import oras.defaults
 
     url = f"{client.prefix}://{container.manifest_url()}"
-    response = _registry_get(client, url, reference, "manifest", cacert,
+    response = _registry_get(client, url, reference, "manifest", cacert, deadline,
                              headers={"Accept": ", ".join(oras.defaults.default_manifest_accepted_media_types)})
     try:
-        content, _, digest = _read_bounded(response, MAX_MANIFEST)
+        content, _, digest = _read_bounded(response, MAX_MANIFEST, deadline)
     except OverflowError:
         raise DriverError(f"flasher bundle {reference}: its manifest is larger than {MAX_MANIFEST} bytes") from None
     return content, digest
 
 
-def resolve_digest(reference: str, cacert: str | None = None) -> str:
-    """The manifest digest (``sha256:...``) an OCI reference names, asked of its registry."""
+def resolve_digest(reference: str, cacert: str | None = None, timeout: float = DOWNLOAD_TIMEOUT) -> str:
+    """The manifest digest (``sha256:...``) an OCI reference names, asked of its registry within ``timeout`` s."""
     ref = reference.removeprefix("oci://")
     if "@sha256:" in ref:
         return "sha256:" + ref.split("@sha256:", 1)[1]
     client = _oras_client(ref.split("/", 1)[0], cacert)
-    return _manifest(client, client.get_container(ref), reference, cacert)[1]
+    with _pulling(reference, timeout):
+        return _manifest(client, client.get_container(ref), reference, cacert, time.monotonic() + timeout)[1]
+
+
+@contextlib.contextmanager
+def _pulling(reference: str, timeout: float) -> Iterator[None]:
+    """A registry's reply that breaks off or outlasts the pull's deadline is a :class:`DriverError`."""
+    try:
+        yield
+    except TimeoutError:
+        raise DriverError(f"flasher bundle {reference}: not pulled within {timeout:g} s (download_timeout); "
+                          "refused") from None
+    except ConnectionError as exc:
+        raise DriverError(f"flasher bundle {reference}: {exc}") from None
 
 
 def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = None, *,
-             max_size: int = MAX_BUNDLE_SIZE) -> Path:
+             max_size: int = MAX_BUNDLE_SIZE, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
     """Pull an OCI bundle into ``cache_dir`` under its digest; a cached digest is not pulled again.
 
     The layers are fetched and unpacked here, not by the OCI client library: a layer's title
     must stay inside the bundle, a directory layer is unpacked with :func:`unpack`, each blob
-    must match its digest, and the layers together hold at most ``max_size`` bytes, declared
-    and unpacked.
+    must match its digest, the layers (at most :data:`MAX_LAYERS`) together hold at most
+    ``max_size`` bytes, declared and unpacked, and the whole pull ends within ``timeout`` seconds.
     """
     ref = reference.removeprefix("oci://")
-    digest = resolve_digest(ref, cacert)
+    deadline = time.monotonic() + timeout
+    digest = resolve_digest(ref, cacert, timeout)
     final = Path(cache_dir) / "oci" / digest.replace(":", "-")
     if (final / _COMPLETE).exists():
         logger.info("flasher bundle %s (%s) is cached at %s", reference, digest, final)
@@ -534,7 +591,13 @@ def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = 
     pinned = f"{repository}@{digest}"
     client = _oras_client(ref.split("/", 1)[0], cacert)
     container = client.get_container(pinned)
-    content, got = _manifest(client, container, reference, cacert)
+    with _pulling(reference, timeout):
+        return _pull(client, container, reference, digest, final, cacert, max_size, deadline)
+
+
+def _pull(client: Any, container: Any, reference: str, digest: str, final: Path, cacert: str | None, max_size: int,
+          deadline: float) -> Path:
+    content, got = _manifest(client, container, reference, cacert, deadline)
     if got != digest:
         raise DriverError(f"flasher bundle {reference}: the registry sent a manifest that does not match {digest}")
     try:
@@ -542,6 +605,8 @@ def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = 
         declared = sum(int(layer.get("size", 0)) for layer in layers)
     except (ValueError, TypeError, AttributeError):
         raise DriverError(f"flasher bundle {reference}: its manifest is not an OCI image manifest") from None
+    if len(layers) > MAX_LAYERS:
+        raise DriverError(f"flasher bundle {reference}: it has {len(layers)} layers, more than {MAX_LAYERS}; refused")
     if declared > max_size:
         raise DriverError(
             f"flasher bundle {reference}: its layers hold {declared} bytes, more than {max_size} (max_bundle_size)"
@@ -553,7 +618,7 @@ def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = 
         root = Path(os.path.realpath(tmp))
         total = 0
         for layer in layers:
-            total += _pull_layer(client, container, layer, root, reference, cacert, max_size - total)
+            total += _pull_layer(client, container, layer, root, reference, cacert, max_size - total, deadline)
         return _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-pulled stays in the cache
@@ -561,7 +626,7 @@ def pull_oci(reference: str, cache_dir: str | os.PathLike, cacert: str | None = 
 
 
 def _pull_layer(client: Any, container: Any, layer: dict, root: Path, reference: str, cacert: str | None,
-                room: int) -> int:
+                room: int, deadline: float) -> int:
     """Fetch one layer into the bundle directory ``root``; the bytes it added."""
     title = (layer.get("annotations") or {}).get(OCI_TITLE)
     if not title:
@@ -578,10 +643,10 @@ def _pull_layer(client: Any, container: Any, layer: dict, root: Path, reference:
     blob = Path(name)
     try:
         url = f"{client.prefix}://{container.get_blob_url(layer['digest'])}"
-        response = _registry_get(client, url, reference, f"layer {title!r}", cacert)
+        response = _registry_get(client, url, reference, f"layer {title!r}", cacert, deadline)
         try:
             with blob.open("wb") as out:
-                _, size, got = _read_bounded(response, min(room, int(layer.get("size", 0))), out)
+                _, size, got = _read_bounded(response, min(room, int(layer.get("size", 0))), deadline, out)
         except OverflowError:
             raise DriverError(
                 f"flasher bundle {reference}: layer {title!r} is larger than its declared size or than what is left "
@@ -599,12 +664,12 @@ def _pull_layer(client: Any, container: Any, layer: dict, root: Path, reference:
 
 def fetch_bundle(
     source: str | os.PathLike, cache_dir: str | os.PathLike, cacert: str | None = None, *,
-    label: str | None = None, max_size: int = MAX_BUNDLE_SIZE,
+    label: str | None = None, max_size: int = MAX_BUNDLE_SIZE, timeout: float = DOWNLOAD_TIMEOUT,
 ) -> Path:
     """The local directory of a bundle given as a directory, a ``.tar``/``.tar.gz`` or an OCI reference.
 
     Errors name the bundle as ``label`` (default: ``source`` as given); an archive or OCI
-    artifact unpacks to at most ``max_size`` bytes.
+    artifact unpacks to at most ``max_size`` bytes; an OCI pull ends within ``timeout`` seconds.
     """
     text = os.fspath(source)
     label = label or text
@@ -619,7 +684,7 @@ def fetch_bundle(
             )
         return _extract_tar(path, Path(cache_dir), label, max_size)
     if is_oci_reference(text):
-        return pull_oci(text, cache_dir, cacert, max_size=max_size)
+        return pull_oci(text, cache_dir, cacert, max_size=max_size, timeout=timeout)
     raise ConfigurationError(
         f"flasher bundle {label!r} is neither an existing directory or tar file nor an OCI reference "
         "(host/repository:tag)"

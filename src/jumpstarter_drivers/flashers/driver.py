@@ -16,6 +16,7 @@ import functools
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import anyio
 
@@ -37,7 +38,16 @@ from ..tftp.driver import Tftp
 from ..uboot.common import ConsoleError, StepFailed
 from ..uboot.console import ShellConsole, UBootConsole, call_maybe_async
 from ..uboot.driver import UBoot
-from .bundle import MAX_BUNDLE_SIZE, Bundle, fetch_bundle, looks_like_oci_reference, pull_oci
+from .bundle import (
+    DOWNLOAD_TIMEOUT,
+    MAX_BUNDLE_SIZE,
+    Bundle,
+    fetch_bundle,
+    iter_body,
+    looks_like_oci_reference,
+    pull_oci,
+    read_timeout,
+)
 from .common import BLOCK_SIZE, FlashResult, sha256_file
 
 T = TypeVar("T")
@@ -46,6 +56,8 @@ DEFAULT_CACHE = "~/.cache/jumpstarter-toolkit/bundles"
 METHODS = ("uboot", "busybox")
 #: Redirects an image download follows (each one checked against ``allowed_urls``).
 MAX_REDIRECTS = 5
+#: Default bound of an image ``flash(url)`` downloads (images are often larger than bundles).
+MAX_DOWNLOAD_SIZE = 16 << 30
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -121,6 +133,8 @@ class BaseFlasher(Driver):
     bundle_sources: list[str] = field(default_factory=list)
     allowed_urls: list[str] = field(default_factory=list)
     max_bundle_size: int = MAX_BUNDLE_SIZE
+    max_download_size: int = MAX_DOWNLOAD_SIZE
+    download_timeout: float = DOWNLOAD_TIMEOUT
 
     _bundle: Bundle | None = field(default=None, init=False, repr=False)
     _chosen: Bundle | None = field(default=None, init=False, repr=False)
@@ -136,10 +150,11 @@ class BaseFlasher(Driver):
             )
         if self.retries < 0:
             raise ConfigurationError(f"{type(self).__name__}: config field 'retries' must be >= 0, got {self.retries}")
-        if self.max_bundle_size <= 0:
-            raise ConfigurationError(
-                f"{type(self).__name__}: config field 'max_bundle_size' must be positive, got {self.max_bundle_size}"
-            )
+        for name in ("max_bundle_size", "max_download_size", "download_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: config field {name!r} must be positive, got {getattr(self, name)}"
+                )
         for prefix in self.allowed_urls:
             if not _is_url_prefix(prefix):
                 raise ConfigurationError(
@@ -188,7 +203,8 @@ class BaseFlasher(Driver):
             return self._chosen
         if self._bundle is None:
             cache = Path(self.cache_dir).expanduser()
-            root = fetch_bundle(self.flasher_bundle, cache, self.cacert, max_size=self.max_bundle_size)
+            root = fetch_bundle(self.flasher_bundle, cache, self.cacert, max_size=self.max_bundle_size,
+                                timeout=self.download_timeout)
             self._bundle = Bundle.load(root, self.manifest, max_size=self.max_bundle_size)
             if self._variant is not None:
                 self._check_variant(self._variant, self._bundle)
@@ -214,16 +230,19 @@ class BaseFlasher(Driver):
                     fnmatch.fnmatchcase(real, p) for p in self.bundle_sources if p.startswith("/")
                 ):
                     raise refused
-                root = fetch_bundle(real, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+                root = fetch_bundle(real, cache, self.cacert, label=source, max_size=self.max_bundle_size,
+                                    timeout=self.download_timeout)
             elif (uploaded is None or not uploaded.exists()) and looks_like_oci_reference(source):
                 # not an upload (its first folder may read like a registry host: 'v1.2/b.tar.gz' is an upload)
                 reference = source.removeprefix("oci://")
                 if not any(fnmatch.fnmatchcase(reference, p) for p in self.bundle_sources if not p.startswith("/")):
                     raise refused
-                root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size)
+                root = pull_oci(reference, cache, self.cacert, max_size=self.max_bundle_size,
+                                timeout=self.download_timeout)
             else:
                 path = resolve_inside(http_root, source, self.logger)
-                root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size)
+                root = fetch_bundle(path, cache, self.cacert, label=source, max_size=self.max_bundle_size,
+                                    timeout=self.download_timeout)
             return Bundle.load(root, self.manifest, label=source, max_size=self.max_bundle_size)
 
     def _check_variant(self, name: str, bundle: Bundle | None = None) -> None:
@@ -419,17 +438,21 @@ class BaseFlasher(Driver):
             )
 
     def _download(self, url: str) -> str:
-        """Fetch an allowed image URL into the HTTP storage (redirects checked too); its file name there."""
+        """Fetch an allowed image URL into the HTTP storage (redirects checked too); its file name there.
+
+        The download holds at most ``max_download_size`` bytes and ends within ``download_timeout`` seconds.
+        """
         import requests
 
         name = posixpath.basename(urlsplit(url).path) or "image"
         storage: Storage = self.children["http"].children["storage"]
         self.logger.info("downloading %s", url)
+        deadline = time.monotonic() + self.download_timeout
         current = url
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                response = requests.get(current, stream=True, timeout=60, verify=self.cacert or True,
-                                        allow_redirects=False)
+                response = requests.get(current, stream=True, timeout=read_timeout(deadline),
+                                        verify=self.cacert or True, allow_redirects=False)
                 if not response.is_redirect:
                     break
                 response.close()
@@ -439,8 +462,16 @@ class BaseFlasher(Driver):
                 raise ValueError(f"cannot download the image {url}: more than {MAX_REDIRECTS} redirects")
             with response:
                 response.raise_for_status()
-                storage.write_chunks(name, response.iter_content(1 << 20))
+                storage.write_chunks(name, iter_body(response, self.max_download_size, deadline))
         except requests.RequestException as exc:
+            raise ValueError(f"cannot download the image {url}: {exc}") from None
+        except OverflowError:
+            raise ValueError(f"cannot download the image {url}: larger than {self.max_download_size} bytes "
+                             "(config field 'max_download_size'); refused") from None
+        except TimeoutError:
+            raise ValueError(f"cannot download the image {url}: not done within {self.download_timeout:g} s "
+                             "(config field 'download_timeout'); refused") from None
+        except ConnectionError as exc:
             raise ValueError(f"cannot download the image {url}: {exc}") from None
         return name
 
@@ -609,20 +640,22 @@ class BaseFlasher(Driver):
         for command in spec.preflash_commands:
             shell.step(f"preflash command {command!r}")
             await shell.run(command, 300)
-        url = f"http://{self._board_host(http[0])}:{http[1]}/{image}"
+        # client-given names reach the board's shell quoted, never as shell syntax
+        url = shlex.quote(f"http://{self._board_host(http[0])}:{http[1]}/{quote(image)}")
+        quoted_device = shlex.quote(device)
         async with self._timed(steps, "write"):
             shell.step(f"write {image} to {device}")
             await shell.run("set -o pipefail", 10)
             progress = _Progress(self.logger, size)
             console.expecter.log = progress
             try:
-                await shell.run(f"wget -O - {url} | dd of={device} bs=4M", self.write_timeout)
+                await shell.run(f"wget -O - {url} | dd of={quoted_device} bs=4M", self.write_timeout)
             finally:
                 console.expecter.log = None
             await shell.run("sync", 300)
         async with self._timed(steps, "verify"):
             shell.step(f"verify {device}")
-            _, output = await shell.run(f"head -c {size} {device} | sha256sum", self.write_timeout)
+            _, output = await shell.run(f"head -c {size} {quoted_device} | sha256sum", self.write_timeout)
             if sha256 not in output:
                 raise StepFailed(shell.expecter.step, f"{device} does not hold the image (sha256 differs)",
                                  shell.expecter.console_tail())
@@ -634,7 +667,7 @@ class BaseFlasher(Driver):
             return value
         path, address = value.split("#", 1)
         shell.step(f"find the block device of target {target!r}")
-        _, listing = await shell.run(f"ls -l {path}/", 30)
+        _, listing = await shell.run(f"ls -l {shlex.quote(path + '/')}", 30)
         for line in listing.splitlines():
             match = re.search(r"(\S+) -> (\S+)$", line.strip())
             if match and address in match.group(2) and not _is_partition(match.group(1)):

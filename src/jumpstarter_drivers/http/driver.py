@@ -18,11 +18,13 @@ class HttpServer(ServedDirectory):
     ``storage`` child (created on the same root when not given) puts files there. Anyone on the
     network may connect, so at most ``max_connections`` are open at once and
     ``max_connections_per_host`` from one address; a request must arrive whole within
-    ``header_timeout`` seconds and a reply nobody reads is cut after ``send_timeout`` seconds.
+    ``header_timeout`` seconds and a reply nobody reads is cut after ``send_timeout`` seconds, one
+    read slowly after ``send_timeout`` plus its size at ``min_send_rate`` bytes per second.
     """
 
     header_timeout: float = 10.0
     send_timeout: float = 30.0
+    min_send_rate: float = 64 << 10
     max_connections: int = 64
     max_connections_per_host: int = 16
 
@@ -34,7 +36,7 @@ class HttpServer(ServedDirectory):
         return "jumpstarter_drivers.http.client.HttpServerClient"
 
     def make_server(self) -> FileServer:
-        bounds = ("header_timeout", "send_timeout", "max_connections", "max_connections_per_host")
+        bounds = ("header_timeout", "send_timeout", "min_send_rate", "max_connections", "max_connections_per_host")
         self.check_bounds(*bounds)
         return FileServer(
             root=self.storage.root,

@@ -8,7 +8,9 @@ Anyone on the network may connect, so what a peer can hold is bounded: at most
 (more are answered 503 and closed at once); a request line and headers must arrive whole
 within ``header_timeout`` seconds of the connection being free for a request (which also ends
 idle keep-alive connections) and within ``MAX_HEADER_BYTES``; a reply that the peer does not
-read for ``send_timeout`` seconds is cut. The listen backlog is ``BACKLOG``.
+read for ``send_timeout`` seconds is cut, and so is one still unsent after ``send_timeout`` plus
+its size at ``min_send_rate`` bytes per second (a peer reading a byte now and then). The listen
+backlog is ``BACKLOG``.
 
 >>> import tempfile
 >>> server = FileServer(root=tempfile.mkdtemp())
@@ -25,7 +27,9 @@ import io
 import mimetypes
 import os
 import re
+import select
 import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -172,8 +176,38 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if body and length > 0:
                 self.wfile.flush()
-                self.connection.sendfile(file, first, length)
+                self._send_file(file, first, length)
         self.server.log.debug("%s %s %s (%d bytes)", self.command, raw, status.value, length)
+
+    def _send_file(self, file: Any, offset: int, length: int) -> None:
+        """``sendfile`` ``length`` bytes from ``offset``; a peer reading slower than the bounds is cut.
+
+        ``socket.sendfile`` waits ``send_timeout`` afresh after every byte the peer takes, so a
+        slow reader is given an overall deadline too: ``send_timeout`` plus ``length / min_send_rate``.
+        """
+        server = self.server
+        deadline = time.monotonic() + server.send_timeout + length / server.min_send_rate
+        sock, poller = self.connection, select.poll()
+        sock.settimeout(server.send_timeout)  # with a timeout the socket is non-blocking underneath
+        poller.register(sock.fileno(), select.POLLOUT)
+        idle_until = time.monotonic() + server.send_timeout
+        while length > 0:
+            now = time.monotonic()
+            if now >= deadline or now >= idle_until:
+                # closed with a reset: what the kernel still buffers for the peer is dropped, not sent on
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                raise TimeoutError(f"reply not read for {server.send_timeout:g} s" if now >= idle_until else
+                                   f"reply not read at {server.min_send_rate:g} bytes/s or faster; cut")
+            if not poller.poll(max(min(deadline, idle_until) - now, 0.001) * 1000):
+                continue
+            try:
+                sent = os.sendfile(sock.fileno(), file.fileno(), offset, min(length, 1 << 20))
+            except BlockingIOError:
+                continue
+            if sent == 0:  # the file shrank under us
+                raise ConnectionAbortedError("the file ended before its announced length")
+            offset, length = offset + sent, length - sent
+            idle_until = time.monotonic() + server.send_timeout
 
     def _range_applies(self, mtime: float) -> bool:
         """A ``Range`` counts unless an ``If-Range`` names another version (we only send Last-Modified)."""
@@ -205,6 +239,7 @@ class _Server(ThreadingHTTPServer):
         self.log = owner.log
         self.header_timeout = owner.header_timeout
         self.send_timeout = owner.send_timeout
+        self.min_send_rate = owner.min_send_rate
         assert owner.log is not None
         self.connections = PeerQuota(
             "HTTP", owner.max_connections, owner.max_connections_per_host, "connections", owner.log
@@ -258,12 +293,13 @@ class _Server(ThreadingHTTPServer):
 class FileServer(DirectoryServer):
     """Serves files under ``root`` over HTTP on ``host``:``port`` (see :class:`DirectoryServer`).
 
-    ``header_timeout``, ``send_timeout``, ``max_connections`` and ``max_connections_per_host``
-    bound what a peer can hold (see the module docstring).
+    ``header_timeout``, ``send_timeout``, ``min_send_rate``, ``max_connections`` and
+    ``max_connections_per_host`` bound what a peer can hold (see the module docstring).
     """
 
     header_timeout: float = 10.0
     send_timeout: float = 30.0
+    min_send_rate: float = 64 << 10
     max_connections: int = 64
     max_connections_per_host: int = 16
 

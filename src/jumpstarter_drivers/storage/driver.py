@@ -103,7 +103,8 @@ def host_errors(path: str) -> Iterator[None]:
 
 
 def check_root(root_dir: str, owner: str) -> Path:
-    """The real path of a configured storage root; system directories, the home directory and ``''`` are refused.
+    """The real path of a configured storage root; refused: ``''`` and the current directory (or a folder
+    holding it), system directories, the home directory, a folder holding it, and its hidden folders.
 
     >>> check_root("/etc/tftp", "Tftp")
     Traceback (most recent call last):
@@ -116,6 +117,12 @@ def check_root(root_dir: str, owner: str) -> Path:
             "of its own, such as /srv/tftp"
         )
     real = Storage.real_root(root_dir)
+    own = "name a directory of its own, such as /srv/tftp"
+    if str(real) in SYSTEM_DIRS or any(real == Path(t) or real.is_relative_to(t) for t in SYSTEM_TREES):
+        raise ConfigurationError(
+            f"{owner}: root_dir {root_dir!r} is {real}, a system directory; clients would read and write its "
+            f"files; {own}"
+        )
     try:
         home: Path | None = Path(os.path.realpath(Path.home()))
     except RuntimeError:  # no home directory known for this user
@@ -124,10 +131,20 @@ def check_root(root_dir: str, owner: str) -> Path:
         raise ConfigurationError(
             f"{owner}: root_dir {root_dir!r} is {real}, the home directory; name a directory of its own below it"
         )
-    if str(real) in SYSTEM_DIRS or any(real == Path(t) or real.is_relative_to(t) for t in SYSTEM_TREES):
+    with contextlib.suppress(FileNotFoundError):  # a current directory since removed holds nothing
+        cwd = Path(os.path.realpath(os.getcwd()))
+        if cwd.is_relative_to(real):
+            raise ConfigurationError(
+                f"{owner}: root_dir {root_dir!r} is {real}, the current directory or a folder holding it (where "
+                f"the exporter's own files are); {own}"
+            )
+    if home is not None and home.is_relative_to(real):
+        raise ConfigurationError(f"{owner}: root_dir {root_dir!r} is {real}, which holds the home directory; {own}")
+    if home is not None and real.is_relative_to(home) and real.relative_to(home).parts[0].startswith("."):
+        hidden = home / real.relative_to(home).parts[0]
         raise ConfigurationError(
-            f"{owner}: root_dir {root_dir!r} is {real}, a system directory; clients would read and write its "
-            "files. Name a directory of its own, such as /srv/tftp"
+            f"{owner}: root_dir {root_dir!r} is in {hidden}, a hidden folder of the home directory (keys and "
+            f"settings such as ~/.ssh, ~/.gnupg, ~/.config); {own}"
         )
     return real
 

@@ -3,7 +3,7 @@
 Enough of busybox for flashing and for a shell client: pipelines of ``wget``/``curl`` (real HTTP
 downloads), ``dd``, ``head -c``, ``sha256sum``, ``cat``, ``base64 [-d]``, ``wc -c``, ``printf``,
 ``rm``, ``uname``, ``stty [-]echo``, ``ls -l /sys/class/block``, ``readlink``, ``sync``, ``echo``, ``$?``,
-``set -o pipefail`` and redirections (``>``, ``>>``, ``<``) to files in RAM (lost at power off,
+``$(command)``, ``set -o pipefail`` and redirections (``>``, ``>>``, ``<``) to files in RAM (lost at power off,
 as a tmpfs is); a command reading its standard input reads what is typed on the console until
 Ctrl-D. Block device writes land in the board's disk file, the same one U-Boot's
 ``mmc``/``virtio`` commands use.
@@ -18,7 +18,7 @@ import shlex
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .simulator import split_commands
@@ -54,6 +54,8 @@ class BusyboxShell:
         self.files: dict[str, bytes] = {}
         #: Whether the terminal echoes what a command reads from it (``stty -echo`` turns it off).
         self.echo = True
+        #: Where a pipeline's output goes: the console, or what ``$(command)`` captures.
+        self.stdout: Callable[[bytes], object] = self.uart.write
         if board.block_interface == "mmc":
             self.device = "mmcblk0"
             self.sysfs = f"../../devices/platform/soc/{board.sysfs_address}.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0"
@@ -108,7 +110,7 @@ class BusyboxShell:
         for connector, command in split_commands(line):
             if connector == "&&" and self.status != 0 or connector == "||" and self.status == 0:
                 continue
-            command = command.replace("$?", str(self.status))
+            command = substitute(command.replace("$?", str(self.status)), self._capture)
             self.status = self.pipeline([shlex.split(stage) for stage in command.split("|")])
 
     def pipeline(self, stages: list[list[str]]) -> int:
@@ -137,10 +139,20 @@ class BusyboxShell:
             self.files[target] = (self.files.get(target, b"") if append else b"") + data
         else:
             for chunk in stream or ():
-                self.uart.write(chunk)
+                self.stdout(chunk)
         if self.pipefail:
             return next((s for s in reversed(statuses) if s), 0)
         return statuses[-1] if statuses else 0
+
+    def _capture(self, command: str) -> str:
+        """What ``command`` prints (for ``$(command)``)."""
+        out: list[bytes] = []
+        saved, self.stdout = self.stdout, out.append
+        try:
+            self.execute(command)
+        finally:
+            self.stdout = saved
+        return b"".join(out).decode(errors="replace")
 
     @staticmethod
     def _guard(stream: Stream, statuses: list[int]) -> Stream:
@@ -401,6 +413,30 @@ def _redirections(argv: list[str]) -> tuple[list[str], str | None, tuple[str | N
         else:
             target = (path, operator == ">>")
     return rest, source, target
+
+
+def substitute(line: str, run: Callable[[str], str]) -> str:
+    """Replace each ``$(command)`` outside single quotes with what ``run(command)`` prints, less trailing newlines.
+
+    >>> substitute('echo $(a) "$(b)"', str.upper)
+    'echo A "B"'
+    >>> substitute("echo '$(a)'", str.upper)
+    "echo '$(a)'"
+    """
+    out, quote, i = "", "", 0
+    while i < len(line):
+        ch = line[i]
+        if quote != "'" and line.startswith("$(", i) and (end := line.find(")", i + 2)) != -1:
+            out += run(line[i + 2 : end]).rstrip("\n")
+            i = end + 1
+            continue
+        if quote and ch == quote:
+            quote = ""
+        elif not quote and ch in "'\"":
+            quote = ch
+        out += ch
+        i += 1
+    return out
 
 
 def _size(text: str) -> int:

@@ -334,6 +334,8 @@ def test_deep_nesting_is_a_configuration_error() -> None:
     ("export:\n  a: {type: MockPower}\nexport:\n  b: {type: MockPower}\n", "export", 3),
     ("export:\n  a: {type: MockPower}\n  a: {type: SyncMockPower}\n", "a", 3),
     ("export:\n  a: {type: Lamp, config: {watts: 1, watts: 2}}\n", "watts", 2),
+    ("export:\n  a: {type: Lamp, config: {watts: 1}, labels: {1: a, 0x1: b}}\n", "0x1", 2),
+    ("export:\n  a: {type: Lamp, config: {watts: 1}, labels: {~: a, null: b}}\n", "null", 2),
 ])
 def test_a_duplicate_key_is_an_error_naming_it(text: str, key: str, line: int) -> None:
     with pytest.raises(ConfigurationError, match=rf"lab\.yaml: line {line}, column \d+: duplicate key '{key}'"):

@@ -1,16 +1,19 @@
-"""Fixtures for flasher tests: the reference bundle and a real OCI registry on loopback."""
+"""Fixtures for flasher tests: the reference bundle, a real OCI registry on loopback, and a hostile HTTP server."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import io
 import json
 import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +134,84 @@ def oci_registry(tmp_path: Path) -> Iterator[Registry]:
         yield Registry(f"127.0.0.1:{port}", log)
     finally:
         stop_process(proc)
+
+
+@dataclass
+class Hostile:
+    """A plain HTTP server on loopback whose replies are set per path: ``routes[path] = reply``, where
+    a reply is :meth:`body`, :meth:`endless` or :meth:`drip`; unknown paths get 404."""
+
+    url: str
+    routes: dict[str, Callable[[http.server.BaseHTTPRequestHandler], None]]
+    stopping: threading.Event
+    #: A hostile reply ends on its own after this many seconds or bytes, so a test of old code ends too.
+    give_up: float = 15.0
+    most: int = 64 << 20
+
+    @staticmethod
+    def body(data: bytes) -> Callable:
+        def reply(handler: http.server.BaseHTTPRequestHandler) -> None:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        return reply
+
+    def endless(self) -> Callable:
+        """Zeros, without a length, as fast as the peer takes them."""
+        def reply(handler: http.server.BaseHTTPRequestHandler) -> None:
+            handler.send_response(200)
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            chunk, sent = bytes(1 << 16), 0
+            while sent < self.most and not self.stopping.is_set():
+                handler.wfile.write(chunk)
+                sent += len(chunk)
+        return reply
+
+    def drip(self, data: bytes) -> Callable:
+        """``data`` (announced whole) one byte every 0.1 s."""
+        def reply(handler: http.server.BaseHTTPRequestHandler) -> None:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            until = time.monotonic() + self.give_up
+            for i in range(len(data)):
+                if self.stopping.wait(0.1) or time.monotonic() > until:  # the drip's pace
+                    return
+                handler.wfile.write(data[i:i + 1])
+                handler.wfile.flush()
+        return reply
+
+
+@pytest.fixture
+def hostile_http() -> Iterator[Hostile]:
+    """A :class:`Hostile` HTTP server; stopped (and its replies cut) at the end of the test."""
+    routes: dict[str, Callable] = {}
+    stopping = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            reply = routes.get(self.path.split("?", 1)[0])
+            if reply is None:
+                self.send_error(404)
+                return
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up: fine
+                reply(self)
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield Hostile(f"http://127.0.0.1:{server.server_address[1]}", routes, stopping)
+    finally:
+        stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import re
 import tarfile
@@ -15,7 +17,7 @@ from jumpstarter_drivers.core.errors import ConfigurationError, DriverError
 from jumpstarter_drivers.flashers.bundle import Bundle, fetch_bundle, is_oci_reference, parse_manifest
 from jumpstarter_drivers.flashers.testing import REFERENCE_FILES, REFERENCE_MANIFEST
 
-from .conftest import member, tar_bytes
+from .conftest import Hostile, member, tar_bytes
 
 OCI_DIR_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -297,3 +299,44 @@ def test_a_chain_of_extended_headers_is_refused(tmp_path: Path) -> None:
                                             for _ in range(5000)) + _header(tarfile.REGTYPE, 0, name="f")))
     with pytest.raises(ConfigurationError, match=r"chain\.tar\.gz: an archive member .*extended headers in a row"):
         fetch_bundle(path, tmp_path / "cache")
+
+
+def _serve_artifact(hostile: Hostile, repository: str, layers: list[dict]) -> str:
+    """Route an OCI image manifest of ``layers`` (by tag and by digest) on ``hostile``; its reference."""
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.unknown.config.v1+json",
+                                      "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "size": 2},
+                           "layers": layers}).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    for tag in ("v1", digest):
+        hostile.routes[f"/v2/{repository}/manifests/{tag}"] = hostile.body(manifest)
+    return f"{hostile.url.removeprefix('http://')}/{repository}:v1"
+
+
+def test_an_oci_bundle_with_too_many_layers_is_refused_before_any_download(hostile_http: Hostile,
+                                                                            tmp_path: Path) -> None:
+    layers = [{"mediaType": "application/octet-stream", "digest": "sha256:" + "0" * 64, "size": 1,
+               "annotations": {"org.opencontainers.image.title": f"f{i}"}} for i in range(257)]
+    reference = _serve_artifact(hostile_http, "flasher/many", layers)
+    with pytest.raises(DriverError, match=r"flasher/many:v1: it has 257 layers, more than 256; refused"):
+        fetch_bundle(reference, tmp_path / "cache")
+
+
+def test_an_oci_layer_dripped_a_byte_at_a_time_ends_at_the_download_timeout(hostile_http: Hostile,
+                                                                            tmp_path: Path) -> None:
+    blob = os.urandom(1000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    reference = _serve_artifact(hostile_http, "flasher/slow", [
+        {"mediaType": "application/octet-stream", "digest": digest, "size": len(blob),
+         "annotations": {"org.opencontainers.image.title": "kernel"}}])
+    hostile_http.routes[f"/v2/flasher/slow/blobs/{digest}"] = hostile_http.drip(blob)
+    with pytest.raises(DriverError, match=r"flasher/slow:v1: not pulled within 1 s \(download_timeout\); refused"):
+        fetch_bundle(reference, tmp_path / "cache", timeout=1)
+    assert not list((tmp_path / "cache" / "oci").iterdir()), "a half-pulled bundle stayed in the cache"
+
+
+def test_an_oci_manifest_dripped_a_byte_at_a_time_ends_at_the_download_timeout(hostile_http: Hostile,
+                                                                              tmp_path: Path) -> None:
+    hostile_http.routes["/v2/flasher/drip/manifests/v1"] = hostile_http.drip(b"{" + b" " * 998 + b"}")
+    with pytest.raises(DriverError, match=r"flasher/drip:v1: not pulled within 1 s"):
+        fetch_bundle(f"{hostile_http.url.removeprefix('http://')}/flasher/drip:v1", tmp_path / "cache", timeout=1)

@@ -25,6 +25,8 @@ from jumpstarter_drivers.pyserial.driver import PySerial
 from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
 
+from .conftest import Hostile
+
 
 def make_lab(tmp_path: Path, bundle: Path, **flasher: object) -> Composite:
     board = VirtualBoard(autoboot_delay=1, disk=str(tmp_path / "disk.img"), disk_size=8 << 20)
@@ -196,6 +198,23 @@ def test_flash_with_busybox_boots_linux_and_writes_over_http(lab, tmp_path: Path
     assert Path(root.children["board"].disk).read_bytes()[: image.stat().st_size] == image.read_bytes()
 
 
+@pytest.mark.parametrize("name", ["a;reboot", "$(reboot)", "a b'c"])
+def test_busybox_image_name_is_not_run_by_the_board_shell(lab, tmp_path: Path, name: str) -> None:
+    root, client = lab
+    root.children["flasher"].write_timeout = 20  # a board the name reboots answers no more: bound the wait
+    image = tmp_path / name
+    image.write_bytes(os.urandom(4096))
+    client.flasher.flash(image, method="busybox")
+    assert Path(root.children["board"].disk).read_bytes()[:4096] == image.read_bytes()
+
+
+def test_busybox_target_is_not_run_by_the_board_shell(lab, tmp_path: Path) -> None:
+    root, client = lab
+    root.children["flasher"].write_timeout = 20
+    with pytest.raises(DriverError, match=r"dd: can't open '/dev/mmcblk0;reboot'"):
+        client.flasher.flash(image_file(tmp_path, 4096), target="/dev/mmcblk0;reboot", method="busybox")
+
+
 def test_failed_tftpboot_is_detected_and_not_retried(tmp_path: Path, reference_bundle: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     manifest = reference_bundle / "manifest.yaml"
@@ -294,6 +313,31 @@ def test_urls_outside_the_allowed_prefixes_are_refused(web: tuple[str, Path], tm
         assert not (Path(root.children["flasher"].children["http"].children["storage"].root) / "secret").exists()
     finally:
         root.close()
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/endless.img", r"larger than 1048576 bytes \(config field 'max_download_size'\); refused"),
+    ("/drip.img", r"not done within 1 s \(config field 'download_timeout'\); refused"),
+])
+def test_an_image_download_is_bounded_in_size_and_time(hostile_http: Hostile, tmp_path: Path,
+                                                       reference_bundle: Path, path: str, expected: str) -> None:
+    hostile_http.routes["/endless.img"] = hostile_http.endless()
+    hostile_http.routes["/drip.img"] = hostile_http.drip(bytes(1000))
+    root = make_lab(tmp_path, reference_bundle, allowed_urls=[hostile_http.url + "/"], max_download_size=1 << 20,
+                    download_timeout=1)
+    try:
+        with serve(root) as client:
+            with pytest.raises(DriverInvalidArgument, match=expected):
+                client.flasher.flash(hostile_http.url + path)
+            assert not client.flasher.http.storage.exists(path.lstrip("/")), "a partial download was kept"
+    finally:
+        root.close()
+
+
+@pytest.mark.parametrize("field", ["max_download_size", "download_timeout"])
+def test_download_bounds_must_be_positive(tmp_path: Path, reference_bundle: Path, field: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"config field '{field}' must be positive, got 0"):
+        make_lab(tmp_path, reference_bundle, **{field: 0})
 
 
 @pytest.mark.parametrize("prefix", ["ftp://x/", "https://x:port/", "/images/"])

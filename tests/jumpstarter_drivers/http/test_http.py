@@ -378,6 +378,39 @@ def test_a_reply_nobody_reads_is_cut_after_send_timeout(root: Path) -> None:
         server.stop()
 
 
+def test_a_reply_read_a_little_at_a_time_is_cut_after_its_deadline(root: Path) -> None:
+    """A peer reading 512 bytes every 10 ms never lets send_timeout expire; the reply has a deadline
+    of send_timeout plus its size at min_send_rate (here 1 + 64 MiB / 32 MiB/s = 3 s)."""
+    with (root / "big.img").open("wb") as file:
+        file.truncate(64 << 20)
+    server = FileServer(root=root, send_timeout=1, min_send_rate=32 << 20)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", server.bound_port))
+            sock.sendall(b"GET /big.img HTTP/1.1\r\nHost: x\r\n\r\n")
+            received, closed, give_up = 0, False, time.monotonic() + 20  # generous: cut after about 3 s
+            while not closed and time.monotonic() < give_up:
+                try:
+                    data = sock.recv(512)
+                except ConnectionResetError:
+                    data = b""
+                received += len(data)
+                closed = not data
+                time.sleep(0.01)  # the pace of the slow reader, not a synchronisation
+            assert closed, f"still sending after 20 s ({received} bytes read)"
+            assert received < 64 << 20
+    finally:
+        server.stop()
+
+
+def test_min_send_rate_must_be_positive(root: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"HttpServer: config field 'min_send_rate' is 0; give a bound > 0"):
+        HttpServer(root_dir=str(root), min_send_rate=0)
+
+
 def test_a_start_that_cannot_make_its_thread_leaves_nothing_open(root: Path) -> None:
     """No thread for serve_forever (a stack no memory can hold): the socket is closed, and stop() returns."""
     server = FileServer(root=root)

@@ -353,3 +353,38 @@ def test_a_name_of_255_bytes_can_be_written(client: StorageClient, root: Path, t
     assert client.write_from_path(f"dir/{name}", source) == 9
     assert (root / name).read_bytes() == b"data" and (root / "dir" / name).read_bytes() == b"more data"
     assert sorted(p.name for p in root.rglob("*")) == ["dir", name, name]
+
+
+@pytest.mark.parametrize("root_dir", [".", "./", "sub/..", "..", "{cwd}"])
+def test_the_current_directory_or_one_holding_it_is_refused_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root_dir: str
+) -> None:
+    """'' is refused as the current directory; '.' and every other name of it (or of a folder holding it) too."""
+    cwd = tmp_path / "lab" / "exporter"
+    (cwd / "sub").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ConfigurationError, match=r"Storage: root_dir .* the current directory"):
+        Storage(root_dir=root_dir.format(cwd=cwd))
+    assert Storage(root_dir="tftp").root == cwd / "tftp"
+
+
+@pytest.mark.parametrize("root_dir", ["~/.ssh", "~/.gnupg", "~/.config", "~/.config/tftp", "~/.aws/x"])
+def test_hidden_folders_of_the_home_directory_are_refused_as_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root_dir: str
+) -> None:
+    """Keys and settings live there (~/.ssh, ~/.gnupg, ~/.config...): clients would read and replace them."""
+    home = tmp_path / "home" / "alice"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ConfigurationError, match=r"Storage: root_dir .* is in .*/alice/\.\w+, a hidden folder of"):
+        Storage(root_dir=root_dir)
+    assert Storage(root_dir="~/lab/.tftp").root == home / "lab" / ".tftp"
+
+
+def test_a_folder_holding_the_home_directory_is_refused_as_root(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "users" / "alice"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ConfigurationError, match=r"Storage: root_dir .*/users' .* holds the home directory"):
+        Storage(root_dir=str(tmp_path / "users"))

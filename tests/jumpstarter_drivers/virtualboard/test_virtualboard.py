@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -137,7 +138,19 @@ def test_linux_shell_login_and_http_write(lab, tftp_root, http_root) -> None:
     (root / "kernel").write_bytes(bytes(1024))
     image = hashlib.sha256(b"seed").digest() * 4096
     (www / "image.bin").write_bytes(image)
-    client.uboot.setup_network(serverip="127.0.0.1", tftp_port=port)
+    with linux_shell(client, port) as console:
+        console.send(f"wget -O - {url}/image.bin | dd of=/dev/mmcblk0 bs=1M; echo rc:$?:\r".encode())
+        seen = read_until(console, rb"rc:\d+:")
+        assert b"rc:0:" in seen and b"100%" in seen
+        console.send(f"head -c {len(image)} /dev/mmcblk0 | sha256sum\r".encode())
+        read_until(console, re.escape(hashlib.sha256(image).hexdigest().encode()))
+    assert Path(board.disk).read_bytes()[: len(image)] == image
+
+
+@contextlib.contextmanager
+def linux_shell(client, tftp_port: int) -> Iterator:
+    """The board's console, logged in to its Linux shell (a kernel named 'kernel' in the TFTP root)."""
+    client.uboot.setup_network(serverip="127.0.0.1", tftp_port=tftp_port)
     client.uboot.run_command("tftpboot 0x82000000 kernel")
     with client.board.serial.stream() as console:
         console.send(b"booti 0x82000000 - 0x84000000\r")
@@ -145,12 +158,16 @@ def test_linux_shell_login_and_http_write(lab, tftp_root, http_root) -> None:
             read_until(console, re.escape(step))
             if reply:
                 console.send(reply)
-        console.send(f"wget -O - {url}/image.bin | dd of=/dev/mmcblk0 bs=1M; echo rc:$?:\r".encode())
-        seen = read_until(console, rb"rc:\d+:")
-        assert b"rc:0:" in seen and b"100%" in seen
-        console.send(f"head -c {len(image)} /dev/mmcblk0 | sha256sum\r".encode())
-        read_until(console, re.escape(hashlib.sha256(image).hexdigest().encode()))
-    assert Path(board.disk).read_bytes()[: len(image)] == image
+        yield console
+
+
+def test_linux_shell_substitutes_commands_outside_single_quotes(lab, tftp_root) -> None:
+    _, client = lab
+    root, port = tftp_root
+    (root / "kernel").write_bytes(bytes(1024))
+    with linux_shell(client, port) as console:
+        console.send(b"echo x$(echo hi)y \"$(echo there)\" '$(echo no)'\r")
+        read_until(console, rb"xhiy there \$\(echo no\)")  # only the output reads so, not the echoed line
 
 
 def read_until(console, pattern: bytes, timeout: float = 10.0) -> bytes:
