@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -565,8 +565,25 @@ def board_state(request: pytest.FixtureRequest, session: Lab) -> Any:
 
 
 def _uses_lab(item: pytest.Item) -> bool:
-    names = getattr(item, "fixturenames", ())
-    return bool(LAB_FIXTURES.intersection(names)) or item.get_closest_marker(MARKER) is not None
+    """A test uses the lab when it is marked, or when one of its fixtures named like ours is ours
+    (a conftest's own ``client`` fixture, not built on ours, does not start a lab)."""
+    if item.get_closest_marker(MARKER) is not None:
+        return True
+    names = LAB_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return bool(names)
+    return any(_is_ours(name, info.name2fixturedefs.get(name, ())) for name in names)
+
+
+def _is_ours(name: str, definitions: Sequence[Any]) -> bool:
+    """Whether the fixture ``name`` in effect is this plugin's, or an override that requests it."""
+    for definition in reversed(definitions):
+        if getattr(definition.func, "__module__", None) == __name__:
+            return True
+        if name not in definition.argnames:
+            return False
+    return False
 
 
 @pytest.fixture(autouse=True)

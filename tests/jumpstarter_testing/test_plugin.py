@@ -624,3 +624,45 @@ def test_board_state_fixture_boots_once_and_records_steps(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(["*board_state needs @pytest.mark.jumpstarter_state('STATE')*"])
     junit = (pytester.path / "junit.xml").read_text()
     assert junit.count('name="jumpstarter_step_shell_s"') == 2
+
+
+def test_a_conftest_client_fixture_of_its_own_starts_no_lab(pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch) -> None:
+    """A project's own ``client`` fixture (not built on ours) is not a lab test; one built on ours is."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture
+        def client():
+            return "an HTTP client of the project's own"
+        """
+    )
+    pytester.makepyfile(
+        test_own="""
+        import os
+
+        def test_own(client):
+            assert client == "an HTTP client of the project's own"
+            assert "JUMPSTARTER_HOST" not in os.environ, "a lab was started for a fixture that is not ours"
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture
+        def client(client):
+            return client.power
+        """
+    )
+    pytester.makepyfile(
+        test_own="""
+        import os
+
+        def test_built_on_ours(client):
+            client.on()
+            assert os.environ["JUMPSTARTER_HOST"]
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
