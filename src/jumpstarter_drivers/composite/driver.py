@@ -44,6 +44,8 @@ class Proxy(Driver):
     """
 
     ref: str
+    #: The node ``ref`` resolves to, set when the tree is built; not written in an exporter file (code
+    #: building a tree may pass the Driver itself).
     target: Driver | None = None
 
     def __post_init__(self) -> None:

@@ -78,6 +78,7 @@ class EnerGenie(PowerInterface):
     """
 
     host: str
+    #: The strip's web UI password (the factory setting is ``1``), posted to its login page.
     password: str = "1"
     slot: int | str = 1
     timeout: float = 5.0

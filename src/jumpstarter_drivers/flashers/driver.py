@@ -115,23 +115,50 @@ class BaseFlasher(Driver):
 
     flasher_bundle: str
     variant: str | None = None
+    #: The bundle's manifest: a file name relative to the bundle's root (one leading out of the bundle is refused).
     manifest: str = "manifest.yaml"
+    #: The target ``flash`` writes when none is named; unset, the manifest's ``default_target`` is used.
     default_target: str | None = None
     cache_dir: str = DEFAULT_CACHE
+    #: Root directory of the TFTP server created when no ``tftp`` child is given (``~`` expanded); unset, a
+    #: temporary directory removed when the driver closes. Image chunks are staged there during a flash.
     tftp_dir: str | None = None
+    #: Root directory of the HTTP storage created when no ``http`` child is given (``~`` expanded): where
+    #: clients upload images and bundles. Unset, a temporary directory removed when the driver closes.
     http_dir: str | None = None
+    #: A CA certificate file (PEM) trusted for HTTPS: OCI registries, and image URLs under ``allowed_urls``.
+    #: Unset, the system's trusted CAs.
     cacert: str | None = None
+    #: How ``flash`` writes when the caller names no method: ``uboot`` loads the image over TFTP in
+    #: ``chunk_size`` pieces and writes each with U-Boot's block commands, checking a CRC-32 read back; ``busybox``
+    #: boots the bundle's Linux and pipes the image from the HTTP server into ``dd``, checking its SHA-256.
     method: Literal["uboot", "busybox"] = "uboot"
     uboot_targets: dict[str, str] = field(default_factory=dict)
+    #: Bytes loaded into RAM and written per step with method ``uboot`` (default 32 MiB); a positive
+    #: multiple of 512. Twice this much RAM above the load address is used (a chunk and its read-back).
     chunk_size: int = 32 << 20
+    #: RAM address (hexadecimal, such as ``0x48000000``) where method ``uboot`` loads each chunk; unset,
+    #: U-Boot's ``loadaddr``, else ``kernel_addr_r``.
     load_address: str | None = None
     tftp_blocksize: int | None = None
     tftp_windowsize: int | None = None
+    #: How many more times a step that failed transiently (a stalled boot, a load with a wrong size or
+    #: CRC) is tried before the flash fails; 0 tries once. Must be >= 0.
     retries: int = 2
+    #: Seconds from running the boot command to the bundle's Linux shell prompt (logged in), for method
+    #: ``busybox`` and when booting Linux from a boot strategy.
     login_timeout: float = 120.0
+    #: Seconds one write or read-back may take: a chunk's block command with method ``uboot``, the whole
+    #: ``wget | dd`` and its ``sha256sum`` with method ``busybox``.
     write_timeout: float = 1800.0
+    #: Glob patterns (``fnmatch``) of the bundles a client may choose besides its own uploads: absolute
+    #: paths on the exporter (``/srv/bundles/*.tar.gz``) and OCI references (``quay.io/lab/bundle:*``). Empty: uploads only.
     bundle_sources: list[str] = field(default_factory=list)
+    #: http(s) URL prefixes (``https://images.lab/boards/``) the exporter may download images from when a
+    #: client passes a URL, redirects included; same scheme, host and port, no ``..``. Empty: no downloads.
     allowed_urls: list[str] = field(default_factory=list)
+    #: Most bytes a flasher bundle may hold (default 1 GiB): what its archive or OCI layers unpack to,
+    #: and what the files its manifest names hold together. Must be positive.
     max_bundle_size: int = MAX_BUNDLE_SIZE
     max_download_size: int = MAX_DOWNLOAD_SIZE
     download_timeout: float = DOWNLOAD_TIMEOUT

@@ -44,13 +44,18 @@ class QemuBoard(PtyBoard):
 
     power_class = QemuPower
 
+    #: The QEMU executable: a name looked up on ``PATH`` or a path (Debian package qemu-system-arm).
     qemu: str = "qemu-system-aarch64"
     bios: str = DEFAULT_BIOS
+    #: QEMU's machine type (``-M``).
     machine: str = "virt"
+    #: QEMU's CPU model (``-cpu``); it must run the ``bios`` given.
     cpu: str = "cortex-a57"
+    #: The guest's RAM in MiB (``-m``).
     memory_mb: int = 1024
     network: Literal["user", "tap", "none"] = "user"
     tap: str = "tap0"
+    #: Further QEMU arguments, one list item each, appended to the command line as they are.
     extra_args: list[str] = field(default_factory=list)
 
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)

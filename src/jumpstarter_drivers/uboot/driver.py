@@ -37,12 +37,18 @@ class UBoot(Driver):
     ``serverip`` (when given) always names the TFTP server.
     """
 
+    #: U-Boot's command prompt, matched as plain text (not a regular expression).
     prompt: str = "=> "
+    #: A regular expression matching the autoboot countdown's message; when it appears, ``interrupt`` is sent.
     autoboot_pattern: str = r"Hit any key to stop autoboot|Press .* to stop|autoboot in"
+    #: What is sent once to stop the autoboot countdown (a space; some boards want another key).
     interrupt: str = " "
     boot_timeout: float = 60.0
+    #: Seconds the board stays off during a power cycle.
     power_off_time: float = 1.0
     fail_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_FAIL_PATTERNS))
+    #: How U-Boot gets its address before a TFTP load: ``dhcp`` (with ``autoload`` off), or ``static``
+    #: from ``ipaddr``, ``netmask`` and ``gatewayip`` (``ipaddr`` then required).
     network: Literal["dhcp", "static"] = "dhcp"
     ipaddr: str | None = None
     serverip: str | None = None

@@ -46,6 +46,8 @@ class VirtualBoard(PtyBoard):
     power_class = VirtualBoardPower
 
     block_interface: Literal["mmc", "virtio"] = "mmc"
+    #: Seconds of the autoboot countdown (U-Boot's ``bootdelay`` in the default environment; a saved
+    #: ``bootdelay`` wins). 0 boots at once without a chance to stop it; a negative value stops at the prompt.
     autoboot_delay: int = 2
     ipaddr: str = "127.0.0.1"
     serverip: str = "127.0.0.1"
