@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,23 @@ def test_virtual_lab_is_one_board() -> None:
         assert names[str(client.flasher.power.uuid)] == "board.power"
         assert names[str(client.flasher.uuid)] == "flasher"
 
+
+
+def test_late_console_client_sees_the_boot() -> None:
+    """What the board printed while nobody watched its console reaches the first client (issue 12 item 13);
+    closing the lab still releases the console and stops its reader."""
+    fds = len(os.listdir("/proc/self/fd"))
+    with Lab.start_local(VIRTUAL_LAB) as lab:
+        booted = threading.Event()
+        board = lab.local.root_device.children["board"]
+        board.board.on_command = lambda line, status: booted.set() if "no bootable device" in line else None
+        lab.client.power.on()
+        assert booted.wait(30), "the virtual board did not run its boot command within 30 s"
+        with lab.client.serial.pexpect(timeout=10) as console:
+            console.expect("U-Boot 2023.01")
+            console.expect("no bootable device found")
+    assert len(os.listdir("/proc/self/fd")) == fds, "the board's console was left open"
+    assert not [t for t in threading.enumerate() if t.name.startswith("serial-idle")], "the console reader still runs"
 
 def test_bad_allow_list_starts_no_driver() -> None:
     fds = len(os.listdir("/proc/self/fd"))

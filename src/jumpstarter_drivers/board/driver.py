@@ -2,7 +2,8 @@
 
 The board keeps a pseudo-terminal for its whole life. Its ``serial`` child is a
 :class:`~jumpstarter_drivers.pyserial.driver.PySerial` on the slave end, which stays open across
-power cycles as a USB serial adapter does. Its ``power`` child is a
+power cycles as a USB serial adapter does, and keeps the last :data:`CONSOLE_HISTORY` bytes the
+board printed while no client was connected for the next one. Its ``power`` child is a
 :class:`~jumpstarter_drivers.power.driver.BoardPower` that calls the board's own
 ``power_on()``/``power_off()``. The disk is a file, temporary when none is given.
 """
@@ -22,6 +23,11 @@ from ..core.errors import ConfigurationError
 from ..flashers.common import sha256_file
 from ..power.driver import BoardPower
 from ..pyserial.driver import PySerial
+
+
+#: Bytes of console output a board keeps while no client is connected, so a late client sees the boot
+#: (U-Boot and the shell driver read only what comes after they connect).
+CONSOLE_HISTORY = 64 << 10
 
 
 @dataclass(kw_only=True)
@@ -64,7 +70,7 @@ class PtyBoard(Driver):
         tty.setraw(self._slave)  # master and slave share one termios: raw both ways
         os.set_blocking(self.master, False)
         self.slave_path = os.ttyname(self._slave)
-        self.children["serial"] = PySerial(url=self.slave_path)
+        self.children["serial"] = PySerial(url=self.slave_path, buffer_size=CONSOLE_HISTORY)
         power = self.power_class()
         power.board = self
         self.children["power"] = power

@@ -25,6 +25,7 @@ import anyio
 from ..core.driver import Driver, export
 from ..uboot.common import DEFAULT_FAIL_PATTERNS, StepFailed
 from ..uboot.console import Expecter, ShellConsole
+from ..uboot.driver import connect_live
 from .common import MAX_TRANSFER, CommandResult
 
 
@@ -62,7 +63,7 @@ class Shell(Driver):
     @contextlib.asynccontextmanager
     async def session(self, timeout: float | None = None) -> AsyncIterator[ShellConsole]:
         """The console, opened and logged in, for the duration of the block."""
-        async with self.children["serial"].connect() as stream:
+        async with connect_live(self.children["serial"]) as stream:  # an old prompt in the history is no prompt
             shell = self.shell_console(Expecter(stream, tuple(self.fail_patterns)))
             await self.log_in(shell, timeout)
             yield shell

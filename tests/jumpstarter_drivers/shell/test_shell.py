@@ -13,6 +13,7 @@ from jumpstarter_drivers.core.errors import DriverError
 from jumpstarter_drivers.shell import Shell, ShellCommandFailed
 from jumpstarter_drivers.uboot import UBoot
 from jumpstarter_drivers.virtualboard import VirtualBoard
+from jumpstarter_testing import eventually
 
 
 def served(password: str = "password") -> Iterator:
@@ -88,3 +89,19 @@ def test_run_refuses_several_lines(linux) -> None:
     _, client = linux
     with pytest.raises(DriverError, match="one command line at a time"):
         client.shell.run("echo a\necho b")
+
+
+
+def test_old_output_in_the_console_history_is_not_taken_for_a_prompt(linux) -> None:
+    """The board's console keeps what it printed for a late client; the shell reads only what comes
+    after it connects, so an old ``Password:`` on the console does not pass for a login under way."""
+    board, client = linux
+    client.shell.login()
+    os.write(board._slave, b"echo Password:\r")  # typed with no client connected; the board answers
+    held = board.children["serial"]
+    eventually(lambda: _assert_in(b"Password:\n# ", bytes(held._idle._kept)), timeout=10)
+    assert client.shell.run("echo still logged in").output == "still logged in\n"
+
+
+def _assert_in(part: bytes, whole: bytes) -> None:
+    assert part in whole, whole
