@@ -55,7 +55,7 @@ def test_virtual_lab_is_one_board() -> None:
 def test_late_console_client_sees_the_boot() -> None:
     """What the board printed while nobody watched its console reaches the first client (issue 12 item 13);
     closing the lab still releases the console and stops its reader."""
-    fds = len(os.listdir("/proc/self/fd"))
+    ttys, threads = _open_ttys(), set(threading.enumerate())
     with Lab.start_local(VIRTUAL_LAB) as lab:
         booted = threading.Event()
         board = lab.local.root_device.children["board"]
@@ -65,8 +65,22 @@ def test_late_console_client_sees_the_boot() -> None:
         with lab.client.serial.pexpect(timeout=10) as console:
             console.expect("U-Boot 2023.01")
             console.expect("no bootable device found")
-    assert len(os.listdir("/proc/self/fd")) == fds, "the board's console was left open"
-    assert not [t for t in threading.enumerate() if t.name.startswith("serial-idle")], "the console reader still runs"
+        assert len(_open_ttys()) > len(ttys), "the board's pty is held while the lab runs"
+    assert _open_ttys() == ttys, "the board's console was left open"
+    assert not [t for t in set(threading.enumerate()) - threads if t.name.startswith("serial-idle")], (
+        "the console reader still runs"
+    )
+
+
+def _open_ttys() -> list[str]:
+    """The terminals (pty ends) this process holds open."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the descriptor listdir itself used
+            continue
+    return sorted(link for link in links if link.startswith(("/dev/pts/", "/dev/ptmx")))
 
 def test_bad_allow_list_starts_no_driver() -> None:
     fds = len(os.listdir("/proc/self/fd"))
