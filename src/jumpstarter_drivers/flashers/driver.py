@@ -160,7 +160,11 @@ class BaseFlasher(Driver):
     #: Most bytes a flasher bundle may hold (default 1 GiB): what its archive or OCI layers unpack to,
     #: and what the files its manifest names hold together. Must be positive.
     max_bundle_size: int = MAX_BUNDLE_SIZE
+    #: Most bytes an image ``flash`` downloads from a URL may hold (default 16 GiB); a larger one is refused.
+    #: Must be positive.
     max_download_size: int = MAX_DOWNLOAD_SIZE
+    #: Seconds one download may take in all (default an hour): an image from a URL, or an OCI bundle pulled
+    #: from its registry; one past it is refused. Must be positive.
     download_timeout: float = DOWNLOAD_TIMEOUT
 
     _bundle: Bundle | None = field(default=None, init=False, repr=False)
