@@ -3,7 +3,9 @@
 A snippet that defines tests (``def test_...`` or ``class Test...``) runs as a test file with
 pytest and the plugin, and all its tests must pass; any other snippet runs as a script with
 ``JUMPSTARTER_HOST`` pointing at a virtual lab served for it, and must exit 0. Add a page by
-adding its glob to :data:`SNIPPET_SOURCES`.
+adding its glob to :data:`SNIPPET_SOURCES`. A snippet that needs more than the virtual lab (a
+lab controller, say) is preceded by ``<!-- runs in tests/PATH.py -->``, and that test file,
+which must name the page, runs it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ SNIPPET_SOURCES = ("README.md", "examples/README.md", "docs/**/*.md")
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
                    re.MULTILINE | re.DOTALL)
+RUNS_IN = re.compile(r"<!--\s*runs in (?P<test>\S+)\s*-->\s*\Z")
 DEFINES_TESTS = re.compile(r"^(def test_\w*|class Test\w*)", re.MULTILINE)
 SCRIPT_TIMEOUT = 120
 
@@ -37,6 +40,8 @@ class Snippet:
     line: int
     language: str
     code: str
+    #: The test file that runs this snippet instead of this harness (``<!-- runs in PATH -->``).
+    runs_in: str | None = None
 
     @property
     def id(self) -> str:
@@ -69,17 +74,27 @@ def snippets_in_text(text: str, path: Path) -> list[Snippet]:
         indent = match["indent"]
         body = "".join(line.removeprefix(indent) for line in match["body"].splitlines(keepends=True))
         language = (match["info"].split() or [""])[0].lower()
-        blocks.append(Snippet(path, text.count("\n", 0, match.start()) + 1, language, body))
+        claim = RUNS_IN.search(text, 0, match.start())
+        runs_in = claim["test"] if claim else None
+        blocks.append(Snippet(path, text.count("\n", 0, match.start()) + 1, language, body, runs_in))
     return blocks
 
 
-PYTHON_SNIPPETS = snippets()
+PYTHON_SNIPPETS = [s for s in snippets() if s.runs_in is None]
+ELSEWHERE = [s for s in snippets() if s.runs_in is not None]
 
 
 def test_the_documentation_has_python_snippets() -> None:
     """The harness finds the snippets (a broken pattern would make every other test vanish)."""
     assert {s.path.name for s in PYTHON_SNIPPETS} >= {"README.md"}
     assert len([s for s in PYTHON_SNIPPETS if s.path == ROOT / "README.md"]) >= 3
+
+
+@pytest.mark.parametrize("snippet", ELSEWHERE, ids=lambda s: s.id)
+def test_a_snippet_run_elsewhere_is_run_by_the_test_it_names(snippet: Snippet) -> None:
+    test = ROOT / snippet.runs_in
+    assert test.is_file(), f"{snippet.id}: says it runs in {snippet.runs_in}, which does not exist"
+    assert snippet.path.name in test.read_text(), f"{snippet.id}: {snippet.runs_in} does not read {snippet.path.name}"
 
 
 @pytest.fixture
