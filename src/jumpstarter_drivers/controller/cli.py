@@ -486,8 +486,10 @@ def exporter_access(
     overridden by the options."""
     import yaml
 
+    from ..core.config import BoundedSafeLoader
+
     try:
-        document = yaml.safe_load(Path(exporter_file).read_text()) or {}
+        document = yaml.load(Path(exporter_file).read_text(), Loader=BoundedSafeLoader) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise _fail(f"cannot read {exporter_file}: {exc}") from None
     document = dict(document) if isinstance(document, dict) else {}

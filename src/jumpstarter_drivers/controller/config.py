@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ..core.config import BoundedSafeLoader
 from ..core.errors import ConfigurationError
 from . import CLIENT, DEFAULT_NAMESPACE, EXPORTER
 
@@ -87,7 +88,7 @@ class Access:
     def load(cls, path: str | os.PathLike, kind: str = CLIENT) -> Access:
         """From a configuration file."""
         try:
-            document = yaml.safe_load(Path(path).read_text())
+            document = yaml.load(Path(path).read_text(), Loader=BoundedSafeLoader)
         except OSError as exc:
             raise ConfigurationError(f"cannot read the {kind.lower()} configuration {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:

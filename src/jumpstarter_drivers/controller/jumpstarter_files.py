@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ..core.config import BoundedSafeLoader
 from ..core.errors import ConfigurationError
 from . import CLIENT, DEFAULT_NAMESPACE, EXPORTER
 from .config import document
@@ -56,7 +57,7 @@ def default_path(kind: str, name: str) -> Path:
 def load_export(path: str | os.PathLike) -> dict[str, Any]:
     """An exporter's driver tree from a YAML file: a whole exporter file (its ``export:``) or the mapping alone."""
     try:
-        content = yaml.safe_load(Path(path).read_text())
+        content = yaml.load(Path(path).read_text(), Loader=BoundedSafeLoader)
     except OSError as exc:
         raise ConfigurationError(f"cannot read the export tree {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import click
 import pytest
 
 from jumpstarter_drivers.controller import CLIENT, EXPORTER
@@ -62,3 +63,22 @@ def test_default_paths_are_where_jmp_looks(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("JMP_CLIENT_CONFIG_HOME")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     assert default_path(CLIENT, "ci") == tmp_path / "xdg" / "jumpstarter" / "clients" / "ci.yaml"
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + level)}: &{chr(98 + level)} [{', '.join(['*' + chr(97 + level)] * 10)}]\n" for level in range(8)
+)
+
+
+def test_controller_files_refuse_an_alias_bomb_at_once(tmp_path: Path) -> None:
+    """Client, exporter and export-tree files load with the same bounds as exporter configurations."""
+    from jumpstarter_drivers.controller.cli import exporter_access
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    with pytest.raises(ConfigurationError, match="alias bomb"):
+        load_export(path)
+    with pytest.raises(ConfigurationError, match="alias bomb"):
+        Access.load(path)
+    with pytest.raises(click.ClickException, match="alias bomb"):
+        exporter_access(str(path), None, None, None, False)
