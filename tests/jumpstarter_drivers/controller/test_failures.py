@@ -11,11 +11,12 @@ import threading
 import pytest
 
 from jumpstarter_drivers.controller.client import KEEPALIVE, ControllerClient, LeaseError, leased
-from jumpstarter_drivers.controller.store import PRESENCE_TTL
+from jumpstarter_drivers.controller.store import PRESENCE_TTL, StoreUnavailable
 from jumpstarter_drivers.core import loop
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import JumpstarterError
 from jumpstarter_drivers.core.processes import stop_process
+from jumpstarter_testing import eventually
 
 #: Slack on top of a stated bound for a loaded machine (etcd checks lease expiry every 0.5 s).
 SLACK = 5.0
@@ -105,6 +106,10 @@ def test_the_controller_recovers_without_losing_leases_when_etcd_restarts(lab) -
     with leased(lab.client("alice"), "board=rpi4", duration=600, wait=30) as lease:
         lab.etcd.stop()
         lab.etcd.start()
+        # This test's own probe reconnects too: the first call on a fresh channel may still be refused.
+        eventually(
+            lambda: lab.store(lambda store: store.snapshot()), timeout=30, interval=0.2, exceptions=StoreUnavailable
+        )
         lab.wait_online("board-1", timeout=30)
         with connect(lease.socket, timeout=30) as client:
             client.power.on()
