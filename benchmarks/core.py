@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import resource
 import signal
 import socket
@@ -551,11 +552,16 @@ def measure_frame_stall() -> None:
 def measure_logs(n: int, subscribers: int, spaced: bool = False) -> None:
     """One subscriber: the whole path to the ``exporter:driver`` logger. Several: raw LogStream calls."""
     latencies: list[list[float]] = [[] for _ in range(subscribers)]
+    dropped = [0] * subscribers  # told by the exporter's marker records when a backlog overflows
     done = [threading.Event() for _ in range(subscribers)]
 
     def record(index: int, message: str) -> None:
-        latencies[index].append(time.monotonic() - float(message.split()[0][2:]))
-        if len(latencies[index]) >= n:
+        marker = re.match(r"(\d+) log records dropped", message)
+        if marker:
+            dropped[index] += int(marker[1])
+        else:
+            latencies[index].append(time.monotonic() - float(message.split()[0][2:]))
+        if len(latencies[index]) + dropped[index] >= n:
             done[index].set()
 
     class Collect(logging.Handler):
@@ -614,7 +620,7 @@ def measure_logs(n: int, subscribers: int, spaced: bool = False) -> None:
     row(
         f"burst records received ({label})",
         " / ".join(f"{r:,}" for r in received) + f" of {n:,}",
-        "",
+        f"dropped {' / '.join(f'{d:,}' for d in dropped)}",
         "target: all; Jumpstarter 256 of 1,000",
     )
     row(f"burst drained in ({label})", f"{drained:.2f} s", "", f"{n / drained:,.0f} records/s")

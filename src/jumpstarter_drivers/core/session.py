@@ -60,7 +60,11 @@ JSON_BATCH_UUID = "x-jmp-json-batch"
 MAX_BATCH = 4096
 MAX_MESSAGE = 64 << 20
 #: Log records a LogStream subscriber may have waiting; beyond, records are dropped and counted.
-MAX_LOG_BACKLOG = 1000
+#: A reading subscriber keeps up with a burst of this many (drivers log in bursts: a failed flash).
+MAX_LOG_BACKLOG = 10_000
+#: Characters of log messages a LogStream subscriber may have waiting (the memory bound when
+#: messages are long); beyond, records are dropped and counted.
+MAX_LOG_BACKLOG_BYTES = 4 << 20
 #: Characters of a log message sent to subscribers; the rest is cut (with a note).
 MAX_LOG_MESSAGE = 16 << 10
 #: Seconds a peer has from connecting to finishing TLS and HTTP/2 set-up (its first SETTINGS)
@@ -117,7 +121,8 @@ class _Resource:
 
 
 class _Subscriber:
-    """One LogStream subscriber's backlog: at most :data:`MAX_LOG_BACKLOG` records.
+    """One LogStream subscriber's backlog: at most :data:`MAX_LOG_BACKLOG` records holding at most
+    :data:`MAX_LOG_BACKLOG_BYTES` characters of messages.
 
     Records that find the backlog full are dropped and counted; a marker record saying how many
     takes their place once there is room, so the subscriber sees where the gap is. Offering never
@@ -128,21 +133,28 @@ class _Subscriber:
         self.uuid = str(uuid)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.dropped = 0
+        self.characters = 0
 
     def offer(self, response: jumpstarter_pb2.LogStreamResponse) -> None:
         room = MAX_LOG_BACKLOG - self.queue.qsize()
         if self.dropped and room >= 2:
-            self.queue.put_nowait(self._marker())
+            self._put(self._marker())
             room -= 1
-        if self.dropped or room < 1:
+        if self.dropped or room < 1 or self.characters + len(response.message) > MAX_LOG_BACKLOG_BYTES:
             self.dropped += 1
         else:
-            self.queue.put_nowait(response)
+            self._put(response)
+
+    def _put(self, response: jumpstarter_pb2.LogStreamResponse) -> None:
+        self.characters += len(response.message)
+        self.queue.put_nowait(response)
 
     async def get(self) -> jumpstarter_pb2.LogStreamResponse:
         if self.dropped and self.queue.empty():
             return self._marker()
-        return await self.queue.get()
+        response = await self.queue.get()
+        self.characters -= len(response.message)
+        return response
 
     def _marker(self) -> jumpstarter_pb2.LogStreamResponse:
         count, self.dropped = self.dropped, 0

@@ -155,15 +155,19 @@ def test_weak_tcp_setups_are_said_at_start(tmp_path, caplog):
 # what a slow client can do to the exporter -----------------------------------------------------------
 
 
-def test_a_subscriber_that_does_not_read_loses_records_counted_and_never_blocks_the_exporter():
-    from jumpstarter_drivers.core.session import MAX_LOG_BACKLOG
+@pytest.mark.parametrize("size", ["many records", "long records"])
+def test_a_subscriber_that_does_not_read_loses_records_counted_and_never_blocks_the_exporter(size: str):
+    from jumpstarter_drivers.core.session import MAX_LOG_BACKLOG, MAX_LOG_BACKLOG_BYTES, MAX_LOG_MESSAGE
 
-    flood = 20 * MAX_LOG_BACKLOG
+    # Either bound alone is passed: three times the records, or three times the characters.
+    flood, text = (3 * MAX_LOG_BACKLOG, "flood") if size == "many records" else (
+        3 * MAX_LOG_BACKLOG_BYTES // MAX_LOG_MESSAGE, "flood" + "x" * (MAX_LOG_MESSAGE - 16)
+    )
     with Session(root_device=Sample()) as session, session.serve_unix() as path, connect(path) as client:
         connection = client.connection
         stalled = connection.exporter.LogStream(connection.empty(), metadata=connection.metadata, timeout=60)
         stalled.initial_metadata()  # subscribed; from here on nothing is read until the flood is over
-        client.call("log", "flood", flood)
+        client.call("log", text, flood)
         client.call("log", "after", 1)  # the exporter still answers
         delivered: list[int] = []
         dropped = 0
@@ -171,8 +175,8 @@ def test_a_subscriber_that_does_not_read_loses_records_counted_and_never_blocks_
             marker = re.fullmatch(r"(\d+) log records dropped: .*", record.message)
             if marker:
                 dropped += int(marker[1])
-            elif record.message.startswith("flood "):
-                delivered.append(int(record.message.split()[1]))
+            elif record.message.startswith("flood"):
+                delivered.append(int(record.message.rsplit(" ", 1)[1]))
             if len(delivered) + dropped >= flood:
                 break
         stalled.cancel()
@@ -258,7 +262,8 @@ def test_security_md_states_the_bounds_the_code_keeps():
     stated = dict(re.findall(r"`([A-Z_]+)`[^|\n]*\|\s*(\d+)", text))  # table rows: "... (`NAME` ...) | 10 s |"
     stated |= {name: value for value, name in re.findall(r"(\d+) (?:s|levels) \(`([A-Z_]+)`\)", text)}
     assert set(stated) == {
-        "HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "MAX_LOG_BACKLOG", "MAX_LOG_MESSAGE",
+        "HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "MAX_LOG_BACKLOG", "MAX_LOG_BACKLOG_BYTES",
+        "MAX_LOG_MESSAGE",
         "REFUSAL_LOG_INTERVAL", "MAX_TREE_DEPTH",
     }, stated
     for name, value in stated.items():
