@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2_grpc
 
+from ..core import loop
 from ..core.status import ExporterStatus
 from .config import Access
 from .tunnel import CHUNK, Channels, splice
@@ -94,6 +95,7 @@ class ExporterAgent:
                     await channels.close()
                     logger.info("lease %s ended", self.lease)
                     self.lease = None
+                    await self._reset_tree()
                     await self._report(stub, ExporterStatus.AVAILABLE)
                 if lease is not None:
                     self.lease = lease
@@ -108,6 +110,15 @@ class ExporterAgent:
             self.session.update_status(ExporterStatus.AVAILABLE)
             await channels.close()
             await channel.close()
+
+    async def _reset_tree(self) -> None:
+        """What a lease chose (a flasher's bundle, ...) ends with it: the next holder finds the
+        configuration, whether or not this holder ended its session."""
+        root = self.session.root_device
+        try:
+            await loop.run_blocking(root, root.reset)
+        except Exception as exc:  # noqa: BLE001 - a driver failing to reset must not stop the exporter
+            logger.warning("resetting the drivers after a lease: %s", exc)
 
     async def _end_session(self) -> None:
         """The lease holder is done with the board: report ``AVAILABLE`` (driver calls stop); the holder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import tarfile
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from jumpstarter_drivers.controller.client import leased
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import ExporterNotReady
+from jumpstarter_drivers.flashers.testing import make_reference_bundle
 
 
 def test_a_leased_board_answers_through_the_router_and_only_while_leased(lab) -> None:
@@ -95,3 +97,32 @@ def assert_sequential(log: str, exporter: str) -> None:
             assert match.group(1) == current
             current = None
     assert count > 0
+
+
+def test_what_a_lease_chose_ends_with_the_lease(lab, tmp_path) -> None:
+    """A holder that sets its own flasher bundle and leaves without ending its session: the next
+    holder finds the configured bundle (issue: bundle choice belongs to one lease)."""
+    root = tmp_path / "files"
+    export = {
+        "board": {"type": "VirtualBoard"},
+        "flasher": {
+            "type": "VirtualFlasher",
+            "config": {
+                "tftp_dir": str(root / "tftp"), "http_dir": str(root / "http"), "cache_dir": str(root / "cache")
+            },
+            "children": {"serial": {"ref": "board.serial"}, "power": {"ref": "board.power"}},
+        },
+    }
+    bundle = make_reference_bundle(tmp_path / "mine")
+    (bundle / "data" / "kernel").rename(bundle / "data" / "vmlinuz")
+    (bundle / "manifest.yaml").write_text((bundle / "manifest.yaml").read_text().replace("data/kernel", "data/vmlinuz"))
+    archive = tmp_path / "mine.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname="bundle")
+    lab.serve("board-1", {"board": "rpi4"}, export)
+    with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30) as lease, connect(lease.socket) as client:
+        client.flasher.http.storage.write_from_path("mine.tar.gz", archive)
+        client.flasher.setup_flasher_bundle("mine.tar.gz")
+        assert client.flasher.get_kernel_filename() == "vmlinuz"
+    with leased(lab.client("bob"), "board=rpi4", duration=60, wait=30) as lease, connect(lease.socket) as client:
+        assert client.flasher.get_kernel_filename() == "kernel"
