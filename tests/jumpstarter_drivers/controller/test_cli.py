@@ -85,23 +85,17 @@ def test_unsatisfiable_selector_and_wait_timeout_are_one_line_errors(lab) -> Non
     assert "no board for board=rpi4 within 1 s" in timed_out.stderr
 
 
+def _controller(state: Path, *options: str) -> subprocess.Popen:
+    """`jumpstarter controller` on a free loopback port with its state in ``state``; its stdout is a pipe."""
+    command = [sys.executable, "-m", "jumpstarter_drivers.cli", "controller", "--listen", "127.0.0.1:0", *options]
+    return subprocess.Popen(
+        [*command, "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+
+
 def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    controller = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jumpstarter_drivers.cli",
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            str(state),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    controller = _controller(state)
     try:
         endpoint = controller.stdout.readline().strip()
         assert controller.stdout.readline().strip() == f"state directory: {state}"
@@ -123,22 +117,7 @@ def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
 
 
 def test_a_killed_controller_takes_its_private_etcd_with_it(tmp_path: Path) -> None:
-    controller = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jumpstarter_drivers.cli",
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure",
-            "--state-dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    controller = _controller(tmp_path, "--insecure")
     try:
         assert controller.stdout.readline().strip()
         children = Path(f"/proc/{controller.pid}/task/{controller.pid}/children").read_text().split()
