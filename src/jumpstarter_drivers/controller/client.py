@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -201,14 +202,32 @@ class _Holder:
         self.name = name
         self.socket_path = socket_path
         self.channels = Channels(client.access)
-        self.server: asyncio.AbstractServer | None = None
+        self.listener: socket.socket | None = None
+        self.accepting: asyncio.Task | None = None
         self.keeper: asyncio.Task | None = None
         self.connections: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self.server = await asyncio.start_unix_server(self._connection, self.socket_path, limit=CHUNK)
-        os.chmod(self.socket_path, 0o600)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.socket_path)
+            os.chmod(self.socket_path, 0o600)
+            listener.listen(128)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self.listener = listener
+        self.accepting = asyncio.create_task(self._accept(listener))
         self.keeper = asyncio.create_task(self._keep_alive())
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            connection, _ = await loop.sock_accept(listener)
+            task = asyncio.create_task(self._connection(connection))
+            self.connections.add(task)
+            task.add_done_callback(self.connections.discard)
 
     async def _keep_alive(self) -> None:
         while True:
@@ -223,28 +242,27 @@ class _Holder:
                 logger.error("lease %s ended: %s", short(self.name), message)
                 return
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.connections.add(task)
+    async def _connection(self, connection: socket.socket) -> None:
         try:
-            first = await reader.read(CHUNK)
+            first = await asyncio.get_running_loop().sock_recv(connection, CHUNK)
             if not first:
+                connection.close()
                 return  # a probe (connect() checks that something listens): no Dial, no tunnel
             endpoint, token = await self.client.dial(self.name)
-            await splice(self.channels, endpoint, token, reader, writer, first)
         except (LeaseError, ExporterUnreachable) as exc:
             logger.error("cannot reach the leased exporter: %s", exc)
-        except asyncio.CancelledError:
-            pass  # the lease is being released: end this connection quietly (asyncio would log the cancel)
-        finally:
-            writer.close()
-            self.connections.discard(task)
+            connection.close()
+            return
+        except (asyncio.CancelledError, OSError):
+            connection.close()  # the lease is being released: end this connection quietly
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await splice(self.channels, endpoint, token, connection, first)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in [self.keeper, *self.connections]:
+        if self.listener is not None:
+            self.listener.close()
+        for task in [self.accepting, self.keeper, *self.connections]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

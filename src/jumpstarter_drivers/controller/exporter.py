@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 from ..core import loop
 from ..core.status import ExporterStatus
 from .config import Access
-from .tunnel import CHUNK, Channels, splice
+from .tunnel import Channels, splice
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +157,15 @@ class ExporterAgent:
                 await _cancel(task)
 
     async def _tunnel(self, channels: Channels, endpoint: str, token: str) -> None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.setblocking(False)
         try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=CHUNK)
+            await asyncio.get_running_loop().sock_connect(connection, self.socket_path)
         except OSError as exc:
+            connection.close()
             logger.error("cannot reach the session at %s: %s", self.socket_path, exc)
             return
-        await splice(channels, endpoint, token, reader, writer)
+        await splice(channels, endpoint, token, connection)
 
 
 async def _cancel(task: asyncio.Task) -> None:

@@ -7,6 +7,10 @@ are copied both ways as they are, without decoding: each side's reader writes st
 other side's call and reads the next frame only once that write is done (backpressure, and at most
 one frame in flight per direction). The tunnel ends when either side ends or goes away (the other side
 gets ``UNAVAILABLE``), and when the lease ends.
+
+A side may also come through the relay port instead (:mod:`.relay`: the same token, then plain
+bytes); two relay sides are copied transport to transport, and a relay side paired with a
+``Stream`` side is bridged (bytes wrapped into DATA frames and taken out of them).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import asyncio
 import contextlib
 import hmac
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from ..core.streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME, Frame, decode_frame, encode_frame
+from .relay import RELAY_SERVICE, WRITE_HIGH, RelayConnection
 from .store import LEASES, Store, StoreUnavailable
 from .tokens import Refused, bearer, digest
 
@@ -33,12 +40,17 @@ MAX_WAITING = 1024
 #: Tunnels one replica carries at once.
 MAX_TUNNELS = 4096
 
+
 @dataclass(eq=False)
 class _Side:
-    """One stream of a tunnel: its context is written only by the other side's reader (one writer)."""
+    """One stream of a tunnel: written only by the other side's reader (one writer).
+
+    A ``Stream`` call has its ``context``; a relay connection its ``relay``.
+    """
 
     stream: str
-    context: grpc.aio.ServicerContext
+    context: grpc.aio.ServicerContext | None = None
+    relay: RelayConnection | None = None
     paired: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when nothing more will be written to this side: the other side ended, failed or left.
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -61,15 +73,26 @@ class Router:
         self._tunnels = 0
         #: Tunnels paired since start (one per client connection through a lease).
         self.paired = 0
+        #: The relay's port (0: no relay), and its connections that have not named a token yet.
+        self.relay_port = 0
+        self.relay_pending = 0
+        self.relays: set[RelayConnection] = set()
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """``RouterService.Stream`` taking and giving frames as raw bytes."""
-        return grpc.method_handlers_generic_handler(
+    def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        """``RouterService.Stream`` taking and giving frames as raw bytes, and ``Where`` for the relay."""
+        stream = grpc.method_handlers_generic_handler(
             "jumpstarter.v1.RouterService", {"Stream": grpc.stream_stream_rpc_method_handler(self.Stream)}
         )
+        where = grpc.method_handlers_generic_handler(
+            RELAY_SERVICE, {"Where": grpc.unary_unary_rpc_method_handler(self.Where)}
+        )
+        return (stream, where) if self.relay_port else (stream,)
 
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> Any:
-        token, _ = bearer(context.invocation_metadata() or ())
+    async def Where(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The relay's port, as ASCII digits (the host is the router endpoint's)."""
+        return str(self.relay_port).encode()
+
+    async def _authorize(self, token: str) -> Any:
         stream, _, secret = token.partition(".")
         record = await self.store.stream(stream) if stream and secret else None
         if record is None or not hmac.compare_digest(record.value.get("digest", ""), digest(secret)):
@@ -77,23 +100,16 @@ class Router:
         return record
 
     async def Stream(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        me = _Side("", context=context)
         try:
-            record = await self._authorize(context)
-            if self._tunnels >= MAX_TUNNELS:
-                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this router carries {MAX_TUNNELS} tunnels already")
-            me = _Side(record.name, context)
-            peer = self._waiting.pop(record.name, None)
-            if peer is None:
-                await self._wait_for_peer(me)
-            else:
-                me.peer, peer.peer = peer, me
-                self.paired += 1
-                peer.paired.set()
-                await self.store.take_stream(record)
+            token, _ = bearer(context.invocation_metadata() or ())
+            me, record, peer = await self._pair(me, token)
         except Refused as exc:
             await context.abort(exc.code, str(exc))
             return
         except StoreUnavailable as exc:
+            if me.peer is not None:
+                me.peer.fail(str(exc))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             return
         self._tunnels += 1
@@ -103,6 +119,55 @@ class Router:
             self._tunnels -= 1
         if me.failure:
             await context.abort(grpc.StatusCode.UNAVAILABLE, me.failure)
+
+    async def _pair(self, me: _Side, token: str) -> tuple[_Side, Any, _Side | None]:
+        """Authorize ``token`` and pair ``me`` with the other side: (me, token record, the peer if it was
+        there first)."""
+        record = await self._authorize(token)
+        if self._tunnels >= MAX_TUNNELS:
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this router carries {MAX_TUNNELS} tunnels already")
+        me.stream = record.name
+        peer = self._waiting.pop(record.name, None)
+        if peer is None:
+            await self._wait_for_peer(me)
+        else:
+            me.peer, peer.peer = peer, me
+            for side in (me, peer):
+                if side.relay is not None:
+                    side.relay.paired()  # before either side's bytes can reach it
+            self.paired += 1
+            peer.paired.set()
+            await self.store.take_stream(record)
+        return me, record, peer
+
+    async def relay(self, connection: RelayConnection, token: str) -> None:
+        """A relay connection that named ``token``: pair it, carry it, close it."""
+        me = _Side("", relay=connection)
+        try:
+            me, record, peer = await self._pair(me, token)
+        except asyncio.CancelledError:
+            if me.peer is not None:
+                me.peer.fail("the other end of the tunnel went away")
+            raise
+        except Refused as exc:
+            connection.refuse(exc.code, str(exc))
+            return
+        except StoreUnavailable as exc:
+            if me.peer is not None:
+                me.peer.fail(str(exc))
+            connection.refuse(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return
+        self._tunnels += 1
+        try:
+            await self._carry_relay(me, connection, watch_lease=peer is not None, lease=record.value["lease"])
+        finally:
+            self._tunnels -= 1
+            connection.close(failed=me.failure is not None)
+
+    def close_relays(self) -> None:
+        """Cut every relay connection (the replica stops)."""
+        for connection in list(self.relays):
+            connection.close(failed=True)
 
     async def _wait_for_peer(self, me: _Side) -> None:
         if len(self._waiting) >= MAX_WAITING:
@@ -129,10 +194,11 @@ class Router:
         watch_lease: bool,
         lease: str,
     ) -> None:
-        """Copy this side's frames straight into the other side's call until either side is done.
+        """Copy this side's frames straight into the other side until either side is done.
 
         No queue and no extra task per frame: the reader awaits the peer's write, which is the
-        backpressure, and each direction costs one read and one write on the event loop.
+        backpressure, and each direction costs one read and one write on the event loop. Frames go
+        to a ``Stream`` peer as they are; a relay peer gets their DATA payloads.
         """
         peer = me.peer
         assert peer is not None
@@ -142,8 +208,17 @@ class Router:
                 async for frame in requests:
                     if peer.done.is_set():
                         return
-                    await peer.context.write(frame)
-            except (grpc.RpcError, ConnectionError, grpc.aio.UsageError) as exc:
+                    if peer.relay is None:
+                        assert peer.context is not None
+                        await peer.context.write(frame)
+                        continue
+                    payload, frame_type = decode_frame(frame)
+                    if frame_type in (FRAME_GOAWAY, FRAME_RST_STREAM):
+                        break
+                    if frame_type == FRAME_DATA and payload:
+                        peer.relay.write(payload)
+                        await peer.relay.drain()
+            except (grpc.RpcError, ConnectionError, grpc.aio.UsageError, ValueError) as exc:
                 peer.fail(f"the other end of the tunnel went away ({type(exc).__name__})")
                 return
             except asyncio.CancelledError:
@@ -151,26 +226,126 @@ class Router:
                 raise
             peer.done.set()
 
-        async def lease_end() -> None:
-            try:
-                async for change in self.store.changes(LEASES, name=lease):
-                    if isinstance(change, str):
-                        break
-            except StoreUnavailable as exc:
-                logger.debug("tunnel of lease %s: %s; not cut at its end", lease, exc)
-                return
-            for side in (me, peer):
-                side.fail(f"lease {lease} ended")
-
         tasks = [asyncio.create_task(inbound())]
         if watch_lease:
-            tasks.append(asyncio.create_task(lease_end()))
+            tasks.append(asyncio.create_task(self._cut_at_end(lease, me, peer)))
         try:
             await me.done.wait()
         finally:
             me.done.set()  # the peer's reader stops writing here
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, grpc.RpcError, ConnectionError):
-                    await task
+            await _stop(tasks)
+
+    async def _carry_relay(self, me: _Side, connection: RelayConnection, watch_lease: bool, lease: str) -> None:
+        """Hand this relay connection's bytes to the other side until either side is done.
+
+        To another relay connection they go transport to transport (its full buffer pauses reading
+        here); to a ``Stream`` peer through a bridge that wraps them into frames.
+        """
+        peer = me.peer
+        assert peer is not None
+        bridge: asyncio.Task | None = None
+        if peer.relay is not None:
+            other = peer.relay
+            other.on_pause, other.on_resume = connection.pause_reading, connection.resume_reading
+
+            def ended(error: BaseException | None) -> None:
+                if error is None:
+                    peer.done.set()
+                else:
+                    peer.fail(f"the other end of the tunnel went away ({type(error).__name__})")
+
+            connection.on_end = ended
+            connection.accept(other.write)
+        else:
+            into = _IntoStream(connection, peer)
+            connection.on_end = into.end
+            bridge = asyncio.create_task(into.run())
+            connection.accept(into.push)
+        tasks = [bridge] if bridge is not None else []
+        if watch_lease:
+            tasks.append(asyncio.create_task(self._cut_at_end(lease, me, peer)))
+        waits = [asyncio.create_task(me.done.wait()), asyncio.create_task(connection.closed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if bridge is not None and not me.done.is_set():
+                # this side closed: the bridge hands on what it still holds, then ends the Stream side
+                await asyncio.wait([bridge, waits[0]], timeout=PAIR_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            me.done.set()
+            await _stop(waits + tasks)
+            peer.done.set()  # nothing more comes from here (a no-op when it already ended or failed)
+
+    async def _cut_at_end(self, lease: str, *sides: _Side) -> None:
+        """Fail both sides of a tunnel when its lease ends."""
+        try:
+            async for change in self.store.changes(LEASES, name=lease):
+                if isinstance(change, str):
+                    break
+        except StoreUnavailable as exc:
+            logger.debug("tunnel of lease %s: %s; not cut at its end", lease, exc)
+            return
+        for side in sides:
+            side.fail(f"lease {lease} ended")
+
+
+class _IntoStream:
+    """Bytes from a relay connection into a ``Stream`` peer's call, as DATA frames of up to
+    :data:`MAX_FRAME` bytes (several small reads joined); holds at most about :data:`WRITE_HIGH`
+    bytes before reading the relay connection pauses."""
+
+    def __init__(self, source: RelayConnection, peer: _Side) -> None:
+        self.source, self.peer = source, peer
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.paused = False
+        self.ready = asyncio.Event()
+        self.ended = False
+        self.error: BaseException | None = None
+
+    def push(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        self.ready.set()
+        if self.size > WRITE_HIGH and not self.paused:
+            self.paused = True
+            self.source.pause_reading()
+
+    def end(self, error: BaseException | None) -> None:
+        self.ended, self.error = True, error
+        self.ready.set()
+
+    async def run(self) -> None:
+        context = self.peer.context
+        assert context is not None
+        try:
+            while self.chunks or not self.ended:
+                if not self.chunks:
+                    self.ready.clear()
+                    await self.ready.wait()
+                    continue
+                parts, size = [], 0
+                while self.chunks and size < MAX_FRAME:
+                    parts.append(self.chunks.popleft())
+                    size += len(parts[-1])
+                self.size -= size
+                if self.peer.done.is_set():
+                    return
+                await context.write(encode_frame(Frame(b"".join(parts))))
+                if self.paused and self.size <= WRITE_HIGH // 2:
+                    self.paused = False
+                    self.source.resume_reading()
+            if self.error is not None:
+                self.peer.fail(f"the other end of the tunnel went away ({type(self.error).__name__})")
+                return
+            await context.write(encode_frame(Frame(b"", FRAME_GOAWAY)))
+            self.peer.done.set()
+        except (grpc.RpcError, ConnectionError, grpc.aio.UsageError) as exc:
+            self.peer.fail(f"the other end of the tunnel went away ({type(exc).__name__})")
+
+
+async def _stop(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, grpc.RpcError, ConnectionError):
+            await task

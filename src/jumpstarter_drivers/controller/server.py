@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2_grpc
 from ..core import loop
 from ..core.errors import ConfigurationError
 from ..core.session import server_credentials
+from . import relay
 from .router import Router
 from .scheduler import Scheduler
 from .services import ClientService, ControllerService, Lab
@@ -64,6 +66,10 @@ class ControllerSettings:
     insecure: bool = False
     #: ``HOST:PORT`` clients and exporters reach this replica's router at (default: from ``listen``).
     advertise: str | None = None
+    #: Serve the router's relay port (:mod:`.relay`) for this toolkit's clients and exporters.
+    relay: bool = True
+    #: ``HOST:PORT`` of the relay (default: the ``listen`` host, any free port).
+    relay_listen: str | None = None
     #: Reconcile every this many seconds instead of on etcd events (only to measure a polling baseline).
     reconcile_every: float | None = None
 
@@ -79,6 +85,7 @@ class ControllerServer:
         self.scheduler = Scheduler(self.store, poll=settings.reconcile_every)
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        self._relay: asyncio.Server | None = None
         self._scheduling: asyncio.Task | None = None
 
     @property
@@ -108,13 +115,46 @@ class ControllerServer:
         jumpstarter_pb2_grpc.add_ControllerServiceServicer_to_server(ControllerService(lab), server)
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientService(lab), server)
         self.router = Router(self.store)
-        server.add_generic_rpc_handlers((self.router.handler(),))
+        if self.settings.relay:
+            try:
+                await self._start_relay()
+            except (OSError, ConfigurationError):
+                await self.store.close()
+                raise
+        server.add_generic_rpc_handlers(self.router.handlers())
         await server.start()
         self._server = server
         self._scheduling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         logger.info("controller replica on %s, etcd %s", self.endpoint, ", ".join(self.settings.etcd))
 
+    async def _start_relay(self) -> None:
+        address = self.settings.relay_listen or f"{self.settings.listen.rpartition(':')[0]}:0"
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]") or None
+        if host in ("0.0.0.0", "::"):
+            host = None
+        try:
+            number = int(port)
+        except ValueError:
+            raise ConfigurationError(f"relay address {address!r}: give HOST:PORT") from None
+        context = None
+        if not self.settings.insecure:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)  # type: ignore[arg-type]
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(f"cannot load the TLS certificate and key for the relay: {exc}") from None
+        try:
+            self._relay = await relay.serve(self.router, host, number, context, HANDSHAKE_TIMEOUT)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {address} for the relay: {exc.strerror or exc}") from exc
+        self.router.relay_port = self._relay.sockets[0].getsockname()[1]
+
     async def stop(self) -> None:
+        if self._relay is not None:
+            self.router.close_relays()
+            await relay.close(self._relay)
+            self._relay = None
         if self._scheduling is not None:
             self._scheduling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
