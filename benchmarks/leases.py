@@ -11,8 +11,11 @@ loopback. Figures, each beside a baseline measured in the same run:
   reconcile loop), in a second lab started in the same run;
 - hand-over: from the holder's release to the next waiter's Ready, the same two ways;
 - router: latency of one driver call and upload throughput to a Storage driver through the
-  lease's local socket (Dial + router) vs a direct connection to the same exporter session, and
-  the CPU each process (this client, the controller, the exporter) spends per call both ways;
+  lease's local socket (Dial + router), by the relay port (our clients and exporters) and by
+  RouterService.Stream (Jumpstarter's peers), vs the same drivers served directly over TLS (the
+  baseline: what a client on another host would use without a controller) and on the exporter's
+  own unix socket; and the CPU each process (this client, the controller, the exporter) spends
+  per call each way;
 - scale: 200 lightweight exporters (Register, ReportStatus and a Status stream each, in this
   process) holding 200 leases, and 500 more leases waiting: controller CPU and memory, etcd size.
 """
@@ -50,10 +53,12 @@ T = TypeVar("T")
 EXPORT = {"power": {"type": "MockPower"}, "storage": {"type": "Storage", "config": {"root_dir": "STORAGE"}}}
 
 
-def start(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """A child process and the first line it prints."""
     with open(log, "wb") as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=errors, text=True, env={**os.environ, **(env or {})}
+        )
     line = process.stdout.readline().strip()
     if not line:
         stop_process(process)
@@ -77,6 +82,20 @@ class Lab:
         self.processes.append(process)
         self.ca = (state / "tls" / "cert.pem").read_bytes()
 
+    def direct_tls(self, name: str) -> str:
+        """The same drivers served straight on TCP with TLS (`jumpstarter serve --listen`): its HOST:PORT."""
+        path = self.directory / f"{name}.yaml"
+        storage = str(self.directory / name)
+        path.write_text(yaml.safe_dump({"export": yaml.safe_load(yaml.safe_dump(EXPORT).replace("STORAGE", storage))}))
+        tls = self.directory / "controller" / "tls"
+        process, address = start(
+            [sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(path), "--listen", "127.0.0.1:0",
+             "--tls-cert", str(tls / "cert.pem"), "--tls-key", str(tls / "key.pem"), "--log-level", "WARNING"],
+            self.directory / f"{name}.log",
+        )
+        self.processes.append(process)
+        return address
+
     def token(self, kind: str, name: str, labels: dict[str, str] | None = None) -> str:
         async def issue() -> str:
             async with Store([self.etcd.endpoint]) as store:
@@ -91,7 +110,7 @@ class Lab:
     def client(self, name: str) -> Access:
         return Access.from_document(self.document("Client", name), "Client")
 
-    def exporter(self, name: str, labels: dict[str, str]) -> str:
+    def exporter(self, name: str, labels: dict[str, str], env: dict[str, str] | None = None) -> str:
         """A real `jumpstarter serve --controller`; its session's own socket (for direct connections)."""
         content = self.document("Exporter", name)
         content["metadata"]["labels"] = labels
@@ -102,6 +121,7 @@ class Lab:
             [sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(path), "--controller", self.endpoint,
              "--log-level", "WARNING"],
             self.directory / f"{name}.log",
+            env,
         )
         self.processes.append(process)
         self.wait_available(name)
@@ -180,8 +200,8 @@ def hand_over(first: Access, second: Access, selector: str, repeat: int) -> list
     return times
 
 
-def call_latency(address: str, calls: int) -> list[float]:
-    with connect(address) as client:
+def call_latency(address: str, calls: int, ca: str | None = None) -> list[float]:
+    with connect(address, ca=ca) as client:
         client.power.on()
         times = []
         for _ in range(calls):
@@ -191,9 +211,9 @@ def call_latency(address: str, calls: int) -> list[float]:
     return times
 
 
-def upload_throughput(address: str, source: Path) -> float:
+def upload_throughput(address: str, source: Path, ca: str | None = None) -> float:
     """Bytes/s of a file uploaded to the exporter's Storage (a resource byte stream)."""
-    with connect(address) as client:
+    with connect(address, ca=ca) as client:
         begin = time.perf_counter()
         client.storage.write_from_path("upload.bin", source)
         elapsed = time.perf_counter() - begin
@@ -306,9 +326,7 @@ def scale(lab: Lab, exporters: int, waiting: int) -> dict[str, float]:
 
 
 def summary(values: list[float]) -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"median {1000 * statistics.median(values):8.2f} ms   p99 {1000 * p99:8.2f} ms"
+    return f"median {1000 * statistics.median(values):8.2f} ms   p99 {1000 * percentile(values, 0.99):8.2f} ms"
 
 
 @contextlib.contextmanager
@@ -323,6 +341,53 @@ def lab_running(reconcile_every: float | None = None) -> Iterator[Lab]:
 
 def row(label: str, ours: str, baseline: str) -> None:
     print(f"{label:<34} {ours:<36} {baseline}")
+
+
+def router_rows(lab: Lab, direct_unix: str, args: argparse.Namespace) -> None:
+    """Driver calls and uploads four ways: through the router's relay (our clients and exporters), through
+    RouterService.Stream (what Jumpstarter's own peers use; JMP_ROUTER_RELAY=off), straight to the same
+    drivers over TLS (the direct baseline), and on the exporter's own unix socket (same host, no TLS)."""
+    relay_exporter = lab.processes[-1].pid
+    lab.exporter("board-stream", {"board": "stream"}, env={"JMP_ROUTER_RELAY": "off"})
+    stream_exporter = lab.processes[-1].pid
+    direct_tls = lab.direct_tls("board-tls")
+    tls_exporter = lab.processes[-1].pid
+    ca = str(lab.directory / "controller" / "tls" / "cert.pem")
+    source = lab.directory / "source.bin"
+    source.write_bytes(os.urandom(args.mib << 20))
+    alice = lab.client("alice")
+    results: dict[str, tuple[list[float], dict[str, float], float]] = {}
+
+    def measure(label: str, address: str, exporter: int, ca: str | None = None) -> None:
+        pids = {"client": os.getpid(), "controller": lab.controller.pid, "exporter": exporter}
+        times, cpu = with_cpu(pids, lambda: call_latency(address, args.calls, ca))
+        results[label] = times, cpu, upload_throughput(address, source, ca)
+
+    with leased(alice, "board=rpi4", 600, wait=30) as lease:
+        measure("relay", lease.socket, relay_exporter)
+    os.environ["JMP_ROUTER_RELAY"] = "off"  # this process's tunnels: Stream (the lease's Channels read it)
+    try:
+        with leased(alice, "board=stream", 600, wait=30) as lease:
+            measure("stream", lease.socket, stream_exporter)
+    finally:
+        del os.environ["JMP_ROUTER_RELAY"]
+    measure("tls", direct_tls, tls_exporter, ca)
+    measure("unix", direct_unix, relay_exporter)
+    baseline = statistics.median(results["tls"][0])
+    print()
+    print(f"{'router path vs direct':<34} {'call median':>12} {'p99':>9} {'x direct':>9} {'upload':>13} "
+          f"{'x direct':>9}  CPU us/call client/controller/exporter")
+    for label, title in (("relay", "through the router (relay)"), ("stream", "through the router (Stream)"),
+                         ("tls", "direct, TLS (the baseline)"), ("unix", "direct, unix socket, no TLS")):
+        times, cpu, rate = results[label]
+        median = statistics.median(times)
+        print(f"{title:<34} {median * 1e3:9.2f} ms {percentile(times, 0.99) * 1e3:6.2f} ms {median / baseline:8.2f}x "
+              f"{rate / (1 << 20):7.1f} MiB/s {results['tls'][2] / rate:8.2f}x  {per_call(cpu, args.calls)}")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def main() -> None:
@@ -346,17 +411,7 @@ def main() -> None:
             summary(baseline_acquire) + "  (reconcile every 1 s)")
         row("hand-over release -> next Ready", summary(hand_over(alice, bob, "board=rpi4", args.repeat)),
             summary(baseline_hand_over) + "  (reconcile every 1 s)")
-        pids = {"client": os.getpid(), "controller": lab.controller.pid, "exporter": lab.processes[-1].pid}
-        with leased(alice, "board=rpi4", 600, wait=30) as lease:
-            routed, routed_cpu = with_cpu(pids, lambda: call_latency(lease.socket, args.calls))
-            straight, straight_cpu = with_cpu(pids, lambda: call_latency(direct, args.calls))
-            row("driver call", summary(routed), summary(straight) + "  (direct)")
-            row("  CPU us per call " + "/".join(pids), per_call(routed_cpu, args.calls),
-                per_call(straight_cpu, args.calls) + "  (direct)")
-            source = lab.directory / "source.bin"
-            source.write_bytes(os.urandom(args.mib << 20))
-            row(f"upload {args.mib} MiB", f"{upload_throughput(lease.socket, source) / (1 << 20):8.1f} MiB/s",
-                f"{upload_throughput(direct, source) / (1 << 20):8.1f} MiB/s  (direct)")
+        router_rows(lab, direct, args)
         print()
         for label, value in scale(lab, args.exporters, args.waiting).items():
             print(f"{label:<50} {value:10.2f}")

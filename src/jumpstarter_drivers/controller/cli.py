@@ -101,6 +101,12 @@ def run_async(coro: Any, timeout: float | None = 60.0) -> Any:
 @click.option("--tls-key", metavar="FILE", help="PEM private key of --tls-cert.")
 @click.option("--insecure", is_flag=True, help="Serve plaintext (only on a network you trust, or in tests).")
 @click.option("--advertise", metavar="HOST:PORT", help="Address clients and exporters reach this replica at.")
+@click.option(
+    "--relay-listen",
+    metavar="HOST:PORT",
+    help="Where the router's relay port listens (default: the --listen host, a free port).",
+)
+@click.option("--no-relay", is_flag=True, help="No relay port: every tunnel is a RouterService.Stream call.")
 @click.option("--reconcile-every", type=float, hidden=True, help="Poll instead of watching (benchmark baseline).")
 @click.option(
     "--log-level",
@@ -118,6 +124,8 @@ def controller(
     tls_key: str | None,
     insecure: bool,
     advertise: str | None,
+    relay_listen: str | None,
+    no_relay: bool,
     reconcile_every: float | None,
     log_level: str,
 ) -> None:
@@ -139,6 +147,13 @@ def controller(
     state.mkdir(parents=True, exist_ok=True)
     host, port = parse_listen(listen)
     check_bindable(host, port)
+    if relay_listen and no_relay:
+        raise _fail("give --relay-listen or --no-relay, not both")
+    if relay_listen:
+        relay_host, _, relay_port = relay_listen.rpartition(":")
+        if not (relay_host and relay_port.isdigit() and int(relay_port) < 65536):
+            raise _fail(f"--relay-listen {relay_listen!r}: expected HOST:PORT, e.g. 0.0.0.0:8083 (port 0: a free one)")
+        check_bindable(relay_host, int(relay_port))
     with contextlib.ExitStack() as stack, signals_caught(signal.SIGINT, signal.SIGTERM) as stop:
         endpoints = list(etcd)
         if not endpoints:
@@ -153,17 +168,31 @@ def controller(
             except JumpstarterError as exc:
                 raise _fail(exc) from None
         settings = ControllerSettings(
-            etcd=endpoints, listen=listen, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure, advertise=advertise,
+            etcd=endpoints,
+            listen=listen,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            insecure=insecure,
+            advertise=advertise,
+            relay=not no_relay,
+            relay_listen=relay_listen,
             reconcile_every=reconcile_every,
         )
         replica = ControllerServer(settings)
         run_async(replica.start())
         stack.callback(run_async, replica.stop())
-        info = {"endpoint": replica.endpoint, "etcd": endpoints, "insecure": insecure, "ca": tls_cert}
+        info = {
+            "endpoint": replica.endpoint,
+            "relay_port": replica.router.relay_port or None,
+            "etcd": endpoints,
+            "insecure": insecure,
+            "ca": tls_cert,
+        }
         (state / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         click.echo(replica.endpoint)
         click.echo(f"state directory: {state}")
-        logger.info("serving on %s; stop with Ctrl-C or SIGTERM", replica.endpoint)
+        relay = f", router relay on port {replica.router.relay_port}" if replica.router.relay_port else ""
+        logger.info("serving on %s%s; stop with Ctrl-C or SIGTERM", replica.endpoint, relay)
         stop.wait_until(stop.received.is_set)
         logger.info("stopping")
 

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 20.0
 
 
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -12,10 +12,12 @@ The router answers ``ok\\n`` once the other side of the tunnel is there, or
 as they are. Pairing, tokens, limits and the cut at the lease's end are the router's
 (:mod:`.router`), so a relay side pairs with a ``Stream`` side as well as with another relay side.
 
-Bounds (SECURITY.md): a connection must finish TLS within the handshake timeout and send its line
-(at most :data:`MAX_PREAMBLE` bytes) within :data:`PREAMBLE_TIMEOUT`; at most
-:data:`MAX_PENDING` connections may be at that stage at once; a paired connection buffers at most
-:data:`WRITE_HIGH` bytes towards its peer before the other side stops being read.
+Bounds (SECURITY.md): at most :data:`MAX_CONNECTIONS` connections at once (more are closed before
+TLS); a connection must finish TLS within :data:`HANDSHAKE_TIMEOUT` and send its line (at most
+:data:`MAX_PREAMBLE` bytes) within :data:`PREAMBLE_TIMEOUT`; at most :data:`MAX_PENDING`
+connections may be waiting to send it at once; a paired connection buffers at most
+:data:`WRITE_HIGH` bytes towards its peer before the other side stops being read; TCP keepalive
+cuts a peer whose host vanished within about 25 s.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,6 +46,12 @@ MAX_PREAMBLE = 1024
 PREAMBLE_TIMEOUT = 10.0
 #: Connections that have not sent a valid first line yet; more are closed at once.
 MAX_PENDING = 256
+#: Bytes one read may hand over (bounds what arrives while TLS finishes starting).
+CHUNK_BOUND = 256 * 1024
+#: Relay connections one replica holds at once (a tunnel through the relay takes two).
+MAX_CONNECTIONS = 2048
+#: Seconds a connection may take to finish TLS.
+HANDSHAKE_TIMEOUT = 10.0
 #: Bytes a connection's outgoing buffer may hold before its peer stops being read.
 WRITE_HIGH = 1 << 20
 #: TCP keepalive: a peer whose host vanished is cut after about idle + interval * count seconds.
@@ -73,7 +82,11 @@ class RelayConnection(asyncio.Protocol):
         self._early: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._pending = False
-        self._task: asyncio.Task | None = None
+        #: start_tls running (it may hand over the first bytes before it returns).
+        self._securing = False
+        self._tls_task: asyncio.Task | None = None
+        #: Router.relay(): authorizing, pairing, carrying.
+        self._paired_task: asyncio.Task | None = None
         #: Where received bytes go once paired (the peer's transport, or a bridge to a Stream peer).
         self._sink: Callable[[bytes], None] | None = None
         #: Called once with the error (``None`` for a clean end) when nothing more will be received.
@@ -88,15 +101,49 @@ class RelayConnection(asyncio.Protocol):
         self._end_error: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A TCP connection: counted against :data:`MAX_CONNECTIONS`, then TLS (if any), then its line."""
         assert isinstance(transport, asyncio.Transport)
+        if self.transport is not None:
+            return  # start_tls's own call: the handshake is done, _secure goes on
         self.transport = transport
+        if len(self.router.relays) >= MAX_CONNECTIONS:
+            transport.abort()
+            return
         self.router.relays.add(self)
+        keep_alive(transport.get_extra_info("socket"))
+        context = self.router.relay_tls
+        if context is None:
+            self._await_first_line(transport)
+        else:
+            self._securing = True
+            self._tls_task = asyncio.get_running_loop().create_task(self._secure(transport, context))
+
+    async def _secure(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secured = await loop.start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except (OSError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
+            logger.debug("relay connection: TLS failed: %s", exc)
+            transport.abort()
+            self._release()
+            return
+        if secured is None:  # closed meanwhile
+            self._release()
+            return
+        self._securing = False
+        self.transport = secured
+        self._await_first_line(secured)
+        if self._head and not secured.is_closing():
+            self._first_line()
+
+    def _await_first_line(self, transport: asyncio.Transport) -> None:
         if self.router.relay_pending >= MAX_PENDING:
             transport.abort()
             return
         self.router.relay_pending += 1
         self._pending = True
-        keep_alive(transport.get_extra_info("socket"))
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self._timer = asyncio.get_running_loop().call_later(
             PREAMBLE_TIMEOUT,
@@ -104,6 +151,10 @@ class RelayConnection(asyncio.Protocol):
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"no '{PREAMBLE.decode().strip()} <router token>' line within {PREAMBLE_TIMEOUT:g} s",
         )
+
+    def _release(self) -> None:
+        self.router.relays.discard(self)
+        self._not_pending()
 
     def _not_pending(self) -> None:
         if self._pending:
@@ -117,10 +168,18 @@ class RelayConnection(asyncio.Protocol):
         if self._sink is not None:
             self._sink(data)
             return
-        if self._task is not None:
+        if self._paired_task is not None:
             self._early.append(data)  # arrived before reading paused; bounded by one read
             return
         self._head += data
+        if self._securing:
+            # the handshake is done but start_tls has not returned yet: parse once it has
+            if len(self._head) > MAX_PREAMBLE + CHUNK_BOUND:
+                self._abort()
+            return
+        self._first_line()
+
+    def _first_line(self) -> None:
         line, newline, rest = self._head.partition(b"\n")
         if not newline:
             if len(self._head) > MAX_PREAMBLE:
@@ -139,7 +198,11 @@ class RelayConnection(asyncio.Protocol):
             )
             return
         token = line[len(PREAMBLE) :].decode(errors="replace").strip()
-        self._task = asyncio.get_running_loop().create_task(self.router.relay(self, token))
+        self._paired_task = asyncio.get_running_loop().create_task(self.router.relay(self, token))
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def paired(self) -> None:
         """Tell the peer its tunnel is there (before the other side's first byte reaches it)."""
@@ -169,10 +232,11 @@ class RelayConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.router.relays.discard(self)
-        self._not_pending()
-        if self._sink is None and self._task is not None:
-            self._task.cancel()  # gone while waiting for its other side
+        self._release()
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+        if self._sink is None and self._paired_task is not None:
+            self._paired_task.cancel()  # gone while waiting for its other side
         self._end(exc)
         self._writable.set()
         self.closed.set()
@@ -224,14 +288,15 @@ class RelayConnection(asyncio.Protocol):
                 self.transport.close()
 
 
-async def serve(
-    router: Router, host: str | None, port: int, ssl_context: object | None, handshake_timeout: float
-) -> asyncio.Server:
-    """Listen for relay connections on ``host:port`` (``ssl_context`` ``None``: plaintext)."""
+async def serve(router: Router, host: str | None, port: int, ssl_context: ssl.SSLContext | None) -> asyncio.Server:
+    """Listen for relay connections on ``host:port`` (``ssl_context`` ``None``: plaintext).
+
+    TLS starts only once a connection is counted (``start_tls``), so a flood of stalled handshakes
+    is bounded like everything else.
+    """
+    router.relay_tls = ssl_context
     loop = asyncio.get_running_loop()
-    options = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout} if ssl_context is not None else {}
-    server = await loop.create_server(lambda: RelayConnection(router), host, port, backlog=128, **options)
-    return server
+    return await loop.create_server(lambda: RelayConnection(router), host, port, backlog=128)
 
 
 async def close(server: asyncio.Server) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -77,6 +78,10 @@ class Router:
         self.relay_port = 0
         self.relay_pending = 0
         self.relays: set[RelayConnection] = set()
+        #: The relay's TLS (``None``: plaintext).
+        self.relay_tls: ssl.SSLContext | None = None
+        #: Tunnel sides that came through the relay since start.
+        self.relayed = 0
 
     def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
         """``RouterService.Stream`` taking and giving frames as raw bytes, and ``Where`` for the relay."""
@@ -157,6 +162,7 @@ class Router:
                 me.peer.fail(str(exc))
             connection.refuse(grpc.StatusCode.UNAVAILABLE, str(exc))
             return
+        self.relayed += 1
         self._tunnels += 1
         try:
             await self._carry_relay(me, connection, watch_lease=peer is not None, lease=record.value["lease"])

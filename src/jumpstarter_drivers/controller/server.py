@@ -145,7 +145,7 @@ class ControllerServer:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigurationError(f"cannot load the TLS certificate and key for the relay: {exc}") from None
         try:
-            self._relay = await relay.serve(self.router, host, number, context, HANDSHAKE_TIMEOUT)
+            self._relay = await relay.serve(self.router, host, number, context)
         except OSError as exc:
             raise OSError(f"cannot listen on {address} for the relay: {exc.strerror or exc}") from exc
         self.router.relay_port = self._relay.sockets[0].getsockname()[1]

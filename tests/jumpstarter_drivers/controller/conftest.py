@@ -53,8 +53,10 @@ class Lab:
         self.process_endpoints: list[str] = []
         self._stack = contextlib.ExitStack()
 
-    def replica(self, etcd: list[str] | None = None) -> ControllerServer:
-        settings = ControllerSettings(etcd=etcd or [self.etcd.endpoint], tls_cert=self.cert, tls_key=self.key)
+    def replica(self, etcd: list[str] | None = None, **options) -> ControllerServer:
+        settings = ControllerSettings(
+            etcd=etcd or [self.etcd.endpoint], tls_cert=self.cert, tls_key=self.key, **options
+        )
         replica = self._stack.enter_context(running(settings))
         self.replicas.append(replica)
         return replica
@@ -123,7 +125,9 @@ class Lab:
         path.write_text(yaml.safe_dump(content))
         return path
 
-    def serve(self, name: str, labels: dict[str, str], export: dict | None = None) -> subprocess.Popen:
+    def serve(
+        self, name: str, labels: dict[str, str], export: dict | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         """Start `jumpstarter serve FILE --controller` for exporter ``name``; return once it is online."""
         path = self.exporter_file(name, labels, export)
         log = open(self.directory / f"exporter-{name}.log", "wb")  # noqa: SIM115 - closed below
@@ -132,7 +136,7 @@ class Lab:
                 [sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(path), "--controller", self.endpoints],
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "GRPC_VERBOSITY": "NONE"},
+                env={**os.environ, "GRPC_VERBOSITY": "NONE", **(env or {})},
             )
         finally:
             log.close()
