@@ -363,8 +363,9 @@ def router_rows(lab: Lab, direct_unix: str, args: argparse.Namespace) -> None:
         times, cpu = with_cpu(pids, lambda: call_latency(address, args.calls, ca))
         results[label] = times, cpu, upload_throughput(address, source, ca)
 
-    with leased(alice, "board=rpi4", 600, wait=30) as lease:
+    with leased(alice, "board=rpi4", 600, wait=30) as lease:  # the exporter takes calls only while leased
         measure("relay", lease.socket, relay_exporter)
+        measure("unix", direct_unix, relay_exporter)
     os.environ["JMP_ROUTER_RELAY"] = "off"  # this process's tunnels: Stream (the lease's Channels read it)
     try:
         with leased(alice, "board=stream", 600, wait=30) as lease:
@@ -372,7 +373,6 @@ def router_rows(lab: Lab, direct_unix: str, args: argparse.Namespace) -> None:
     finally:
         del os.environ["JMP_ROUTER_RELAY"]
     measure("tls", direct_tls, tls_exporter, ca)
-    measure("unix", direct_unix, relay_exporter)
     baseline = statistics.median(results["tls"][0])
     print()
     print(f"{'router path vs direct':<34} {'call median':>12} {'p99':>9} {'x direct':>9} {'upload':>13} "

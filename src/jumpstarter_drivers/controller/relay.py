@@ -49,7 +49,7 @@ MAX_PENDING = 256
 #: Bytes one read may hand over (bounds what arrives while TLS finishes starting).
 CHUNK_BOUND = 256 * 1024
 #: Relay connections one replica holds at once (a tunnel through the relay takes two).
-MAX_CONNECTIONS = 2048
+MAX_CONNECTIONS = 1024
 #: Seconds a connection may take to finish TLS.
 HANDSHAKE_TIMEOUT = 10.0
 #: Bytes a connection's outgoing buffer may hold before its peer stops being read.

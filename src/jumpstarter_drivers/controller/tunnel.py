@@ -30,6 +30,8 @@ STREAM_METHOD = "/jumpstarter.v1.RouterService/Stream"
 #: burst (an upload) crosses the router in few large frames rather than many 64 KiB ones.
 CHUNK = MAX_FRAME
 WHERE_METHOD = f"/{RELAY_SERVICE}/Where"
+#: Send buffer asked for on the local side of a relay tunnel.
+LOCAL_BUFFER = 4 << 20
 #: Environment variable: ``off`` makes tunnels use ``RouterService.Stream`` even where a relay is offered.
 JMP_ROUTER_RELAY = "JMP_ROUTER_RELAY"
 #: Seconds to ask for, reach and finish TLS with a relay before using ``Stream`` instead.
@@ -194,6 +196,8 @@ async def _splice_relay(
         raise RelayUnreachable(f"{where}: {exc or type(exc).__name__}") from None
     keep_alive(remote.transport.get_extra_info("socket") if remote.transport else None)
     near = _Pipe(where)
+    with contextlib.suppress(OSError):  # fewer, larger writes to the local side (capped by net.core.wmem_max)
+        local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LOCAL_BUFFER)
     try:
         await loop.connect_accepted_socket(lambda: near, sock=local)
     except OSError:
