@@ -1,6 +1,6 @@
 """The lab controller: lease acquisition and hand-over, router overhead, and a lab of 200 exporters.
 
-Run: python benchmarks/leases.py [--repeat 20] [--calls 300] [--mib 64] [--exporters 200] [--waiting 500]
+Run: python benchmarks/leases.py [--repeat 20] [--calls 200] [--rounds 5] [--mib 64] [--exporters 200] [--waiting 500]
 
 One private etcd, one controller replica (`jumpstarter controller`, TLS) and one real exporter
 (`jumpstarter serve --controller`, a MockPower and a Storage), all child processes on
@@ -46,6 +46,7 @@ from jumpstarter_drivers.controller.etcd_process import PrivateEtcd
 from jumpstarter_drivers.controller.store import Store
 from jumpstarter_drivers.core import loop
 from jumpstarter_drivers.core.access import connect
+from jumpstarter_drivers.core.client import DriverClient
 from jumpstarter_drivers.core.processes import stop_process
 
 T = TypeVar("T")
@@ -200,26 +201,6 @@ def hand_over(first: Access, second: Access, selector: str, repeat: int) -> list
     return times
 
 
-def call_latency(address: str, calls: int, ca: str | None = None) -> list[float]:
-    with connect(address, ca=ca) as client:
-        client.power.on()
-        times = []
-        for _ in range(calls):
-            begin = time.perf_counter()
-            client.power.on()
-            times.append(time.perf_counter() - begin)
-    return times
-
-
-def upload_throughput(address: str, source: Path, ca: str | None = None) -> float:
-    """Bytes/s of a file uploaded to the exporter's Storage (a resource byte stream)."""
-    with connect(address, ca=ca) as client:
-        begin = time.perf_counter()
-        client.storage.write_from_path("upload.bin", source)
-        elapsed = time.perf_counter() - begin
-    return source.stat().st_size / elapsed
-
-
 def with_cpu(pids: dict[str, int], action: Callable[[], T]) -> tuple[T, dict[str, float]]:
     """``action()``'s result and the CPU seconds each process spent meanwhile."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -346,7 +327,11 @@ def row(label: str, ours: str, baseline: str) -> None:
 def router_rows(lab: Lab, direct_unix: str, args: argparse.Namespace) -> None:
     """Driver calls and uploads four ways: through the router's relay (our clients and exporters), through
     RouterService.Stream (what Jumpstarter's own peers use; JMP_ROUTER_RELAY=off), straight to the same
-    drivers over TLS (the direct baseline), and on the exporter's own unix socket (same host, no TLS)."""
+    drivers over TLS (the direct baseline), and on the exporter's own unix socket (same host, no TLS).
+
+    The four clients stay connected and take turns (``--rounds`` rounds of ``--calls`` calls each,
+    then one upload each per round), so a busy moment of the machine falls on all four alike.
+    """
     relay_exporter = lab.processes[-1].pid
     lab.exporter("board-stream", {"board": "stream"}, env={"JMP_ROUTER_RELAY": "off"})
     stream_exporter = lab.processes[-1].pid
@@ -356,33 +341,59 @@ def router_rows(lab: Lab, direct_unix: str, args: argparse.Namespace) -> None:
     source = lab.directory / "source.bin"
     source.write_bytes(os.urandom(args.mib << 20))
     alice = lab.client("alice")
-    results: dict[str, tuple[list[float], dict[str, float], float]] = {}
-
-    def measure(label: str, address: str, exporter: int, ca: str | None = None) -> None:
-        pids = {"client": os.getpid(), "controller": lab.controller.pid, "exporter": exporter}
-        times, cpu = with_cpu(pids, lambda: call_latency(address, args.calls, ca))
-        results[label] = times, cpu, upload_throughput(address, source, ca)
-
-    with leased(alice, "board=rpi4", 600, wait=30) as lease:  # the exporter takes calls only while leased
-        measure("relay", lease.socket, relay_exporter)
-        measure("unix", direct_unix, relay_exporter)
-    os.environ["JMP_ROUTER_RELAY"] = "off"  # this process's tunnels: Stream (the lease's Channels read it)
-    try:
-        with leased(alice, "board=stream", 600, wait=30) as lease:
-            measure("stream", lease.socket, stream_exporter)
-    finally:
-        del os.environ["JMP_ROUTER_RELAY"]
-    measure("tls", direct_tls, tls_exporter, ca)
-    baseline = statistics.median(results["tls"][0])
+    paths = {"relay": relay_exporter, "stream": stream_exporter, "tls": tls_exporter, "unix": relay_exporter}
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    cpu: dict[str, dict[str, float]] = {path: {} for path in paths}
+    rates: dict[str, list[float]] = {path: [] for path in paths}
+    with contextlib.ExitStack() as stack:
+        relay_lease = stack.enter_context(leased(alice, "board=rpi4", 600, wait=30))
+        os.environ["JMP_ROUTER_RELAY"] = "off"  # read when the lease's tunnels are set up: this one uses Stream
+        try:
+            stream_lease = stack.enter_context(leased(alice, "board=stream", 600, wait=30))
+        finally:
+            del os.environ["JMP_ROUTER_RELAY"]
+        addresses = {"relay": relay_lease.socket, "stream": stream_lease.socket, "tls": direct_tls, "unix": direct_unix}
+        clients = {path: stack.enter_context(connect(address, ca=ca if path == "tls" else None))
+                   for path, address in addresses.items()}
+        for client in clients.values():
+            client.power.on()
+        for _ in range(args.rounds):
+            for path, client in clients.items():
+                pids = {"client": os.getpid(), "controller": lab.controller.pid, "exporter": paths[path]}
+                block, spent = with_cpu(pids, lambda client=client: timed_calls(client, args.calls))
+                times[path] += block
+                for name, seconds in spent.items():
+                    cpu[path][name] = cpu[path].get(name, 0.0) + seconds
+            for path, client in clients.items():
+                rates[path].append(upload_rate(client, source))
+    calls = args.rounds * args.calls
+    baseline, baseline_rate = statistics.median(times["tls"]), statistics.median(rates["tls"])
     print()
-    print(f"{'router path vs direct':<34} {'call median':>12} {'p99':>9} {'x direct':>9} {'upload':>13} "
-          f"{'x direct':>9}  CPU us/call client/controller/exporter")
-    for label, title in (("relay", "through the router (relay)"), ("stream", "through the router (Stream)"),
-                         ("tls", "direct, TLS (the baseline)"), ("unix", "direct, unix socket, no TLS")):
-        times, cpu, rate = results[label]
-        median = statistics.median(times)
-        print(f"{title:<34} {median * 1e3:9.2f} ms {percentile(times, 0.99) * 1e3:6.2f} ms {median / baseline:8.2f}x "
-              f"{rate / (1 << 20):7.1f} MiB/s {results['tls'][2] / rate:8.2f}x  {per_call(cpu, args.calls)}")
+    print(f"router path vs direct ({args.rounds} rounds of {args.calls} calls and one {args.mib} MiB upload)")
+    print(f"{'':<34} {'call median':>12} {'p99':>9} {'x direct':>9} {'upload':>13} {'x direct':>9}  "
+          "CPU us/call client/controller/exporter")
+    for path, title in (("relay", "through the router (relay)"), ("stream", "through the router (Stream)"),
+                        ("tls", "direct, TLS (the baseline)"), ("unix", "direct, unix socket, no TLS")):
+        median, rate = statistics.median(times[path]), statistics.median(rates[path])
+        print(f"{title:<34} {median * 1e3:9.2f} ms {percentile(times[path], 0.99) * 1e3:6.2f} ms "
+              f"{median / baseline:8.2f}x {rate / (1 << 20):7.1f} MiB/s {baseline_rate / rate:8.2f}x  "
+              f"{per_call(cpu[path], calls)}")
+
+
+def timed_calls(client: DriverClient, calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        begin = time.perf_counter()
+        client.power.on()
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def upload_rate(client: DriverClient, source: Path) -> float:
+    """Bytes/s of ``source`` uploaded to the exporter's Storage (a resource byte stream)."""
+    begin = time.perf_counter()
+    client.storage.write_from_path("upload.bin", source)
+    return source.stat().st_size / (time.perf_counter() - begin)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -393,7 +404,8 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--calls", type=int, default=200, help="driver calls per path per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of calls and uploads, the paths taking turns")
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--exporters", type=int, default=200)
     parser.add_argument("--waiting", type=int, default=500)
