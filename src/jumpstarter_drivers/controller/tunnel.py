@@ -207,13 +207,12 @@ async def _splice_relay(
     near.peer, remote.peer = remote, near
     remote.expect_answer(near)
     remote.send(PREAMBLE + token.encode() + b"\n" + first)
+    waits = [asyncio.ensure_future(near.closed.wait()), asyncio.ensure_future(remote.closed.wait())]
     try:
-        await asyncio.wait(
-            [asyncio.ensure_future(near.closed.wait()), asyncio.ensure_future(remote.closed.wait())],
-            timeout=None,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for waiting in waits:
+            waiting.cancel()
         near.close()
         remote.close()
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from jumpstarter_drivers.core.processes import stop_process
 
@@ -88,17 +91,27 @@ def test_unsatisfiable_selector_and_wait_timeout_are_one_line_errors(lab) -> Non
 def _controller(state: Path, *options: str) -> subprocess.Popen:
     """`jumpstarter controller` on a free loopback port with its state in ``state``; its stdout is a pipe."""
     command = [sys.executable, "-m", "jumpstarter_drivers.cli", "controller", "--listen", "127.0.0.1:0", *options]
+    # unbuffered: _line waits on the pipe itself, which a read-ahead buffer would hide
     return subprocess.Popen(
-        [*command, "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [*command, "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0
     )
+
+
+def _line(controller: subprocess.Popen, timeout: float = 30.0) -> str:
+    """The controller's next stdout line, failing (not hanging) when none comes within ``timeout``."""
+    ready, _, _ = select.select([controller.stdout], [], [], timeout)
+    assert ready, f"the controller printed nothing within {timeout:g} s"
+    return controller.stdout.readline().decode().strip()
 
 
 def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
     state = tmp_path / "state"
     controller = _controller(state)
     try:
-        endpoint = controller.stdout.readline().strip()
-        assert controller.stdout.readline().strip() == f"state directory: {state}"
+        endpoint = _line(controller)
+        assert _line(controller) == f"state directory: {state}"
+        recorded = json.loads((state / "controller.json").read_text())
+        assert recorded["endpoint"] == endpoint and recorded["relay_port"] > 0
         written = jumpstarter(
             "controller", "token", "create", "client", "ci", "--state-dir", str(state), "-o", str(tmp_path / "ci.yaml")
         )
@@ -119,7 +132,7 @@ def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
 def test_a_killed_controller_takes_its_private_etcd_with_it(tmp_path: Path) -> None:
     controller = _controller(tmp_path, "--insecure")
     try:
-        assert controller.stdout.readline().strip()
+        assert _line(controller)
         children = Path(f"/proc/{controller.pid}/task/{controller.pid}/children").read_text().split()
         (etcd,) = [pid for pid in children if "etcd" in Path(f"/proc/{pid}/comm").read_text()]
         controller.kill()
@@ -131,3 +144,16 @@ def test_a_killed_controller_takes_its_private_etcd_with_it(tmp_path: Path) -> N
     finally:
         stop_process(controller)
         controller.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--relay-listen", "nowhere"], "--relay-listen 'nowhere': expected HOST:PORT"),
+        (["--relay-listen", "127.0.0.1:0", "--no-relay"], "give --relay-listen or --no-relay, not both"),
+    ],
+)
+def test_bad_relay_options_are_named(tmp_path: Path, options: list[str], message: str) -> None:
+    result = jumpstarter("controller", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path), *options)
+    assert result.returncode != 0
+    assert message in result.stderr
