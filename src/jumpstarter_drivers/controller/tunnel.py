@@ -20,7 +20,9 @@ import ssl
 import grpc
 
 from ..core.streams import FRAME_DATA, FRAME_GOAWAY, FRAME_RST_STREAM, MAX_FRAME, Frame, decode_frame, encode_frame
+from . import links
 from .config import Access
+from .links import Link, handshake
 from .relay import MAX_PREAMBLE, PREAMBLE, RELAY_SERVICE, keep_alive
 
 logger = logging.getLogger(__name__)
@@ -178,136 +180,85 @@ async def _splice_relay(
 ) -> None:
     """Through the router's relay: one TLS connection carrying the bytes as they are.
 
-    Both connections are plain asyncio transports handing what one receives straight to the
-    other's ``write`` (a full buffer pauses reading the other), with no task or queue per chunk.
-    Raises :class:`RelayUnreachable` when the relay cannot be reached, before anything was sent.
+    Both sockets are :class:`~.links.Link` s handing what one reads straight to the other (TLS
+    read and written by OpenSSL directly, no task or queue per chunk). Raises
+    :class:`RelayUnreachable` when the relay cannot be reached, before anything was sent.
     """
     host, port = relay
-    loop = asyncio.get_running_loop()
-    context = channels.ssl_context()
-    options = (
-        {"ssl": context, "server_hostname": host, "ssl_handshake_timeout": RELAY_CONNECT_TIMEOUT} if context else {}
-    )
     where = f"{host}:{port}"
-    remote = _Pipe(where)
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: remote, host, port, **options), RELAY_CONNECT_TIMEOUT)
+        remote = await _open(host, port, channels.ssl_context())
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         raise RelayUnreachable(f"{where}: {exc or type(exc).__name__}") from None
-    keep_alive(remote.transport.get_extra_info("socket") if remote.transport else None)
-    near = _Pipe(where)
     with contextlib.suppress(OSError):  # fewer, larger writes to the local side (capped by net.core.wmem_max)
         local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LOCAL_BUFFER)
+    near, far = Link(local), Link(remote)
+    waits: list[asyncio.Future] = []
     try:
-        await loop.connect_accepted_socket(lambda: near, sock=local)
-    except OSError:
-        remote.close()
-        raise
-    near.pause()  # nothing goes to the router before the answer
-    near.peer, remote.peer = remote, near
-    remote.expect_answer(near)
-    remote.send(PREAMBLE + token.encode() + b"\n" + first)
-    waits = [asyncio.ensure_future(near.closed.wait()), asyncio.ensure_future(remote.closed.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        far.write(PREAMBLE + token.encode() + b"\n" + first)
+        rest = await _answer(far, where)
+        if rest is None:
+            return
+        if rest:
+            near.write(rest)
+        links.splice(near, far)
+        waits = [asyncio.ensure_future(near.closed.wait()), asyncio.ensure_future(far.closed.wait())]
+        await asyncio.wait(waits, return_when=asyncio.ALL_COMPLETED)
     finally:
         for waiting in waits:
             waiting.cancel()
-        near.close()
-        remote.close()
+        near.abort()
+        far.abort()
 
 
-class _Pipe(asyncio.Protocol):
-    """One end of a relay splice: what it receives goes to its peer's transport."""
+async def _open(host: str, port: int, context: ssl.SSLContext | None) -> socket.socket:
+    """A connected non-blocking socket to ``host:port``, TLS finished when ``context`` is given."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        async with asyncio.timeout(RELAY_CONNECT_TIMEOUT):
+            await loop.sock_connect(sock, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        keep_alive(sock)
+        if context is None:
+            return sock
+        secured = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+        await handshake(secured, RELAY_CONNECT_TIMEOUT)
+        return secured
+    except BaseException:
+        sock.close()
+        raise
 
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Pipe | None = None
-        self.closed = asyncio.Event()
-        self._answer: bytearray | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._told = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=CHUNK)
+async def _answer(far: Link, where: str) -> bytes | None:
+    """The relay's answer line: what came after it when it is ``ok``; ``None`` (logged) otherwise."""
+    head = bytearray()
+    got = asyncio.get_running_loop().create_future()
 
-    def expect_answer(self, near: _Pipe) -> None:
-        """The first line received is the relay's answer: ``ok`` starts the copying to ``near``."""
-        self._answer = bytearray()
-        self._timer = asyncio.get_running_loop().call_later(RELAY_ANSWER_TIMEOUT, self._no_answer)
+    def collect(data: bytes) -> None:
+        head.extend(data)
+        if (b"\n" in head or len(head) > MAX_PREAMBLE) and not got.done():
+            far.stop_reading()
+            got.set_result(None)
 
-    def _no_answer(self) -> None:
-        self._tell(f"no answer within {RELAY_ANSWER_TIMEOUT:g} s")
-        self.close()
-
-    def _tell(self, reason: str) -> None:
-        if not self._told:
-            self._told = True
-            logger.error("router relay %s refused the tunnel: %s", self.where, reason)
-
-    def data_received(self, data: bytes) -> None:
-        if self._answer is not None:
-            self._answer += data
-            line, newline, rest = self._answer.partition(b"\n")
-            if not newline:
-                if len(self._answer) > MAX_PREAMBLE:
-                    self._refused(bytes(self._answer[:80]))
-                return
-            if line != b"ok":
-                self._refused(bytes(line))
-                return
-            self._answer = None
-            if self._timer is not None:
-                self._timer.cancel()
-            assert self.peer is not None
-            self.peer.resume()
-            data = bytes(rest)
-            if not data:
-                return
-        if self.peer is not None:
-            self.peer.send(data)
-
-    def _refused(self, line: bytes) -> None:
-        self._tell(line.decode(errors="replace").strip().removeprefix("error "))
-        self.close()
-
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def pause(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.pause()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self._answer is None:  # the local end stays paused until the answer
-            self.peer.resume()
-
-    def eof_received(self) -> bool:
-        return False  # the transport closes; connection_lost ends the peer
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._answer is not None and not (self.peer is not None and self.peer.closed.is_set()):
-            self._tell(f"closed the connection ({exc})" if exc else "closed the connection")
-        elif exc is not None:
-            logger.info("tunnel through relay %s ended: %s", self.where, exc)
-        self.closed.set()
-        if self.peer is not None:
-            self.peer.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    far.sink = collect
+    far.on_end = lambda error: got.done() or got.set_result(None)
+    far.start_reading()
+    try:
+        await asyncio.wait_for(got, RELAY_ANSWER_TIMEOUT)
+    except TimeoutError:
+        logger.error("router relay %s refused the tunnel: no answer within %g s", where, RELAY_ANSWER_TIMEOUT)
+        return None
+    finally:
+        far.sink = far.on_end = None
+    line, newline, rest = bytes(head).partition(b"\n")
+    if newline and line == b"ok":
+        return rest
+    reason = line[:MAX_PREAMBLE].decode(errors="replace").strip().removeprefix("error ") or "closed the connection"
+    logger.error("router relay %s refused the tunnel: %s", where, reason)
+    return None
