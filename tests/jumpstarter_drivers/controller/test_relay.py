@@ -41,6 +41,14 @@ def _relay_connection(lab, replica=None) -> ssl.SSLSocket:
     return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
+def _until(condition, timeout: float) -> None:
+    """Return once ``condition()`` holds (polled: the router's counters change on its own loop); fails past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not so after {timeout:g} s"
+        time.sleep(0.02)
+
+
 def _answer(connection: socket.socket) -> bytes:
     data = b""
     while b"\n" not in data:
@@ -147,9 +155,7 @@ def test_connections_without_a_first_line_are_bounded(lab, tmp_path, monkeypatch
     router = lab.replicas[0].router
     silent = [_relay_connection(lab) for _ in range(3)]
     try:
-        deadline = time.monotonic() + 10
-        while router.relay_pending < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _until(lambda: router.relay_pending >= 3, 10)
         assert router.relay_pending == 3
         with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
             extra = _relay_connection(lab)  # the server aborts it: the handshake or the first read fails
@@ -159,10 +165,7 @@ def test_connections_without_a_first_line_are_bounded(lab, tmp_path, monkeypatch
     finally:
         for connection in silent:
             connection.close()
-    deadline = time.monotonic() + 10
-    while router.relay_pending and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert router.relay_pending == 0
+    _until(lambda: router.relay_pending == 0, 10)
     with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30) as lease:
         before = router.relayed
         _round_trip(lease.socket, tmp_path, size=1 << 20)
@@ -176,10 +179,7 @@ def test_a_relay_tunnel_is_cut_when_its_lease_ends(lab, tmp_path) -> None:
     with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30) as lease, connect(lease.socket) as client:
         client.power.on()
         assert len(router.relays) == 2
-    deadline = time.monotonic() + 10
-    while router.relays and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not router.relays
+    _until(lambda: not router.relays, 10)
 
 
 def test_stalled_tls_handshakes_are_bounded_and_cut(lab, tmp_path, monkeypatch) -> None:
@@ -191,9 +191,7 @@ def test_stalled_tls_handshakes_are_bounded_and_cut(lab, tmp_path, monkeypatch) 
     port = router.relay_port
     stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
     try:
-        deadline = time.monotonic() + 10
-        while len(router.relays) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _until(lambda: len(router.relays) >= 3, 10)
         assert len(router.relays) == 3
         with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
             assert extra.recv(100) == b""  # closed at once, before any TLS
@@ -204,9 +202,6 @@ def test_stalled_tls_handshakes_are_bounded_and_cut(lab, tmp_path, monkeypatch) 
     finally:
         for connection in stalled:
             connection.close()
-    deadline = time.monotonic() + 5
-    while router.relays and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not router.relays
+    _until(lambda: not router.relays, 5)
     with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30) as lease:
         _round_trip(lease.socket, tmp_path, size=1 << 20)
