@@ -6,11 +6,13 @@ import hashlib
 import os
 import socket
 import ssl
+import threading
 import time
 
 import pytest
 
 from jumpstarter_drivers.controller import relay as relay_module
+from jumpstarter_drivers.controller import tokens
 from jumpstarter_drivers.controller.client import leased
 from jumpstarter_drivers.core.access import connect
 
@@ -205,3 +207,59 @@ def test_stalled_tls_handshakes_are_bounded_and_cut(lab, tmp_path, monkeypatch) 
     _until(lambda: not router.relays, 5)
     with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30) as lease:
         _round_trip(lease.socket, tmp_path, size=1 << 20)
+
+
+def test_a_stalled_reader_bounds_what_the_router_holds(lab) -> None:
+    """One side writes and the other never reads: the router queues at most about WRITE_HIGH for it,
+    stops reading the writer, and every byte still arrives once the reader reads."""
+    router = lab.replicas[0].router
+    stream, secret = "stalled" + "0" * 25, "a-secret"
+    dial = {"endpoint": lab.replicas[0].endpoint, "token": f"{stream}.{secret}", "client": "test"}
+    lab.store(lambda store: store.add_dial("no-such-lease", stream, dial, tokens.digest(secret)))
+    writer, reader = _relay_connection(lab), _relay_connection(lab)
+    with writer, reader:
+        for connection in (writer, reader):
+            connection.sendall(relay_module.PREAMBLE + f"{stream}.{secret}".encode() + b"\n")
+        assert _answer(writer) == _answer(reader) == b"ok\n"
+        writer.setblocking(False)
+        chunk, sent, idle_since = os.urandom(64 << 10), 0, time.monotonic()
+        while time.monotonic() - idle_since < 2 and sent < 512 << 20:
+            try:
+                sent += writer.send(chunk)
+                idle_since = time.monotonic()
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                time.sleep(0.01)
+        assert sent < 64 << 20, f"{sent} bytes went in while nobody read"
+        queued = [relay.transport.get_write_buffer_size() for relay in router.relays if relay.transport]
+        assert max(queued) <= relay_module.WRITE_HIGH + (256 << 10)
+        received = 0
+        reader.settimeout(10)
+        while received < sent:
+            received += len(reader.recv(1 << 20))
+        assert received == sent
+
+
+def test_a_client_leaving_mid_upload_frees_both_ends_of_its_tunnel(lab, tmp_path) -> None:
+    lab.serve("board-1", {"board": "rpi4"}, _export(tmp_path / "storage"))
+    router = lab.replicas[0].router
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(96 << 20))
+    with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30) as lease:
+        client = connect(lease.socket)
+        client.power.on()
+        failures: list[BaseException] = []
+
+        def upload() -> None:
+            try:
+                client.storage.write_from_path("big.bin", source)
+            except BaseException as exc:  # noqa: BLE001 - whatever the cut raises is the point
+                failures.append(exc)
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        _until(lambda: (tmp_path / "storage").exists() and any((tmp_path / "storage").iterdir()), 10)
+        client.close()
+        thread.join(30)
+        assert not thread.is_alive()
+        _until(lambda: not router.relays, 10)
+        _round_trip(lease.socket, tmp_path, size=1 << 20)  # the lease still serves a new connection
