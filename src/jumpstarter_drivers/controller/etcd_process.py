@@ -29,6 +29,35 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 20.0
 
 
+def member_command(
+    binary: str, name: str, data_dir: Path, client_url: str, peer_url: str, initial_cluster: str
+) -> list[str]:
+    """The command line of one etcd member of a new cluster (``initial_cluster``: ``NAME=PEER_URL,...``)."""
+    return [
+        binary,
+        "--name",
+        name,
+        "--data-dir",
+        str(data_dir),
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-state",
+        "new",
+        "--log-level",
+        "error",
+        "--logger",
+        "zap",
+    ]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -74,27 +103,7 @@ class PrivateEtcd:
         setpriv = shutil.which("setpriv")
         command = [
             *([setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []),
-            binary,
-            "--name",
-            "jumpstarter",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen-client-urls",
-            client_url,
-            "--advertise-client-urls",
-            client_url,
-            "--listen-peer-urls",
-            peer_url,
-            "--initial-advertise-peer-urls",
-            peer_url,
-            "--initial-cluster",
-            f"jumpstarter={peer_url}",
-            "--initial-cluster-state",
-            "new",
-            "--log-level",
-            "error",
-            "--logger",
-            "zap",
+            *member_command(binary, "jumpstarter", self.data_dir, client_url, peer_url, f"jumpstarter={peer_url}"),
         ]
         log = open(self.state_dir / "etcd.log", "ab")  # noqa: SIM115 - the child writes to it for its whole life
         # etcd says READY=1 on a systemd notify socket once it serves clients: wait for that datagram.

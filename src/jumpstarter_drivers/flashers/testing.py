@@ -9,6 +9,7 @@ True
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 REFERENCE_MANIFEST = """\
@@ -67,3 +68,17 @@ def make_reference_bundle(directory: str | os.PathLike) -> Path:
         path.write_bytes(bytes(size))
     (root / "manifest.yaml").write_text(REFERENCE_MANIFEST)
     return root
+
+
+def make_renamed_bundle_archive(directory: str | os.PathLike) -> Path:
+    """The reference bundle with its kernel renamed ``vmlinuz``, packed as ``directory/mine.tar.gz``:
+    a bundle a client uploads, told apart from the configured one by ``get_kernel_filename()``."""
+    root = Path(directory)
+    bundle = make_reference_bundle(root / "mine")
+    (bundle / "data" / "kernel").rename(bundle / "data" / "vmlinuz")
+    manifest = bundle / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("data/kernel", "data/vmlinuz"))
+    archive = root / "mine.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname="bundle")
+    return archive

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import pytest
 from jumpstarter_drivers.cli.process import ServeFailed, ServeProcess
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import DriverError, DriverInvalidArgument, ExporterUnreachable
-from jumpstarter_drivers.flashers.testing import make_reference_bundle
+from jumpstarter_drivers.flashers.testing import make_renamed_bundle_archive
 
 LAB = """\
 export:
@@ -56,12 +55,7 @@ def test_a_client_cannot_read_host_files_through_the_flasher(lab_file: Path, tmp
 
 
 def test_a_client_bundle_ends_with_its_session(lab_file: Path, tmp_path: Path) -> None:
-    bundle = make_reference_bundle(tmp_path / "mine")
-    (bundle / "data" / "kernel").rename(bundle / "data" / "vmlinuz")
-    (bundle / "manifest.yaml").write_text((bundle / "manifest.yaml").read_text().replace("data/kernel", "data/vmlinuz"))
-    archive = tmp_path / "mine.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(bundle, arcname="bundle")
+    archive = make_renamed_bundle_archive(tmp_path)
     with ServeProcess(lab_file) as lab:
         with connect(lab.address) as first:
             first.flasher.http.storage.write_from_path("mine.tar.gz", archive)

@@ -209,7 +209,7 @@ def etcd_cluster(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
     """Three etcd members on loopback ports (``.endpoints`` on the list); killed after the test."""
     import shutil
 
-    from jumpstarter_drivers.controller.etcd_process import free_port
+    from jumpstarter_drivers.controller.etcd_process import free_port, member_command
 
     names = ["m0", "m1", "m2"]
     clients = {name: free_port() for name in names}
@@ -217,30 +217,8 @@ def etcd_cluster(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
     initial = ",".join(f"{name}=http://127.0.0.1:{peers[name]}" for name in names)
     members = []
     for name in names:
-        data = tmp_path / name
-        command = [
-            shutil.which("etcd"),
-            "--name",
-            name,
-            "--data-dir",
-            str(data),
-            "--listen-client-urls",
-            f"http://127.0.0.1:{clients[name]}",
-            "--advertise-client-urls",
-            f"http://127.0.0.1:{clients[name]}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peers[name]}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peers[name]}",
-            "--initial-cluster",
-            initial,
-            "--initial-cluster-state",
-            "new",
-            "--log-level",
-            "error",
-            "--logger",
-            "zap",
-        ]
+        client_url, peer_url = f"http://127.0.0.1:{clients[name]}", f"http://127.0.0.1:{peers[name]}"
+        command = member_command(shutil.which("etcd"), name, tmp_path / name, client_url, peer_url, initial)
         members.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     endpoints = [f"127.0.0.1:{clients[name]}" for name in names]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import tarfile
 import threading
 import time
 
@@ -13,7 +12,7 @@ import pytest
 from jumpstarter_drivers.controller.client import leased
 from jumpstarter_drivers.core.access import connect
 from jumpstarter_drivers.core.errors import ExporterNotReady
-from jumpstarter_drivers.flashers.testing import make_reference_bundle
+from jumpstarter_drivers.flashers.testing import make_renamed_bundle_archive
 
 
 def test_a_leased_board_answers_through_the_router_and_only_while_leased(lab) -> None:
@@ -25,6 +24,7 @@ def test_a_leased_board_answers_through_the_router_and_only_while_leased(lab) ->
             client.power.on()
             assert list(client.power.read())
     assert "leased to alice" in lab.log("board-1")
+    lab.wait_online("board-1")  # the release reaches the exporter through the controller: wait for AVAILABLE
     with connect(session_socket) as direct, pytest.raises(ExporterNotReady, match="AVAILABLE"):
         direct.power.on()
 
@@ -113,12 +113,7 @@ def test_what_a_lease_chose_ends_with_the_lease(lab, tmp_path) -> None:
             "children": {"serial": {"ref": "board.serial"}, "power": {"ref": "board.power"}},
         },
     }
-    bundle = make_reference_bundle(tmp_path / "mine")
-    (bundle / "data" / "kernel").rename(bundle / "data" / "vmlinuz")
-    (bundle / "manifest.yaml").write_text((bundle / "manifest.yaml").read_text().replace("data/kernel", "data/vmlinuz"))
-    archive = tmp_path / "mine.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(bundle, arcname="bundle")
+    archive = make_renamed_bundle_archive(tmp_path)
     lab.serve("board-1", {"board": "rpi4"}, export)
     with leased(lab.client("alice"), "board=rpi4", duration=60, wait=30) as lease, connect(lease.socket) as client:
         client.flasher.http.storage.write_from_path("mine.tar.gz", archive)
