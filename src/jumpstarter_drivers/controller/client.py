@@ -224,7 +224,14 @@ class _Holder:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            connection, _ = await loop.sock_accept(listener)
+            try:
+                connection, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if listener.fileno() < 0:
+                    return  # closed: the lease is being released
+                logger.warning("lease %s: cannot accept a local connection: %s", short(self.name), exc)
+                await asyncio.sleep(0.1)  # out of file descriptors, say: try again rather than give up
+                continue
             task = asyncio.create_task(self._connection(connection))
             self.connections.add(task)
             task.add_done_callback(self.connections.discard)
