@@ -502,14 +502,24 @@ def iter_body(response: Any, limit: int, deadline: float) -> Iterator[bytes]:
 
 def _registry_get(client: Any, url: str, reference: str, what: str, cacert: str | None, deadline: float,
                   **kwargs: Any) -> Any:
-    """GET from the registry, the response streamed; an error names ``reference`` and ``what``."""
+    """GET from the registry, the response streamed; an error names ``reference`` and ``what``.
+
+    A connection that breaks before any reply is tried once more on a new one: the session reuses
+    kept-alive connections, and a registry (or a proxy before it) may close one just as it is reused.
+    """
     import requests
 
-    try:
-        response = client.session.get(url, timeout=read_timeout(deadline), verify=cacert or True, stream=True,
-                                      **kwargs)
-    except requests.RequestException as exc:
-        raise DriverError(f"flasher bundle {reference}: cannot reach the registry: {exc}") from None
+    for attempt in (1, 2):
+        try:
+            response = client.session.get(url, timeout=read_timeout(deadline), verify=cacert or True, stream=True,
+                                          **kwargs)
+            break
+        except requests.ConnectionError as exc:
+            if attempt == 2 or isinstance(exc, requests.Timeout):
+                raise DriverError(f"flasher bundle {reference}: cannot reach the registry: {exc}") from None
+            logger.debug("bundle %s: the %s request broke off (%s); trying a new connection", reference, what, exc)
+        except requests.RequestException as exc:
+            raise DriverError(f"flasher bundle {reference}: cannot reach the registry: {exc}") from None
     if response.status_code != 200:
         response.close()
         raise DriverError(

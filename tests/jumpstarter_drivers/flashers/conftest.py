@@ -147,6 +147,9 @@ class Hostile:
     #: A hostile reply ends on its own after this many seconds or bytes, so a test of old code ends too.
     give_up: float = 15.0
     most: int = 64 << 20
+    #: Keep each connection open after a reply, then hang up on the next request it carries without
+    #: answering it: a registry or proxy closing a kept-alive connection just as the client reuses it.
+    drop_reused: bool = False
 
     @staticmethod
     def body(data: bytes) -> Callable:
@@ -187,31 +190,36 @@ class Hostile:
 @pytest.fixture
 def hostile_http() -> Iterator[Hostile]:
     """A :class:`Hostile` HTTP server; stopped (and its replies cut) at the end of the test."""
-    routes: dict[str, Callable] = {}
-    stopping = threading.Event()
+    hostile: Hostile
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        served = 0  # requests answered on this connection (one handler per connection)
 
         def do_GET(self) -> None:
-            reply = routes.get(self.path.split("?", 1)[0])
+            if hostile.drop_reused and self.served:
+                self.close_connection = True
+                return
+            self.served += 1
+            reply = hostile.routes.get(self.path.split("?", 1)[0])
             if reply is None:
                 self.send_error(404)
                 return
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up: fine
                 reply(self)
-            self.close_connection = True
+            self.close_connection = not hostile.drop_reused
 
         def log_message(self, *args: object) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hostile = Hostile(f"http://127.0.0.1:{server.server_address[1]}", {}, threading.Event())
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
-        yield Hostile(f"http://127.0.0.1:{server.server_address[1]}", routes, stopping)
+        yield hostile
     finally:
-        stopping.set()
+        hostile.stopping.set()
         server.shutdown()
         server.server_close()
         thread.join(10)

@@ -335,6 +335,19 @@ def test_an_oci_layer_dripped_a_byte_at_a_time_ends_at_the_download_timeout(host
     assert not list((tmp_path / "cache" / "oci").iterdir()), "a half-pulled bundle stayed in the cache"
 
 
+def test_a_kept_alive_connection_the_registry_drops_on_reuse_is_retried_on_a_new_one(hostile_http: Hostile,
+                                                                                     tmp_path: Path) -> None:
+    hostile_http.drop_reused = True
+    blob = os.urandom(1000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    reference = _serve_artifact(hostile_http, "flasher/dropping", [
+        {"mediaType": "application/octet-stream", "digest": digest, "size": len(blob),
+         "annotations": {"org.opencontainers.image.title": "kernel"}}])
+    hostile_http.routes[f"/v2/flasher/dropping/blobs/{digest}"] = hostile_http.body(blob)
+    bundle = fetch_bundle(reference, tmp_path / "cache", timeout=10)
+    assert (bundle / "kernel").read_bytes() == blob
+
+
 def test_an_oci_manifest_dripped_a_byte_at_a_time_ends_at_the_download_timeout(hostile_http: Hostile,
                                                                               tmp_path: Path) -> None:
     hostile_http.routes["/v2/flasher/drip/manifests/v1"] = hostile_http.drip(b"{" + b" " * 998 + b"}")
