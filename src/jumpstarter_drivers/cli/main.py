@@ -385,6 +385,10 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
 @click.option("--token-file", metavar="FILE", help="The exporter's controller token (default: the file's token).")
 @click.option("--controller-ca", metavar="FILE", help="PEM certificate to trust for the controller's TLS.")
 @click.option("--controller-insecure", is_flag=True, help="Reach the controller in plaintext.")
+@click.option("--direct", metavar="HOST:PORT", help="With --controller: also let each lease's holder reach this "
+              "exporter directly here (mutual TLS, certificates made per lease), bypassing the router.")
+@click.option("--direct-address", metavar="HOST", help="The host name or address clients dial for --direct "
+              "(default: its HOST).")
 def serve(
     exporter: str,
     unix_path: str | None,
@@ -398,14 +402,30 @@ def serve(
     token_file: str | None,
     controller_ca: str | None,
     controller_insecure: bool,
+    direct: str | None,
+    direct_address: str | None,
 ) -> None:
     """Run the lab described by EXPORTER.yaml until SIGINT or SIGTERM.
 
     Prints the address it serves on (a socket path or HOST:PORT) on stdout, logs to stderr, and on
     a signal closes every driver and exits 0. With --controller (or --token-file) it registers
-    with a lab controller and serves the clients that lease it, through the controller's router.
+    with a lab controller and serves the clients that lease it, through the controller's router
+    (and with --direct, on a port of its own as well).
     """
     access = None
+    direct_port = None
+    if (direct or direct_address) and not (controller or token_file):
+        raise Failure("--direct serves a lab controller's leases: give --controller (or --token-file) too")
+    if direct_address and not direct:
+        raise Failure("--direct-address names the host of --direct HOST:PORT: give --direct too")
+    if direct:
+        from ..controller.direct import parse_direct
+
+        try:
+            direct_port = parse_direct(direct, direct_address)
+        except JumpstarterError as exc:
+            raise Failure(exc) from None
+        check_bindable(direct_port[0], direct_port[1])
     if controller or token_file:
         from ..controller.cli import exporter_access
 
@@ -447,7 +467,7 @@ def serve(
                     if access is not None:
                         from ..controller.cli import registered
 
-                        agent.enter_context(registered(session, address, access))
+                        agent.enter_context(registered(session, address, access, direct_port))
                     stop.wait_until(stop.received.is_set)
                 logger.info("stopping")
         except (JumpstarterError, OSError) as exc:

@@ -547,14 +547,19 @@ def exporter_access(
 
 
 @contextlib.contextmanager
-def registered(session: Any, socket_path: str, access: Access) -> Iterator[Any]:
-    """Keep ``session`` registered with the controller (in the background) while inside."""
+def registered(
+    session: Any, socket_path: str, access: Access, direct: tuple[str, int, str] | None = None
+) -> Iterator[Any]:
+    """Keep ``session`` registered with the controller (in the background) while inside; ``direct``:
+    ``(host, port, advertised host)`` of the exporter's direct port (:mod:`.direct`)."""
     import asyncio
 
     from ..core import loop
+    from .direct import DirectPort
     from .exporter import ExporterAgent
 
-    agent = ExporterAgent(session, socket_path, access)
+    port = None if direct is None else DirectPort(socket_path, *direct)
+    agent = ExporterAgent(session, socket_path, access, port)
 
     async def start() -> asyncio.Task:
         return asyncio.create_task(agent.run(), name="exporter-agent")
@@ -564,11 +569,17 @@ def registered(session: Any, socket_path: str, access: Access) -> Iterator[Any]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    task = loop.run(start())
+    if port is not None:
+        loop.run(port.start())
     try:
-        yield agent
+        task = loop.run(start())
+        try:
+            yield agent
+        finally:
+            loop.run(stop(task), timeout=15)
     finally:
-        loop.run(stop(task), timeout=15)
+        if port is not None:
+            loop.run(port.stop(), timeout=15)
 
 
 def lease_environment(access: Access, selector: str, duration: float, wait: float | None) -> Any:

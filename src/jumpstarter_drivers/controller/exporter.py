@@ -24,6 +24,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 from ..core import loop
 from ..core.status import ExporterStatus
 from .config import Access
+from .direct import DirectPort
 from .tunnel import Channels, splice
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,17 @@ CALL_TIMEOUT = 10.0
 
 
 class ExporterAgent:
-    """Keeps ``session`` (served on the unix socket ``socket_path``) registered with the controller."""
+    """Keeps ``session`` (served on the unix socket ``socket_path``) registered with the controller.
 
-    def __init__(self, session: Any, socket_path: str | Path, access: Access) -> None:
+    With ``direct`` (a started :class:`~.direct.DirectPort`), each lease's holder is also told how
+    to reach the session without the router.
+    """
+
+    def __init__(self, session: Any, socket_path: str | Path, access: Access, direct: DirectPort | None = None) -> None:
         self.session = session
         self.socket_path = str(socket_path)
         self.access = access
+        self.direct = direct
         self.lease: str | None = None
         self.registered = asyncio.Event()
         self._stub: Any = None
@@ -88,6 +94,7 @@ class ExporterAgent:
             self.registered.set()
             async for status in stub.Status(jumpstarter_pb2.StatusRequest(), metadata=metadata):
                 lease = status.lease_name if status.leased else None
+                self._open_direct(lease)  # kept through a failover to another replica while the lease lasts
                 if lease == self.lease:
                     continue
                 if listening is not None:
@@ -111,6 +118,16 @@ class ExporterAgent:
             self.session.update_status(ExporterStatus.AVAILABLE)
             await channels.close()
             await channel.close()
+
+    def _open_direct(self, lease: str | None) -> None:
+        """The direct port serves ``lease`` alone (``None``: nobody); ``GetReport`` tells its holder how."""
+        if self.direct is None or self.direct.lease == lease:
+            return
+        if lease is None:
+            self.direct.revoke()
+            self.session.alternative_endpoints = []
+        else:
+            self.session.alternative_endpoints = [self.direct.grant(lease)]
 
     async def _reset_tree(self) -> None:
         """What a lease chose (a flasher's bundle, ...) ends with it: the next holder finds the

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .allocator import keep_frame_buffers
 from .client import AllowList, Connection, DriverClient, build_tree, translate
@@ -33,6 +34,8 @@ JMP_GRPC_PASSPHRASE = "JMP_GRPC_PASSPHRASE"
 JMP_GRPC_CA = "JMP_GRPC_CA"
 JMP_GRPC_PASSPHRASE_FILE = "JMP_GRPC_PASSPHRASE_FILE"
 JMP_GRPC_KEEPALIVE = "JMP_GRPC_KEEPALIVE"
+#: ``off`` keeps a client on the address it was given when the session offers a direct endpoint.
+JMP_DIRECT = "JMP_DIRECT"
 
 #: Every setting of a connection and its environment variable. The ``jumpstarter`` command's
 #: option is ``--NAME``; the pytest plugin's is ``--jumpstarter-NAME`` with the ini key
@@ -50,6 +53,10 @@ CONNECTION_SETTINGS = {
 #: answering (frozen, cut off) fails calls, streams and uploads within about twice this.
 DEFAULT_KEEPALIVE = 2.0
 MAX_MESSAGE = 64 << 20
+#: Seconds a session's direct endpoint has to answer before the client stays where it is.
+DIRECT_TIMEOUT = 3.0
+#: Direct endpoints that did not answer, not tried again by this process.
+_unreachable: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -111,10 +118,8 @@ def probe(address: Address, timeout: float) -> None:
         ) from None
 
 
-def _channel(address: Address, keepalive: float, insecure: bool, ca: str | None) -> object:
-    import grpc
-
-    options = [
+def _options(keepalive: float) -> list[tuple[str, int]]:
+    return [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.keepalive_time_ms", int(keepalive * 1000)),
@@ -131,6 +136,12 @@ def _channel(address: Address, keepalive: float, insecure: bool, ca: str | None)
         # cancel() may come from any thread.
         ("SingleThreadedUnaryStream", 1),
     ]
+
+
+def _channel(address: Address, keepalive: float, insecure: bool, ca: str | None) -> object:
+    import grpc
+
+    options = _options(keepalive)
     if not address.tcp:
         credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
         return grpc.secure_channel(address.target, credentials, options=options)
@@ -204,10 +215,73 @@ def connect(
     )
     try:
         report = _first_report(connection, parsed, timeout, insecure, started)
+        direct = _direct(report, parsed, keepalive, metadata, timeout)
+        if direct is not None:
+            connection.close()
+            connection, report = direct
         return build_tree(connection, report, allow)
     except BaseException:
         connection.close()
         raise
+
+
+def _direct_channel(endpoint: Any, keepalive: float) -> Any:
+    import grpc
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=endpoint.certificate.encode(),
+        private_key=endpoint.client_private_key.encode(),
+        certificate_chain=endpoint.client_certificate.encode(),
+    )
+    return grpc.secure_channel(endpoint.endpoint, credentials, options=_options(keepalive))
+
+
+def _direct(
+    report: Any, address: Address, keepalive: float, metadata: tuple, timeout: float
+) -> tuple[Connection, Any] | None:
+    """A connection through the first of the session's alternative endpoints that answers as the same
+    session (an exporter's direct port, offered to its lease holder), and its report; ``None``: stay.
+
+    Such an endpoint comes with the certificate to trust for it and a client certificate; one that
+    does not answer within :data:`DIRECT_TIMEOUT` costs a warning once per process.
+    """
+    import grpc
+
+    endpoints = list(report.alternative_endpoints)
+    if not endpoints or os.environ.get(JMP_DIRECT, "").lower() in ("off", "0", "no", "false"):
+        return None
+    for endpoint in endpoints:
+        where = endpoint.endpoint
+        if where in _unreachable or not endpoint.certificate or not endpoint.client_certificate:
+            continue
+        try:
+            if not Address.parse(where).tcp:
+                continue
+            factory = functools.partial(_direct_channel, endpoint, keepalive)
+            connection = Connection(factory(), f"{where} (direct; leased at {address.text})", metadata, keepalive,
+                                    factory)
+        except (ConfigurationError, ValueError) as exc:
+            logger.warning("ignoring the session's direct endpoint %r: %s", where, exc)
+            continue
+        try:
+            answer = connection.exporter.GetReport(
+                connection.empty(), metadata=metadata, timeout=min(timeout, DIRECT_TIMEOUT)
+            )
+        except grpc.RpcError as exc:
+            connection.close()
+            _unreachable.add(where)
+            logger.warning(
+                "the exporter's direct endpoint %s does not answer (%s); staying on %s (a firewall? set %s=off "
+                "to stop trying)", where, exc.details() or exc.code().name, address.text, JMP_DIRECT,
+            )
+            continue
+        if answer.uuid != report.uuid:
+            connection.close()
+            logger.warning("the direct endpoint %s answers for another session; staying on %s", where, address.text)
+            continue
+        logger.debug("reaching the session at %s directly through %s", address.text, where)
+        return connection, answer
+    return None
 
 
 def read_passphrase_file(path: str | os.PathLike) -> str:

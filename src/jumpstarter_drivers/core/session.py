@@ -210,6 +210,8 @@ class Session:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     max_connections: int | None = None
+    #: Other ways to reach this session, told in ``GetReport`` (an exporter's direct port, for its lease holder).
+    alternative_endpoints: list[jumpstarter_pb2.Endpoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_device, Driver):
@@ -373,7 +375,9 @@ class Session:
         """The ``GetReport`` answer: the driver tree, parents before children."""
         from .compat import jumpstarter_name_for
 
-        response = jumpstarter_pb2.GetReportResponse(uuid=str(self.uuid), labels=self.labels)
+        response = jumpstarter_pb2.GetReportResponse(
+            uuid=str(self.uuid), labels=self.labels, alternative_endpoints=self.alternative_endpoints
+        )
         for driver, parent, name in self._tree:
             ours = driver.client()
             labels = dict(driver.labels)

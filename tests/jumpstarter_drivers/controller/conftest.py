@@ -126,14 +126,20 @@ class Lab:
         return path
 
     def serve(
-        self, name: str, labels: dict[str, str], export: dict | None = None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        labels: dict[str, str],
+        export: dict | None = None,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> subprocess.Popen:
-        """Start `jumpstarter serve FILE --controller` for exporter ``name``; return once it is online."""
+        """Start `jumpstarter serve FILE --controller [ARGS]` for exporter ``name``; return once it is online."""
         path = self.exporter_file(name, labels, export)
         log = open(self.directory / f"exporter-{name}.log", "wb")  # noqa: SIM115 - closed below
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(path), "--controller", self.endpoints],
+                [sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(path), "--controller", self.endpoints,
+                 *args],
                 stdout=log,
                 stderr=log,
                 env={**os.environ, "GRPC_VERBOSITY": "NONE", **(env or {})},
