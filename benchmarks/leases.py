@@ -10,9 +10,10 @@ loopback. Figures, each beside a baseline measured in the same run:
   woken by etcd watches) vs the same controller reconciling once a second instead (upstream's
   reconcile loop), in a second lab started in the same run;
 - hand-over: from the holder's release to the next waiter's Ready, the same two ways;
-- router: latency of one driver call and upload throughput to a Storage driver through the
-  lease's local socket (Dial + router), by the relay port (our clients and exporters) and by
-  RouterService.Stream (Jumpstarter's peers), vs the same drivers served directly over TLS (the
+- router: latency of one driver call and upload throughput to a Storage driver for a leased
+  client: moved to the exporter's direct port (``serve --direct``), or through the lease's local
+  socket (Dial + router) by the relay port (our clients and exporters) and by
+  RouterService.Stream (Jumpstarter's peers); vs the same drivers served directly over TLS (the
   baseline: what a client on another host would use without a controller) and on the exporter's
   own unix socket; and the CPU each process (this client, the controller, the exporter) spends
   per call each way;
@@ -111,8 +112,10 @@ class Lab:
     def client(self, name: str) -> Access:
         return Access.from_document(self.document("Client", name), "Client")
 
-    def exporter(self, name: str, labels: dict[str, str], env: dict[str, str] | None = None) -> str:
-        """A real `jumpstarter serve --controller`; its session's own socket (for direct connections)."""
+    def exporter(
+        self, name: str, labels: dict[str, str], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> str:
+        """A real `jumpstarter serve --controller [ARGS]`; its session's own socket (for direct connections)."""
         content = self.document("Exporter", name)
         content["metadata"]["labels"] = labels
         content["export"] = yaml.safe_load(yaml.safe_dump(EXPORT).replace("STORAGE", str(self.directory / name)))
@@ -120,7 +123,7 @@ class Lab:
         path.write_text(yaml.safe_dump(content))
         process, socket_path = start(
             [sys.executable, "-m", "jumpstarter_drivers.cli", "serve", str(path), "--controller", self.endpoint,
-             "--log-level", "WARNING"],
+             "--log-level", "WARNING", *args],
             self.directory / f"{name}.log",
             env,
         )
@@ -325,36 +328,43 @@ def row(label: str, ours: str, baseline: str) -> None:
 
 
 def router_rows(lab: Lab, direct_unix: str, args: argparse.Namespace) -> None:
-    """Driver calls and uploads four ways: through the router's relay (our clients and exporters), through
+    """Driver calls and uploads five ways: leased from an exporter with a direct port (``--direct``: the
+    client moves to it), through the router's relay (our clients and exporters), through
     RouterService.Stream (what Jumpstarter's own peers use; JMP_ROUTER_RELAY=off), straight to the same
     drivers over TLS (the direct baseline), and on the exporter's own unix socket (same host, no TLS).
 
-    The four clients stay connected and take turns (``--rounds`` rounds of ``--calls`` calls each,
-    then one upload each per round), so a busy moment of the machine falls on all four alike.
+    The five clients stay connected and take turns (``--rounds`` rounds of ``--calls`` calls each,
+    then one upload each per round), so a busy moment of the machine falls on all alike.
     """
     relay_exporter = lab.processes[-1].pid
     lab.exporter("board-stream", {"board": "stream"}, env={"JMP_ROUTER_RELAY": "off"})
     stream_exporter = lab.processes[-1].pid
     direct_tls = lab.direct_tls("board-tls")
     tls_exporter = lab.processes[-1].pid
+    lab.exporter("board-port", {"board": "port"}, args=("--direct", "127.0.0.1:0"))
+    port_exporter = lab.processes[-1].pid
     ca = str(lab.directory / "controller" / "tls" / "cert.pem")
     source = lab.directory / "source.bin"
     source.write_bytes(os.urandom(args.mib << 20))
     alice = lab.client("alice")
-    paths = {"relay": relay_exporter, "stream": stream_exporter, "tls": tls_exporter, "unix": relay_exporter}
+    paths = {"port": port_exporter, "relay": relay_exporter, "stream": stream_exporter, "tls": tls_exporter,
+             "unix": relay_exporter}
     times: dict[str, list[float]] = {path: [] for path in paths}
     cpu: dict[str, dict[str, float]] = {path: {} for path in paths}
     rates: dict[str, list[float]] = {path: [] for path in paths}
     with contextlib.ExitStack() as stack:
+        port_lease = stack.enter_context(leased(alice, "board=port", 600, wait=30))
         relay_lease = stack.enter_context(leased(alice, "board=rpi4", 600, wait=30))
         os.environ["JMP_ROUTER_RELAY"] = "off"  # read when the lease's tunnels are set up: this one uses Stream
         try:
             stream_lease = stack.enter_context(leased(alice, "board=stream", 600, wait=30))
         finally:
             del os.environ["JMP_ROUTER_RELAY"]
-        addresses = {"relay": relay_lease.socket, "stream": stream_lease.socket, "tls": direct_tls, "unix": direct_unix}
+        addresses = {"port": port_lease.socket, "relay": relay_lease.socket, "stream": stream_lease.socket,
+                     "tls": direct_tls, "unix": direct_unix}
         clients = {path: stack.enter_context(connect(address, ca=ca if path == "tls" else None))
                    for path, address in addresses.items()}
+        assert "(direct" in clients["port"].connection.address, "the leased client did not move to the direct port"
         for client in clients.values():
             client.power.on()
         for _ in range(args.rounds):
@@ -372,7 +382,8 @@ def router_rows(lab: Lab, direct_unix: str, args: argparse.Namespace) -> None:
     print(f"router path vs direct ({args.rounds} rounds of {args.calls} calls and one {args.mib} MiB upload)")
     print(f"{'':<34} {'call median':>12} {'p99':>9} {'x direct':>9} {'upload':>13} {'x direct':>9}  "
           "CPU us/call client/controller/exporter")
-    for path, title in (("relay", "through the router (relay)"), ("stream", "through the router (Stream)"),
+    for path, title in (("port", "leased, exporter's direct port"), ("relay", "through the router (relay)"),
+                        ("stream", "through the router (Stream)"),
                         ("tls", "direct, TLS (the baseline)"), ("unix", "direct, unix socket, no TLS")):
         median, rate = statistics.median(times[path]), statistics.median(rates[path])
         print(f"{title:<34} {median * 1e3:9.2f} ms {percentile(times[path], 0.99) * 1e3:6.2f} ms "

@@ -30,58 +30,107 @@ def first_line(process: subprocess.Popen, timeout: float = 60) -> str:
     return process.stdout.readline()
 
 
-def test_readme_shared_lab_runs_as_written(tmp_path: Path) -> None:
+def _free(port: int) -> bool:
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", PORT))
+            probe.bind(("127.0.0.1", port))
         except OSError:
-            pytest.skip(f"port {PORT}, which the README uses, is taken on this machine")
-    (lab_yaml, _), (controller, _), (exporter, _), (client, _), (leases, _) = [
-        (body, kind) for kind, body in section_blocks()
-    ]
-    (tmp_path / "lab.yaml").write_text(lab_yaml)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+            return False
+    return True
 
-    def start(line: str) -> subprocess.Popen:
-        return subprocess.Popen(
+
+class ThreeTerminals:
+    """The README's shared lab in ``directory``: start the controller and exporter lines, run the others."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self.servers: list[subprocess.Popen] = []
+
+    def start(self, line: str) -> str:
+        """Start a server command line; its first line of output."""
+        process = subprocess.Popen(
             ["bash", "-c", f"exec {line}"],
-            cwd=tmp_path,
-            env=env,
+            cwd=self.directory,
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        self.servers.append(process)
+        return first_line(process)
 
-    def run(script: str) -> subprocess.CompletedProcess:
+    def run(self, script: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["bash", "-ec", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+            ["bash", "-ec", script], cwd=self.directory, env=self.env, capture_output=True, text=True, timeout=120,
+            check=False,
         )
 
-    servers: list[subprocess.Popen] = []
-    try:
-        servers.append(start(controller.strip()))
-        assert first_line(servers[0]).strip() == f"127.0.0.1:{PORT}"
-        token_line, serve_line = exporter.strip().splitlines()
-        created = run(token_line)
-        assert created.returncode == 0, created.stderr
-        servers.append(start(serve_line))
-        first_line(servers[1])
-        shell = run(client)
-        assert shell.returncode == 0, shell.stderr
-        manual = run(leases)
-        assert manual.returncode == 0, manual.stderr
-        assert "board-1  online  leased by me" in manual.stdout
-    finally:
-        for server in reversed(servers):
+    def close(self) -> None:
+        for server in reversed(self.servers):
             stop_process(server)
             server.stdout.close()
+
+
+@pytest.fixture
+def terminals(tmp_path: Path) -> ThreeTerminals:
+    if not _free(PORT):
+        pytest.skip(f"port {PORT}, which the README uses, is taken on this machine")
+    lab = ThreeTerminals(tmp_path)
+    yield lab
+    lab.close()
+
+
+def test_readme_shared_lab_runs_as_written(terminals: ThreeTerminals) -> None:
+    (lab_yaml, _), (controller, _), (exporter, _), (client, _), (leases, _) = [
+        (body, kind) for kind, body in section_blocks()
+    ]
+    (terminals.directory / "lab.yaml").write_text(lab_yaml)
+    assert terminals.start(controller.strip()).strip() == f"127.0.0.1:{PORT}"
+    token_line, serve_line = exporter.strip().splitlines()
+    created = terminals.run(token_line)
+    assert created.returncode == 0, created.stderr
+    terminals.start(serve_line)
+    shell = terminals.run(client)
+    assert shell.returncode == 0, shell.stderr
+    manual = terminals.run(leases)
+    assert manual.returncode == 0, manual.stderr
+    assert "board-1  online  leased by me" in manual.stdout
+
+
+def direct_example() -> str:
+    """The docs page's exporter line with a direct port."""
+    docs = (README.parent / "docs" / "shared-lab.md").read_text()
+    (line,) = [body for body in re.findall(r"```sh\n(.*?)```", docs, flags=re.DOTALL) if "--direct" in body]
+    return line
+
+
+def test_the_direct_port_example_runs_as_written(terminals: ThreeTerminals) -> None:
+    """The docs' exporter line with --direct, in the README's lab: the leased client moves to the port."""
+    port = int(re.search(r"--direct 127\.0\.0\.1:(\d+)", direct_example())[1])
+    if not _free(port):
+        pytest.skip(f"port {port}, which the docs use, is taken on this machine")
+    lab_yaml, controller, exporter, client, _ = [body for _, body in section_blocks()]
+    (terminals.directory / "lab.yaml").write_text(lab_yaml)
+    terminals.start(controller.strip())
+    token_line, _ = exporter.strip().splitlines()
+    assert terminals.run(token_line).returncode == 0
+    terminals.start(direct_example().strip())
+    assert terminals.run(client).returncode == 0
+    where = (
+        'python -c "import os; from jumpstarter_drivers.core.access import connect; '
+        "c = connect(os.environ['JUMPSTARTER_HOST']); c.power.on(); print(c.connection.address)\""
+    )
+    shell = terminals.run(client.replace("-- jumpstarter power on", f"-- {where}"))
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.splitlines()[-1].startswith(f"127.0.0.1:{port} (direct"), shell.stdout
 
 
 def test_the_docs_page_shows_only_commands_the_readme_test_runs() -> None:
     docs = (README.parent / "docs" / "shared-lab.md").read_text()
     from .test_groups import roles_example
 
-    tested = {body for _, body in section_blocks()} | {roles_example()}
+    tested = {body for _, body in section_blocks()} | {roles_example(), direct_example()}
     shown = re.findall(r"```\w+\n(.*?)```", docs, flags=re.DOTALL)
     assert shown
     assert [body for body in shown if body not in tested] == []
