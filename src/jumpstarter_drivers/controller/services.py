@@ -50,6 +50,38 @@ MAX_WAIT = 60.0
 MAX_DURATION = 7 * 24 * 3600.0
 #: Streaming calls (Status, Listen) one identity may hold open at once.
 MAX_STREAMS_PER_PEER = 32
+#: Most items one page of ListExporters/ListLeases holds when the caller asks for pages.
+MAX_PAGE = 1000
+PAGE_TOKEN_PREFIX = "after:"
+
+
+def page(items: list[Any], name: Callable[[Any], str], size: int, token: str) -> tuple[list[Any], str]:
+    """One page of ``items`` and the token of the next (``""``: no more), AIP-158 style.
+
+    Without ``size`` and ``token`` every item comes, in the given order. Otherwise items come in
+    name order, at most ``size`` (capped at :data:`MAX_PAGE`) after the one ``token`` names; the
+    token is the last name of the previous page, so items added or removed between pages neither
+    repeat nor shift the others.
+
+    >>> page(["b", "a", "c"], str, 2, "")
+    (['a', 'b'], 'after:b')
+    >>> page(["b", "a", "c"], str, 2, "after:b")
+    (['c'], '')
+    """
+    if size < 0:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"page_size {size}: give 0 (everything) or a positive size")
+    if not size and not token:
+        return items, ""
+    if token and not token.startswith(PAGE_TOKEN_PREFIX):
+        raise Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token: not one this controller gave; pass the previous answer's next_page_token, or none",
+        )
+    after = token.removeprefix(PAGE_TOKEN_PREFIX)
+    size = min(size or MAX_PAGE, MAX_PAGE)
+    rest = sorted((item for item in items if name(item) > after), key=name)
+    more = len(rest) > size
+    return rest[:size], PAGE_TOKEN_PREFIX + name(rest[size - 1]) if more else ""
 
 
 def _refuse_on_errors(func: Callable) -> Callable:
@@ -645,14 +677,16 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         identity = await self.lab.identify(context, CLIENT)
         selector = Selector.parse(request.filter) if request.filter.strip() else Selector()
         state = await self.lab.store.snapshot()
-        found = []
+        matching = []
         for name, exporter in sorted(state.exporters.items()):
             if exporter.value.get("namespace", tokens.DEFAULT_NAMESPACE) != identity.namespace:
                 continue
             known = exporter.value.get("registered") or exporter.value.get("admin_labels")
             if known and selector.matches(labels_of(exporter)):
-                found.append(await self.exporter_message(name, exporter, name in state.online))
-        return client_pb2.ListExportersResponse(exporters=found)
+                matching.append(name)
+        names, next_token = page(matching, str, request.page_size, request.page_token)
+        found = [await self.exporter_message(name, state.exporters[name], name in state.online) for name in names]
+        return client_pb2.ListExportersResponse(exporters=found, next_page_token=next_token)
 
     @_refuse_on_errors
     async def GetLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -669,12 +703,13 @@ class ClientService(client_pb2_grpc.ClientServiceServicer):
         if request.filter.strip():
             selector = Selector.parse(request.filter)
             leases = [lease for lease in leases if selector.matches(lease.value.get("tags", {}))]
+        leases, next_token = page(leases, lambda lease: lease.name, request.page_size, request.page_token)
         state = await self.lab.store.snapshot()
         messages = []
         for lease in leases:
             waiting = not (lease.value.get("exporter") or lease.value.get("ended"))
             messages.append(self.lease_message(lease, queue_place(state, lease) if waiting else None))
-        return client_pb2.ListLeasesResponse(leases=messages)
+        return client_pb2.ListLeasesResponse(leases=messages, next_page_token=next_token)
 
     @_refuse_on_errors
     async def CreateLease(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

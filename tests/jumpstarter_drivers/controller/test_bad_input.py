@@ -171,3 +171,31 @@ def test_streams_per_peer_are_bounded(board) -> None:
     finally:
         for stream in streams:
             stream.cancel()
+
+
+def test_list_calls_come_in_pages_when_asked(board) -> None:
+    for index in range(5):
+        board.token("exporter", f"spare-{index}", labels={"board": "spare"})
+    alice = Caller(board, board.token("client", "alice"))
+    leases = {alice.lease().name for _ in range(3)}
+
+    def every(call, request_type, field: str) -> list[list[str]]:
+        pages, token = [], ""
+        while True:
+            answer = call(request_type(page_size=2, page_token=token), metadata=alice.metadata, timeout=10)
+            pages.append([item.name for item in getattr(answer, field)])
+            token = answer.next_page_token
+            if not token:
+                return pages
+
+    exporters = every(alice.client.ListExporters, client_pb2.ListExportersRequest, "exporters")
+    assert [len(names) for names in exporters] == [2, 2, 2]
+    assert sorted(sum(exporters, [])) == sorted(
+        item.name for item in alice.client.ListExporters(client_pb2.ListExportersRequest(), metadata=alice.metadata).exporters
+    )
+    assert len(set(sum(exporters, []))) == 6
+    assert set(sum(every(alice.client.ListLeases, client_pb2.ListLeasesRequest, "leases"), [])) == leases
+    alice.refused(alice.client.ListExporters, client_pb2.ListExportersRequest(page_token="3"),
+                  grpc.StatusCode.INVALID_ARGUMENT, "next_page_token")
+    alice.refused(alice.client.ListLeases, client_pb2.ListLeasesRequest(page_size=-1),
+                  grpc.StatusCode.INVALID_ARGUMENT, "page_size -1")
