@@ -53,7 +53,8 @@ def add_options(group: Any, parser: pytest.Parser) -> None:
         ),
         (
             "lease-priority", "N", JMP_LEASE_PRIORITY,
-            "a negative number (down to -100) lets waiting leases of a higher priority go first; default 0",
+            "-100..100: below 0 lets waiting leases of a higher priority go first; above 0 goes before lower "
+            "ones, up to what the client's token allows (token create --max-priority); default 0",
         ),
     )
     for name, metavar, env, text in options:

@@ -238,6 +238,8 @@ def _state_options(func: Any) -> Any:
 @_state_options
 @click.option("--namespace", default=DEFAULT_NAMESPACE, show_default=True)
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="An exporter's label (repeatable).")
+@click.option("--max-priority", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="The highest lease priority this client may ask for (0: lowering only).")
 @click.option("--endpoint", help="Controller endpoint(s) written in the file (default: the running controller's).")
 @click.option(
     "--ca",
@@ -276,6 +278,7 @@ def token_create(
     state_dir: str | None,
     namespace: str,
     labels: tuple[str, ...],
+    max_priority: int,
     endpoint: str | None,
     ca_file: str | None,
     output: str | None,
@@ -285,6 +288,8 @@ def token_create(
     export_file: str | None,
 ) -> None:
     """Issue a token for client or exporter NAME: print it, or write a configuration file (-o, --format)."""
+    if max_priority and kind.lower() != "client":
+        raise _fail("--max-priority is a client's: an exporter's leases are not its own to rank")
     pairs = {}
     for label in labels:
         key, sep, value = label.partition("=")
@@ -301,12 +306,12 @@ def token_create(
             raise _fail(
                 "--format token prints the token; -o writes a configuration file (--format config or jumpstarter)"
             )
-        click.echo(run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs))))
+        click.echo(run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs, max_priority))))
         return
     if ca_file:
         info = {**info, "ca": ca_file, "insecure": False}
     content = _config_content(info, kind, name, namespace, endpoint, file_format, allow, unsafe, export_file)
-    issued = run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs)))
+    issued = run_async(_with_store(endpoints, lambda store: tokens.issue(store, kind, name, namespace, pairs, max_priority)))
     content["token"] = issued
     if output is None:
         from .jumpstarter_files import default_path

@@ -297,7 +297,8 @@ def leased(
 ) -> Iterator[Leased]:
     """Lease a board matching ``selector`` (waiting at most ``wait`` s), hold it for the block, release it.
 
-    A negative ``priority`` (down to -100) lets waiting leases of higher priority go first (:mod:`.priority`).
+    A negative ``priority`` (down to -100) lets waiting leases of higher priority go first; a positive one
+    goes before lower ones, up to the ceiling of the client's token (:mod:`.priority`).
     """
     tags = {PRIORITY_TAG: str(priority)} if priority else {}
     with _holding(access, [_Request(selector, exporter_name, tags=tags)], duration, wait, progress) as held:

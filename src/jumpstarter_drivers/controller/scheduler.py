@@ -5,7 +5,7 @@ transactions that fail if another replica got there first; so any number of repl
 
 - An active lease past its end time ends (``Expired``); a lease whose holder stopped keeping it
   alive ends (``HolderGone``).
-- Waiting leases are served by priority (:mod:`.priority`, only ever lowered below the default),
+- Waiting leases are served by priority (:mod:`.priority`: lowered by any client, raised only as a token allows),
   then in request order (their key's create revision): each takes the first
   free, online, available exporter (by name) its selector matches. A lease that no free board fits
   lets later ones pass, but never one that could use the same board: no compatible waiter is

@@ -34,6 +34,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 from ..core.errors import JumpstarterError
 from ..core.status import ExporterStatus
 from . import tokens
+from .priority import granted
 from .scheduler import Scheduler, fits, labels_of, queue_place
 from .selector import Selector, SelectorError
 from .store import ASSIGNMENTS, DIALS, LEASES, PRESENCE_TTL, Record, Store, StoreUnavailable
@@ -238,6 +239,7 @@ class Lab:
             "duration": duration,
             "created": time.time(),
             "tags": dict(tags or {}),
+            "priority": granted(tags or {}, identity.max_priority),
         }
         exporters = await self.store.exporters()
         probe = Record(lease_id, value, 0, 0)

@@ -29,6 +29,7 @@ import grpc
 
 from ..core.errors import JumpstarterError
 from . import CLIENT, DEFAULT_NAMESPACE, EXPORTER
+from .priority import HIGHEST
 
 if TYPE_CHECKING:
     from .store import Store
@@ -55,6 +56,8 @@ class Identity:
     kind: str
     name: str
     namespace: str = DEFAULT_NAMESPACE
+    #: Highest lease priority this client may ask for (:mod:`.priority`).
+    max_priority: int = 0
 
     def __str__(self) -> str:
         return f"{self.kind.lower()} {self.name}"
@@ -101,16 +104,26 @@ def kind_of(text: str) -> str:
 
 
 async def issue(
-    store: Store, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE, labels: dict[str, str] | None = None
+    store: Store,
+    kind: str,
+    name: str,
+    namespace: str = DEFAULT_NAMESPACE,
+    labels: dict[str, str] | None = None,
+    max_priority: int = 0,
 ) -> str:
     """A new token for ``kind`` ``name`` (the only time it is seen in clear). An exporter's ``labels``
-    go into its record, as an administrator's labels."""
+    go into its record, as an administrator's labels; a client's ``max_priority`` (0..100) is the
+    highest lease priority it may ask for."""
     kind = kind_of(kind)
     check_name(name, f"{kind.lower()} name")
     check_name(namespace, "namespace")
+    if max_priority and (kind != CLIENT or not 0 <= max_priority <= HIGHEST):
+        raise JumpstarterError(f"max priority {max_priority}: a client's token may allow 0 to {HIGHEST}")
     issued = time.time()
     token = jwt_shaped({"iss": ISSUER, "sub": f"{kind.lower()}:{namespace}:{name}", "iat": int(issued)})
     record = {"kind": kind, "name": name, "namespace": namespace, "issued": issued}
+    if max_priority:
+        record["max_priority"] = max_priority
     await store.add_token(digest(token), record)
     if kind == EXPORTER and labels:
         await store.update_exporter(name, lambda value: {**value, "name": name, "admin_labels": dict(labels)})
@@ -121,7 +134,7 @@ async def rotate(store: Store, metadata: Iterable[tuple[str, str | bytes]], kind
     """A new token for the holder of the call's token, which stops working (``jmp auth rotate``)."""
     identity = await identify(store, metadata, kind)
     old, _ = bearer(metadata)
-    token = await issue(store, identity.kind, identity.name, identity.namespace)
+    token = await issue(store, identity.kind, identity.name, identity.namespace, max_priority=identity.max_priority)
     await store.remove_token(digest(old))
     return token
 
@@ -159,7 +172,9 @@ async def identify(store: Store, metadata: Iterable[tuple[str, str | bytes]], ki
     record = await store.token(digest(token))
     if record is None:
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
-    identity = Identity(record["kind"], record["name"], record.get("namespace", DEFAULT_NAMESPACE))
+    identity = Identity(
+        record["kind"], record["name"], record.get("namespace", DEFAULT_NAMESPACE), int(record.get("max_priority", 0))
+    )
     if identity.kind != kind:
         raise Refused(
             grpc.StatusCode.PERMISSION_DENIED,

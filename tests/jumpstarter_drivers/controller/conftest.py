@@ -100,12 +100,13 @@ class Lab:
     def store(self, action) -> object:
         return loop.run(_with_store(self.etcd.endpoint, action))
 
-    def token(self, kind: str, name: str, labels: dict[str, str] | None = None) -> str:
-        return self.store(lambda store: tokens.issue(store, kind, name, labels=labels))
+    def token(self, kind: str, name: str, labels: dict[str, str] | None = None, max_priority: int = 0) -> str:
+        return self.store(lambda store: tokens.issue(store, kind, name, labels=labels, max_priority=max_priority))
 
-    def client(self, name: str) -> Access:
+    def client(self, name: str, max_priority: int = 0) -> Access:
         content = config_files.document(
-            "Client", name, self.endpoints, self.token("client", name), self.cert.read_bytes(), False
+            "Client", name, self.endpoints, self.token("client", name, max_priority=max_priority),
+            self.cert.read_bytes(), False,
         )
         return Access.from_document(content, "Client", name)
 

@@ -188,13 +188,14 @@ def test_list_calls_come_in_pages_when_asked(board) -> None:
             if not token:
                 return pages
 
-    exporters = every(alice.client.ListExporters, client_pb2.ListExportersRequest, "exporters")
-    assert [len(names) for names in exporters] == [2, 2, 2]
-    assert sorted(sum(exporters, [])) == sorted(
-        item.name for item in alice.client.ListExporters(client_pb2.ListExportersRequest(), metadata=alice.metadata).exporters
-    )
-    assert len(set(sum(exporters, []))) == 6
-    assert set(sum(every(alice.client.ListLeases, client_pb2.ListLeasesRequest, "leases"), [])) == leases
+    pages = every(alice.client.ListExporters, client_pb2.ListExportersRequest, "exporters")
+    assert [len(names) for names in pages] == [2, 2, 2]
+    paged = [name for names in pages for name in names]
+    whole = alice.client.ListExporters(client_pb2.ListExportersRequest(), metadata=alice.metadata).exporters
+    assert paged == sorted(item.name for item in whole)
+    assert len(set(paged)) == 6
+    pages = every(alice.client.ListLeases, client_pb2.ListLeasesRequest, "leases")
+    assert {name for names in pages for name in names} == leases
     alice.refused(alice.client.ListExporters, client_pb2.ListExportersRequest(page_token="3"),
                   grpc.StatusCode.INVALID_ARGUMENT, "next_page_token")
     alice.refused(alice.client.ListLeases, client_pb2.ListLeasesRequest(page_size=-1),
