@@ -118,6 +118,12 @@ def test_token_commands_through_the_state_directory(tmp_path: Path) -> None:
         assert written.returncode == 0, written.stderr
         listed = jumpstarter("exporters", "--client-config", str(tmp_path / "ci.yaml"))
         assert listed.returncode == 0, listed.stderr
+        ceiling = jumpstarter("controller", "token", "create", "exporter", "b1", "--state-dir", str(state),
+                              "--max-priority", "5")
+        assert ceiling.returncode != 0 and "--max-priority is a client's" in ceiling.stderr
+        ranked = jumpstarter("controller", "token", "create", "client", "ops", "--state-dir", str(state),
+                             "--max-priority", "20")
+        assert ranked.returncode == 0, ranked.stderr
         revoked = jumpstarter("controller", "token", "revoke", "client", "ci", "--state-dir", str(state))
         assert revoked.stdout.strip() == "revoked 1 token(s) of client ci"
         refused = jumpstarter("exporters", "--client-config", str(tmp_path / "ci.yaml"))
