@@ -35,6 +35,7 @@ from jumpstarter_protocol.jumpstarter.v1 import jumpstarter_pb2, jumpstarter_pb2
 
 from ..core import loop
 from ..core.errors import ConfigurationError, ExporterUnreachable, JumpstarterError
+from . import links
 from .config import Access
 from .groups import GROUP_TAG, MAX_GROUP, ROLE_TAG
 from .priority import PRIORITY_TAG
@@ -218,23 +219,13 @@ class _Holder:
             listener.close()
             raise
         self.listener = listener
-        self.accepting = asyncio.create_task(self._accept(listener))
+        self.accepting = asyncio.create_task(links.accept(listener, self._accepted, f"lease {short(self.name)}"))
         self.keeper = asyncio.create_task(self._keep_alive())
 
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                connection, _ = await loop.sock_accept(listener)
-            except OSError as exc:
-                if listener.fileno() < 0:
-                    return  # closed: the lease is being released
-                logger.warning("lease %s: cannot accept a local connection: %s", short(self.name), exc)
-                await asyncio.sleep(0.1)  # out of file descriptors, say: try again rather than give up
-                continue
-            task = asyncio.create_task(self._connection(connection))
-            self.connections.add(task)
-            task.add_done_callback(self.connections.discard)
+    def _accepted(self, connection: socket.socket, _peer: object) -> None:
+        task = asyncio.create_task(self._connection(connection))
+        self.connections.add(task)
+        task.add_done_callback(self.connections.discard)
 
     async def _keep_alive(self) -> None:
         while True:

@@ -160,7 +160,7 @@ class DirectPort:
         (self._files / "key.pem").write_bytes(key)
         (self._files / "key.pem").chmod(0o600)
         (self._files / "cert.pem").write_bytes(self._certificate)
-        self._accepting = asyncio.create_task(self._accept(listener))
+        self._accepting = asyncio.create_task(links.accept(listener, self._accepted, "direct port"))
         logger.info("serving leased clients directly on %s (advertised as %s)", self.port, self.endpoint)
 
     def grant(self, lease: str) -> jumpstarter_pb2.Endpoint:
@@ -191,24 +191,14 @@ class DirectPort:
                 link.abort()
             logger.info("direct port closed to lease %s", grant.lease)
 
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                connection, peer = await loop.sock_accept(listener)
-            except OSError as exc:
-                if listener.fileno() < 0:
-                    return
-                logger.warning("direct port: cannot accept: %s", exc)
-                await asyncio.sleep(0.1)  # out of file descriptors, say: try again rather than give up
-                continue
-            grant = self._grant
-            if grant is None or len(self._connections) >= MAX_CONNECTIONS:
-                connection.close()  # before TLS: no lease to serve, or too many at once
-                continue
-            task = asyncio.create_task(self._serve(connection, peer, grant))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+    def _accepted(self, connection: socket.socket, peer: object) -> None:
+        grant = self._grant
+        if grant is None or len(self._connections) >= MAX_CONNECTIONS:
+            connection.close()  # before TLS: no lease to serve, or too many at once
+            return
+        task = asyncio.create_task(self._serve(connection, peer, grant))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
 
     async def _serve(self, connection: socket.socket, peer: object, grant: _Grant) -> None:
         connection.setblocking(False)

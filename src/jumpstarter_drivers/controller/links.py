@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
 
 #: Most bytes one read callback gathers before handing them on.
 READ_CHUNK = 1 << 20
@@ -39,6 +42,23 @@ async def handshake(sock: ssl.SSLSocket, timeout: float) -> None:
                 await _ready(loop, sock.fileno(), writing=False)
             except ssl.SSLWantWriteError:
                 await _ready(loop, sock.fileno(), writing=True)
+
+
+async def accept(listener: socket.socket, serve: Callable[[socket.socket, object], None], what: str) -> None:
+    """Hand each connection to the non-blocking ``listener`` to ``serve(connection, peer)`` until
+    cancelled; a failed accept (out of file descriptors, say) is logged, naming ``what``, and tried
+    again rather than ending the listener for good (it ends once the listener is found closed)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            connection, peer = await loop.sock_accept(listener)
+        except OSError as exc:
+            if listener.fileno() < 0:
+                return  # closed
+            logger.warning("%s: cannot accept a connection: %s", what, exc)
+            await asyncio.sleep(0.1)
+            continue
+        serve(connection, peer)
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, writing: bool) -> None:

@@ -90,3 +90,44 @@ def test_a_stalled_reader_stops_the_writer_and_bounds_what_is_held() -> None:
     assert sent > 512 << 10  # the kernel took some, the links some, then it stopped
     assert (256 << 10) < held <= (256 << 10) + links.READ_CHUNK  # B filled past high, then A was no longer read
     assert not reading
+
+
+def test_a_failed_accept_is_logged_and_the_listener_keeps_serving(caplog) -> None:
+    """Out of file descriptors for a moment: the next connection is still accepted."""
+
+    async def run() -> list[object]:
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        real, failures = loop.sock_accept, [OSError(24, "Too many open files")]
+
+        async def flaky(sock: socket.socket) -> tuple[socket.socket, object]:
+            if failures:
+                raise failures.pop()
+            return await real(sock)
+
+        loop.sock_accept = flaky  # type: ignore[method-assign]
+        served: list[object] = []
+        accepted = asyncio.Event()
+
+        def serve(connection: socket.socket, peer: object) -> None:
+            connection.close()
+            served.append(peer)
+            accepted.set()
+
+        task = asyncio.create_task(links.accept(listener, serve, "test listener"))
+        try:
+            client = socket.create_connection(listener.getsockname())
+            await asyncio.wait_for(accepted.wait(), 10)
+            client.close()
+        finally:
+            del loop.sock_accept
+            task.cancel()
+            listener.close()
+        return served
+
+    served = asyncio.run(run())
+    assert len(served) == 1
+    assert any("test listener: cannot accept a connection: [Errno 24]" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ import os
 import re
 import tarfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -322,14 +323,19 @@ def test_an_oci_bundle_with_too_many_layers_is_refused_before_any_download(hosti
         fetch_bundle(reference, tmp_path / "cache")
 
 
-def test_an_oci_layer_dripped_a_byte_at_a_time_ends_at_the_download_timeout(hostile_http: Hostile,
-                                                                            tmp_path: Path) -> None:
-    blob = os.urandom(1000)
+def _serve_kernel(hostile: Hostile, repository: str, blob: bytes, reply: Callable[[bytes], Callable]) -> str:
+    """Route a one-layer artifact (``kernel``: ``blob``, sent by ``reply(blob)``) on ``hostile``; its reference."""
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    reference = _serve_artifact(hostile_http, "flasher/slow", [
+    reference = _serve_artifact(hostile, repository, [
         {"mediaType": "application/octet-stream", "digest": digest, "size": len(blob),
          "annotations": {"org.opencontainers.image.title": "kernel"}}])
-    hostile_http.routes[f"/v2/flasher/slow/blobs/{digest}"] = hostile_http.drip(blob)
+    hostile.routes[f"/v2/{repository}/blobs/{digest}"] = reply(blob)
+    return reference
+
+
+def test_an_oci_layer_dripped_a_byte_at_a_time_ends_at_the_download_timeout(hostile_http: Hostile,
+                                                                            tmp_path: Path) -> None:
+    reference = _serve_kernel(hostile_http, "flasher/slow", os.urandom(1000), hostile_http.drip)
     with pytest.raises(DriverError, match=r"flasher/slow:v1: not pulled within 1 s \(download_timeout\); refused"):
         fetch_bundle(reference, tmp_path / "cache", timeout=1)
     assert not list((tmp_path / "cache" / "oci").iterdir()), "a half-pulled bundle stayed in the cache"
@@ -339,11 +345,7 @@ def test_a_kept_alive_connection_the_registry_drops_on_reuse_is_retried_on_a_new
                                                                                      tmp_path: Path) -> None:
     hostile_http.drop_reused = True
     blob = os.urandom(1000)
-    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    reference = _serve_artifact(hostile_http, "flasher/dropping", [
-        {"mediaType": "application/octet-stream", "digest": digest, "size": len(blob),
-         "annotations": {"org.opencontainers.image.title": "kernel"}}])
-    hostile_http.routes[f"/v2/flasher/dropping/blobs/{digest}"] = hostile_http.body(blob)
+    reference = _serve_kernel(hostile_http, "flasher/dropping", blob, hostile_http.body)
     bundle = fetch_bundle(reference, tmp_path / "cache", timeout=10)
     assert (bundle / "kernel").read_bytes() == blob
 
