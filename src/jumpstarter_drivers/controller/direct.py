@@ -112,7 +112,6 @@ class _Grant:
 
     lease: str
     context: ssl.SSLContext
-    endpoint: jumpstarter_pb2.Endpoint
     links: set[Link]
 
 
@@ -161,7 +160,7 @@ class DirectPort:
         (self._files / "key.pem").chmod(0o600)
         (self._files / "cert.pem").write_bytes(self._certificate)
         self._accepting = asyncio.create_task(links.accept(listener, self._accepted, "direct port"))
-        logger.info("serving leased clients directly on %s (advertised as %s)", self.port, self.endpoint)
+        logger.info("serving leased clients directly on port %s (advertised as %s)", self.port, self.endpoint)
 
     def grant(self, lease: str) -> jumpstarter_pb2.Endpoint:
         """Open the port to ``lease`` (ending any earlier grant); the endpoint its holder is told."""
@@ -180,7 +179,7 @@ class DirectPort:
             client_certificate=client_certificate.decode(),
             client_private_key=client_key.decode(),
         )
-        self._grant = _Grant(lease, context, endpoint, set())
+        self._grant = _Grant(lease, context, set())
         return endpoint
 
     def revoke(self) -> None:
@@ -221,6 +220,10 @@ class DirectPort:
         except OSError as exc:
             logger.error("direct port: cannot reach the session at %s: %s", self.socket_path, exc)
             session.close()
+            secured.close()
+            return
+        if self._grant is not grant:
+            session.close()  # the lease ended while the session's socket was being reached
             secured.close()
             return
         near, far = Link(session), Link(secured)
