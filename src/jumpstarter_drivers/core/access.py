@@ -55,8 +55,9 @@ DEFAULT_KEEPALIVE = 2.0
 MAX_MESSAGE = 64 << 20
 #: Seconds a session's direct endpoint has to answer before the client stays where it is.
 DIRECT_TIMEOUT = 3.0
-#: Direct endpoints that did not answer, not tried again by this process.
-_unreachable: set[str] = set()
+#: Direct endpoints (with the client certificate offered for them) that did not answer, not tried
+#: again by this process; the next lease's certificate gets a try of its own.
+_unreachable: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ def _direct(
     session (an exporter's direct port, offered to its lease holder), and its report; ``None``: stay.
 
     Such an endpoint comes with the certificate to trust for it and a client certificate; one that
-    does not answer within :data:`DIRECT_TIMEOUT` costs a warning once per process.
+    does not answer within :data:`DIRECT_TIMEOUT` costs a warning once per process and certificate.
     """
     import grpc
 
@@ -252,7 +253,8 @@ def _direct(
         return None
     for endpoint in endpoints:
         where = endpoint.endpoint
-        if where in _unreachable or not endpoint.certificate or not endpoint.client_certificate:
+        offer = (where, endpoint.client_certificate)
+        if offer in _unreachable or not endpoint.certificate or not endpoint.client_certificate:
             continue
         try:
             if not Address.parse(where).tcp:
@@ -269,7 +271,7 @@ def _direct(
             )
         except grpc.RpcError as exc:
             connection.close()
-            _unreachable.add(where)
+            _unreachable.add(offer)
             logger.warning(
                 "the exporter's direct endpoint %s does not answer (%s); staying on %s (a firewall? set %s=off "
                 "to stop trying)", where, exc.details() or exc.code().name, address.text, JMP_DIRECT,
